@@ -1,0 +1,114 @@
+"""Configuration from ``FARM_*`` environment variables (CLI flags override them).
+
+The environment is passed in as a mapping so the parsing is a pure function. Bad values fail at
+start with the variable's name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+from farm.errors import ConfigError
+
+DEFAULT_MODEL = "tiny-sd"
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    database_url: str
+    broker_url: str | None  # None: the embedded Redis under the farm home
+    store_url: str
+    s3_endpoint_url: str | None
+    model_cache: Path
+    default_model: str
+    micro_batch: int  # most images in one Celery message / one pipeline call
+    # pipeline calls run at batch sizes that are multiples of this (None: 4 on CPU, 1 on CUDA)
+    batch_bucket: int | None
+    max_resident_models: int
+    queue: str
+    visibility_timeout: int  # seconds before Redis redelivers an unacked message
+    job_time_limit: int  # seconds a micro-batch may run
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files, sockets and logs of the local farm."""
+        return self.home / "run"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    def with_overrides(self, **changes) -> "Config":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(name, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    scheme = urlparse(raw).scheme
+    if scheme not in schemes:
+        raise ConfigError(name, f"unsupported URL scheme {scheme!r} (expected one of {', '.join(schemes)})")
+    return raw
+
+
+def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Config:
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    home = Path(env.get("FARM_HOME") or cwd / ".farm").expanduser()
+    if not home.is_absolute():
+        home = cwd / home
+    database_url = _url(
+        env, "FARM_DATABASE_URL",
+        ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "postgres"),
+    ) or f"sqlite:///{home / 'ledger.db'}"
+    if database_url.startswith("postgres://"):
+        database_url = "postgresql://" + database_url[len("postgres://"):]
+    if database_url.startswith("postgresql://"):
+        # psycopg 3 is the driver the project installs
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://"):]
+    broker_url = _url(env, "FARM_BROKER_URL", ("redis", "rediss", "redis+socket"))
+    store_url = _url(env, "FARM_STORE_URL", ("file", "s3")) or (home / "store").as_uri()
+    if store_url.startswith("s3://") and not urlparse(store_url).netloc:
+        raise ConfigError("FARM_STORE_URL", "an s3:// URL needs a bucket: s3://BUCKET[/PREFIX]")
+    s3_endpoint = _url(env, "FARM_S3_ENDPOINT_URL", ("http", "https"))
+    model_cache = Path(env.get("FARM_MODEL_CACHE") or home / "models").expanduser()
+    default_model = env.get("FARM_DEFAULT_MODEL") or DEFAULT_MODEL
+    micro_batch = _int(env, "FARM_MICRO_BATCH", 8, 1, 64)
+    batch_bucket = _int(env, "FARM_BATCH_BUCKET", 0, 0, 64) or None
+    max_models = _int(env, "FARM_MAX_RESIDENT_MODELS", 2, 1, 16)
+    queue = env.get("FARM_QUEUE") or "farm"
+    if not queue.replace("-", "").replace(".", "").replace("_", "").isalnum():
+        raise ConfigError("FARM_QUEUE", f"queue names use letters, digits, '.', '_' and '-', got {queue!r}")
+    visibility = _int(env, "FARM_VISIBILITY_TIMEOUT", 3600, 10, 7 * 24 * 3600)
+    time_limit = _int(env, "FARM_JOB_TIME_LIMIT", 900, 1, 24 * 3600)
+    if time_limit >= visibility:
+        raise ConfigError(
+            "FARM_JOB_TIME_LIMIT",
+            f"{time_limit}s must stay below FARM_VISIBILITY_TIMEOUT ({visibility}s), or Redis "
+            "redelivers a job that is still rendering",
+        )
+    return Config(
+        home=home, database_url=database_url, broker_url=broker_url, store_url=store_url,
+        s3_endpoint_url=s3_endpoint, model_cache=model_cache, default_model=default_model,
+        micro_batch=micro_batch, batch_bucket=batch_bucket, max_resident_models=max_models,
+        queue=queue, visibility_timeout=visibility, job_time_limit=time_limit,
+    )

@@ -1,0 +1,89 @@
+"""The Celery side of the farm: one app configuration shared by the producer and the workers,
+and publishing micro-batches of job ids.
+
+Messages carry job ids only (never specs, paths or images): the ledger is the source of truth
+and Redis is transport. JSON is the only serializer; there is no result backend.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from farm.config import Config
+from farm.errors import InfrastructureError
+
+RENDER_TASK = "farm.render"
+MAX_PRIORITY = 9
+
+
+def broker_priority(priority: int) -> int:
+    """Redis treats 0 as the most urgent; the farm's priorities grow with urgency (0..9)."""
+    return MAX_PRIORITY - max(0, min(MAX_PRIORITY, priority))
+
+
+def celery_settings(cfg: Config, broker_url: str) -> dict:
+    return {
+        "broker_url": broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Redis redelivers an unacked message after this long: keep it above the job limit
+            "visibility_timeout": cfg.visibility_timeout,
+            "priority_steps": list(range(MAX_PRIORITY + 1)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            # detect a half-open connection instead of waiting on it forever
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+            "socket_keepalive": True,
+            "health_check_interval": 25,
+        },
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_default_queue": cfg.queue,
+        "task_create_missing_queues": True,
+        # ack after the ledger commit; a worker that dies mid-job leaves the message for another
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_send_task_events": False,
+    }
+
+
+def make_celery(cfg: Config, broker_url: str, main: str = "farm"):
+    from celery import Celery
+
+    app = Celery(main, set_as_current=False)
+    app.conf.update(celery_settings(cfg, broker_url))
+    return app
+
+
+class Publisher:
+    """Publishes micro-batches of job ids to the farm's queue."""
+
+    def __init__(self, cfg: Config, broker_url: str):
+        self.cfg = cfg
+        self.app = make_celery(cfg, broker_url, main="farm-producer")
+
+    def publish(self, groups: Iterable[list[int]], *, priority: int = 0, queue: str | None = None) -> int:
+        sent = 0
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for job_ids in groups:
+                    self.app.send_task(
+                        RENDER_TASK, args=[list(job_ids)], queue=queue or self.cfg.queue,
+                        priority=broker_priority(priority), producer=producer,
+                        retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
+                                                  "interval_step": 0.5, "interval_max": 2},
+                    )
+                    sent += 1
+        except Exception as exc:  # kombu raises many transport-specific errors
+            raise InfrastructureError(f"cannot publish to the broker: {exc}") from None
+        return sent
+
+    def close(self) -> None:
+        self.app.close()

@@ -1,0 +1,425 @@
+"""The ledger: the farm's source of truth, a thin adapter over SQLAlchemy.
+
+Every state change is a conditional UPDATE (the transition table in ``farm.states`` says from
+which states), so a duplicate delivery or a completion from a superseded attempt changes nothing.
+SQLite (default) is migrated automatically on first use; PostgreSQL is migrated with
+``farm db upgrade``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import secrets
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from farm import states
+from farm.errors import ConflictError, InfrastructureError, NotFound
+from farm.ledger.models import TIMING_FIELDS, Artifact, Attempt, Batch, Job, Worker
+from farm.spec import JobSpec
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job_id: int
+    token: str  # fencing token: completion must present it
+    queued_at: datetime
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class NewBatch:
+    id: str
+    created: bool  # False: an idempotency key returned an existing batch
+    job_ids: list[int]
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets workers write while the CLI reads; busy_timeout makes writers wait, not fail.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def alembic_config(connection=None):
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), revision)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Ledger:
+    def __init__(self, url: str, *, clock: Callable[[], datetime] = utcnow, auto_migrate: bool = True):
+        self.url = url
+        self.clock = clock
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if auto_migrate:
+            self.ensure_schema()
+
+    # -- schema ---------------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Apply migrations to a SQLite file on first use; require them on a server database."""
+        try:
+            head = head_revision()
+            if current_revision(self.engine) == head:
+                return
+            if self.engine.dialect.name == "sqlite":
+                db_path = self.url.split("///", 1)[-1]
+                # concurrent first users (CLI and workers) must not migrate the same file twice
+                lock = Path(db_path + ".migrate.lock") if db_path and db_path != ":memory:" else None
+                if lock is None:
+                    upgrade(self.engine)
+                    return
+                with _file_lock(lock):
+                    if current_revision(self.engine) != head:
+                        upgrade(self.engine)
+                return
+        except OperationalError as exc:
+            raise InfrastructureError(f"cannot open the ledger at {self.safe_url}: {exc.orig}") from None
+        raise InfrastructureError(
+            f"the ledger at {self.safe_url} is not at schema {head}; run `farm db upgrade`"
+        )
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except (IntegrityError, ConflictError, NotFound):
+            session.rollback()
+            raise
+        except OperationalError as exc:
+            session.rollback()
+            raise InfrastructureError(f"ledger error: {exc.orig}") from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    # -- batches --------------------------------------------------------------------------------
+    def create_batch(
+        self, *, specs: list[JobSpec], spec: dict, request_digest: str, base_seed: int,
+        priority: int = 0, submitter: str = "", idempotency_key: str | None = None,
+    ) -> NewBatch:
+        """Write a batch and all its jobs in one transaction (all or nothing).
+
+        With an idempotency key, the same key returns the existing batch; the same key with a
+        different request is a conflict.
+        """
+        if idempotency_key:
+            existing = self._batch_for_key(idempotency_key, request_digest)
+            if existing:
+                return existing
+        now = self.clock()
+        batch_id = secrets.token_hex(5)
+        try:
+            with self.session() as s:
+                s.add(Batch(
+                    id=batch_id, created_at=now, submitter=submitter, idempotency_key=idempotency_key,
+                    request_digest=request_digest, spec=spec, priority=priority,
+                    model=specs[0].model, recipe=specs[0].recipe, base_seed=base_seed,
+                    job_count=len(specs), state="active",
+                ))
+                s.flush()
+                jobs = [
+                    Job(
+                        batch_id=batch_id, index=i, prompt=j.prompt, negative_prompt=j.negative_prompt,
+                        seed=j.seed, steps=j.steps, guidance=j.guidance, width=j.width, height=j.height,
+                        model=j.model, model_revision=j.model_revision, family=j.family, recipe=j.recipe,
+                        scheduler=j.scheduler, scheduler_config=j.scheduler_config,
+                        adapters=[{"name": a.name, "weight": a.weight, "role": a.role} for a in j.adapters],
+                        digest=j.digest, state=states.QUEUED, priority=priority, attempts=0,
+                        created_at=now, queued_at=now,
+                    )
+                    for i, j in enumerate(specs)
+                ]
+                s.add_all(jobs)
+                s.flush()
+                ids = [job.id for job in jobs]
+        except IntegrityError:
+            if idempotency_key:  # a concurrent submission with the same key won the race
+                existing = self._batch_for_key(idempotency_key, request_digest)
+                if existing:
+                    return existing
+            raise
+        return NewBatch(batch_id, True, ids)
+
+    def _batch_for_key(self, key: str, request_digest: str) -> NewBatch | None:
+        with self.session() as s:
+            batch = s.scalar(select(Batch).where(Batch.idempotency_key == key))
+            if batch is None:
+                return None
+            if batch.request_digest != request_digest:
+                raise ConflictError(
+                    f"idempotency key {key!r} was used for a different submission (batch {batch.id})"
+                )
+            ids = list(s.scalars(select(Job.id).where(Job.batch_id == batch.id).order_by(Job.index)))
+            return NewBatch(batch.id, False, ids)
+
+    def get_batch(self, batch_id: str) -> Batch:
+        with self.session() as s:
+            batch = s.get(Batch, batch_id)
+            if batch is None:
+                raise NotFound(f"no batch {batch_id!r}")
+            return batch
+
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        self.get_batch(batch_id)
+        with self.session() as s:
+            rows = s.execute(
+                select(Job.state, func.count()).where(Job.batch_id == batch_id).group_by(Job.state)
+            ).all()
+        counts = {state: 0 for state in states.STATES}
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    def mark_enqueued(self, job_ids: Iterable[int]) -> None:
+        ids = list(job_ids)
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id.in_(ids)).values(enqueued_at=self.clock()))
+
+    # -- jobs -----------------------------------------------------------------------------------
+    def list_jobs(self, batch_id: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict]:
+        """Jobs with their latest attempt's timings and their artifact key, oldest first."""
+        with self.session() as s:
+            query = select(Job).order_by(Job.id)
+            if batch_id:
+                query = query.where(Job.batch_id == batch_id)
+            if state:
+                query = query.where(Job.state == state)
+            if limit:
+                query = query.limit(limit)
+            jobs = list(s.scalars(query))
+            ids = [j.id for j in jobs]
+            artifacts = {a.job_id: a for a in s.scalars(select(Artifact).where(Artifact.job_id.in_(ids)))} if ids else {}
+            attempts: dict[int, Attempt] = {}
+            if ids:
+                for a in s.scalars(select(Attempt).where(Attempt.job_id.in_(ids)).order_by(Attempt.id)):
+                    attempts[a.job_id] = a  # the latest wins
+        return [self._job_row(j, attempts.get(j.id), artifacts.get(j.id)) for j in jobs]
+
+    @staticmethod
+    def _job_row(job: Job, attempt: Attempt | None, artifact: Artifact | None) -> dict:
+        return {
+            "id": job.id, "batch": job.batch_id, "index": job.index, "state": job.state,
+            "prompt": job.prompt, "negative_prompt": job.negative_prompt, "seed": job.seed,
+            "steps": job.steps, "guidance": job.guidance, "width": job.width, "height": job.height,
+            "model": job.model, "recipe": job.recipe, "scheduler": job.scheduler,
+            "adapters": job.adapters, "digest": job.digest, "attempts": job.attempts,
+            "last_error": job.last_error,
+            "worker": attempt.worker if attempt else None,
+            "device": attempt.device if attempt else None,
+            "timings": {f[:-3]: getattr(attempt, f) for f in TIMING_FIELDS} if attempt else {},
+            "batch_size": attempt.batch_size if attempt else None,
+            "artifact": artifact.key if artifact else None,
+            "sha256": artifact.sha256 if artifact else None,
+            "store_url": artifact.store_url if artifact else None,
+            "created_at": job.created_at.isoformat() if job.created_at else None,
+            "started_at": job.started_at.isoformat() if job.started_at else None,
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        }
+
+    def load_jobs(self, job_ids: Iterable[int]) -> list[Job]:
+        ids = list(job_ids)
+        with self.session() as s:
+            jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(ids)))}
+        return [jobs[i] for i in ids if i in jobs]
+
+    def claim(self, job_ids: Iterable[int], *, worker: str, device: str, lease_s: float) -> list[ClaimedJob]:
+        """Move queued jobs to running, each with a new attempt and fencing token.
+
+        A job that is not queued any more (a duplicate delivery, cancelled, done) is skipped.
+        """
+        now = self.clock()
+        sources, target = states.transition("claim")
+        claimed: list[ClaimedJob] = []
+        with self.session() as s:
+            for job_id in job_ids:
+                token = secrets.token_hex(16)
+                result = s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state.in_(sources))
+                    .values(state=target, attempts=Job.attempts + 1, current_attempt=token,
+                            started_at=now, finished_at=None)
+                )
+                if result.rowcount != 1:
+                    continue
+                queued_at = s.scalar(select(Job.queued_at).where(Job.id == job_id))
+                s.add(Attempt(
+                    job_id=job_id, token=token, worker=worker, device=device, started_at=now,
+                    lease_expires_at=now + timedelta(seconds=lease_s), outcome="running",
+                ))
+                claimed.append(ClaimedJob(job_id, token, queued_at, now))
+        return claimed
+
+    def _finish(self, event: str, job_id: int, token: str, *, outcome: str, error: str | None,
+                timings: dict | None, batch_size: int | None, artifact: dict | None) -> bool:
+        """Apply a terminal transition if ``token`` still owns the job; False if it does not."""
+        now = self.clock()
+        sources, target = states.transition(event)
+        with self.session() as s:
+            values = {"state": target, "finished_at": now if target in states.TERMINAL else None}
+            if error is not None:
+                values["last_error"] = error[:4000]
+            if target == states.QUEUED:
+                values.update(queued_at=now, current_attempt=None, started_at=None, enqueued_at=None)
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(sources), Job.current_attempt == token)
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                # superseded: record what this attempt saw, change nothing else
+                s.execute(update(Attempt).where(Attempt.token == token, Attempt.outcome == "running")
+                          .values(outcome="superseded", finished_at=now))
+                return False
+            attempt_values = {"outcome": outcome, "finished_at": now, "error": error, "batch_size": batch_size}
+            for name, value in (timings or {}).items():
+                if name in TIMING_FIELDS:
+                    attempt_values[name] = value
+            s.execute(update(Attempt).where(Attempt.token == token).values(**attempt_values))
+            if artifact is not None:
+                existing = s.get(Artifact, job_id)
+                if existing is not None:
+                    s.delete(existing)
+                    s.flush()
+                s.add(Artifact(job_id=job_id, created_at=now, **artifact))
+        return True
+
+    def complete(self, job_id: int, token: str, *, artifact: dict, timings: dict, batch_size: int) -> bool:
+        return self._finish("succeed", job_id, token, outcome="succeeded", error=None,
+                            timings=timings, batch_size=batch_size, artifact=artifact)
+
+    def fail(self, job_id: int, token: str, *, error: str, timings: dict | None = None,
+             batch_size: int | None = None) -> bool:
+        return self._finish("fail", job_id, token, outcome="failed", error=error,
+                            timings=timings, batch_size=batch_size, artifact=None)
+
+    def requeue(self, job_id: int, token: str, *, error: str) -> bool:
+        """Give a running job back to the queue (the caller re-publishes it)."""
+        return self._finish("requeue", job_id, token, outcome="requeued", error=error,
+                            timings=None, batch_size=None, artifact=None)
+
+    def artifacts(self, batch_id: str) -> list[tuple[Job, Artifact]]:
+        self.get_batch(batch_id)
+        with self.session() as s:
+            rows = s.execute(
+                select(Job, Artifact).join(Artifact, Artifact.job_id == Job.id)
+                .where(Job.batch_id == batch_id).order_by(Job.index)
+            ).all()
+        return [(job, artifact) for job, artifact in rows]
+
+    # -- workers --------------------------------------------------------------------------------
+    def register_worker(self, *, name: str, host: str, pid: int, device: str, gpu_name: str | None,
+                        versions: dict) -> None:
+        now = self.clock()
+        with self.session() as s:
+            worker = s.get(Worker, name)
+            if worker is None:
+                worker = Worker(name=name)
+                s.add(worker)
+            worker.host, worker.pid, worker.device, worker.gpu_name = host, pid, device, gpu_name
+            worker.started_at = worker.last_heartbeat = now
+            worker.state, worker.versions = "active", versions
+            worker.resident_models, worker.resident_adapters = [], []
+            worker.current_job, worker.last_error = None, None
+            if worker.images_rendered is None:
+                worker.images_rendered = 0
+
+    def heartbeat(self, name: str, *, resident_models: list | None = None,
+                  resident_adapters: list | None = None, current_job: int | None = None,
+                  rendered: int = 0, error: str | None = None, state: str | None = None) -> None:
+        values: dict = {"last_heartbeat": self.clock(), "current_job": current_job}
+        if resident_models is not None:
+            values["resident_models"] = resident_models
+        if resident_adapters is not None:
+            values["resident_adapters"] = resident_adapters
+        if rendered:
+            values["images_rendered"] = Worker.images_rendered + rendered
+        if error is not None:
+            values["last_error"] = error[:4000]
+        if state is not None:
+            values["state"] = state
+        with self.session() as s:
+            s.execute(update(Worker).where(Worker.name == name).values(**values))
+
+    def workers(self) -> list[Worker]:
+        with self.session() as s:
+            return list(s.scalars(select(Worker).order_by(Worker.name)))
+
+
+__all__ = ["Ledger", "ClaimedJob", "NewBatch", "upgrade", "head_revision", "current_revision",
+           "make_engine", "utcnow"]

@@ -1,0 +1,163 @@
+"""SQLAlchemy 2 models of the ledger: batches, jobs, attempts, artifacts, workers.
+
+The ledger is the source of truth; Redis only carries job ids. Timestamps are UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to the ledger; use UTC-aware datetimes")
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    submitter: Mapped[str] = mapped_column(String(128), default="")
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), unique=True)
+    request_digest: Mapped[str] = mapped_column(String(64))  # of the submission, to spot a reused key
+    spec: Mapped[dict] = mapped_column(JSON)  # the submission as given
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    model: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[str] = mapped_column(String(64))
+    base_seed: Mapped[int] = mapped_column(BigInteger)
+    job_count: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active | paused
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "index", name="uq_jobs_batch_index"),
+        Index("ix_jobs_batch_state", "batch_id", "state"),
+        Index("ix_jobs_state", "state"),
+        Index("ix_jobs_digest", "digest"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    seed: Mapped[int] = mapped_column(BigInteger)
+    steps: Mapped[int] = mapped_column(Integer)
+    guidance: Mapped[float] = mapped_column(Float)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(64))
+    model_revision: Mapped[str | None] = mapped_column(String(64))
+    family: Mapped[str] = mapped_column(String(16))
+    recipe: Mapped[str] = mapped_column(String(64))
+    scheduler: Mapped[str | None] = mapped_column(String(64))
+    scheduler_config: Mapped[dict] = mapped_column(JSON)
+    adapters: Mapped[list] = mapped_column(JSON)  # [{"name", "weight", "role"}], accelerator first
+    digest: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    current_attempt: Mapped[str | None] = mapped_column(String(32))  # fencing token of the live attempt
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # message published
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    token: Mapped[str] = mapped_column(String(32), unique=True)
+    worker: Mapped[str] = mapped_column(String(128))
+    device: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str] = mapped_column(String(16), default="running")
+    error: Mapped[str | None] = mapped_column(Text)
+    batch_size: Mapped[int | None] = mapped_column(Integer)  # images in the pipeline call
+    # per-stage timings in ms; a micro-batch's shared stages are divided among its images
+    queue_wait_ms: Mapped[float | None] = mapped_column(Float)
+    model_load_ms: Mapped[float | None] = mapped_column(Float)
+    adapter_load_ms: Mapped[float | None] = mapped_column(Float)
+    text_encode_ms: Mapped[float | None] = mapped_column(Float)
+    denoise_ms: Mapped[float | None] = mapped_column(Float)
+    vae_decode_ms: Mapped[float | None] = mapped_column(Float)
+    image_encode_ms: Mapped[float | None] = mapped_column(Float)
+    upload_ms: Mapped[float | None] = mapped_column(Float)
+    total_ms: Mapped[float | None] = mapped_column(Float)
+
+
+TIMING_FIELDS = (
+    "queue_wait_ms", "model_load_ms", "adapter_load_ms", "text_encode_ms", "denoise_ms",
+    "vae_decode_ms", "image_encode_ms", "upload_ms", "total_ms",
+)
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    store_url: Mapped[str] = mapped_column(String(512))
+    key: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    content_type: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Worker(Base):
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(32))
+    gpu_name: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime())
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active|draining|cordoned|stopped
+    resident_models: Mapped[list] = mapped_column(JSON, default=list)
+    resident_adapters: Mapped[list] = mapped_column(JSON, default=list)
+    current_job: Mapped[int | None] = mapped_column(BigInteger)
+    images_rendered: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    versions: Mapped[dict] = mapped_column(JSON, default=dict)  # torch/diffusers/peft versions

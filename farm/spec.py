@@ -1,0 +1,238 @@
+"""Job specs: validation and resolution, pure (no I/O).
+
+A ``JobRequest`` is what a user asked for (any field may be missing or malformed). ``resolve_job``
+turns it into a ``JobSpec``: every field checked, the recipe's defaults filled in, the adapter stack
+spelled out, and a digest of everything that shapes the pixels. Any invalid field raises
+``InputError`` naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Mapping
+
+from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, NATIVE_SIZE, AdapterEntry, ModelEntry
+from farm.errors import InputError
+from farm.recipes import DEFAULT_RECIPE, resolve_recipe
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**32 - 1  # 32-bit seeds, as other Stable Diffusion tools record them
+MIN_SIDE, MAX_SIDE = 64, 2048
+MAX_PIXELS = 2048 * 2048
+MAX_ADAPTERS = 8
+MAX_ADAPTER_WEIGHT = 4.0
+
+
+@dataclass(frozen=True)
+class AdapterUse:
+    name: str
+    weight: float
+    role: str  # "accelerator" (from the recipe) or "style" (asked for)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The models and adapters a submission may name (built-ins, later plus the ledger's registry)."""
+
+    models: Mapping[str, ModelEntry] = field(default_factory=lambda: dict(BUILTIN_MODELS))
+    adapters: Mapping[str, AdapterEntry] = field(default_factory=lambda: dict(BUILTIN_ADAPTERS))
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    prompt: object = None
+    negative_prompt: object = None
+    seed: object = None
+    steps: object = None
+    guidance: object = None
+    width: object = None
+    height: object = None
+    model: object = None
+    recipe: object = None
+    adapters: object = ()  # sequence of (name, weight) or "name[:weight]" strings
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    prompt: str
+    negative_prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    model: str
+    model_revision: str | None
+    family: str
+    recipe: str
+    scheduler: str | None
+    scheduler_config: dict
+    adapters: tuple[AdapterUse, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def digest(self) -> str:
+        """sha256 of everything that shapes the pixels (not the warnings, not the batch)."""
+        shaping = asdict(self)
+        shaping.pop("warnings")
+        blob = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    @property
+    def group_key(self) -> tuple:
+        """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
+        return (self.model, self.model_revision, self.recipe, self.scheduler,
+                json.dumps(self.scheduler_config, sort_keys=True), self.steps, self.guidance,
+                self.width, self.height, self.adapters)
+
+
+def check_name(field_name: str, value: object) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise InputError(
+            field_name,
+            f"{value!r} is not a valid name (lowercase letters, digits, '.', '_', '-'; at most 64)",
+        )
+    return value
+
+
+def _text(field_name: str, value: object, *, required: bool) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise InputError(field_name, f"expected text, got {type(value).__name__}")
+    text = " ".join(value.split())  # newlines and tabs inside a prompt are just spaces
+    if required and not text:
+        raise InputError(field_name, "must not be empty")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InputError(field_name, f"is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
+    if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text):
+        raise InputError(field_name, "contains control characters")
+    return text
+
+
+def parse_int(field_name: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise InputError(field_name, f"expected an integer, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise InputError(field_name, f"expected an integer, got {value!r}") from None
+    if not isinstance(value, int):
+        raise InputError(field_name, f"expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise InputError(field_name, f"{value} is outside {lo}..{hi}")
+    return value
+
+
+def parse_float(field_name: str, value: object) -> float:
+    if isinstance(value, bool):
+        raise InputError(field_name, f"expected a number, got {value!r}")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(field_name, f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InputError(field_name, f"expected a finite number, got {value!r}")
+    return number
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """'WxH' or a single 'N' for a square."""
+    text = value.strip().lower()
+    parts = text.split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InputError("size", f"expected WIDTHxHEIGHT such as 512x512, got {value!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_adapter(value: object) -> tuple[str, float]:
+    """'name' (weight 1.0) or 'name:weight', or an already split (name, weight) pair."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        name, weight = value
+    elif isinstance(value, Mapping):
+        name, weight = value.get("name"), value.get("weight", 1.0)
+    elif isinstance(value, str):
+        name, _, weight_text = value.partition(":")
+        weight = weight_text if weight_text else 1.0
+    else:
+        raise InputError("adapter", f"expected NAME[:WEIGHT], got {value!r}")
+    name = check_name("adapter", name)
+    weight = parse_float("adapter", weight)
+    if not -MAX_ADAPTER_WEIGHT <= weight <= MAX_ADAPTER_WEIGHT:
+        raise InputError("adapter", f"weight {weight:g} of {name} is outside "
+                                    f"{-MAX_ADAPTER_WEIGHT:g}..{MAX_ADAPTER_WEIGHT:g}")
+    return name, weight
+
+
+def _side(field_name: str, value: object) -> int:
+    side = parse_int(field_name, value, MIN_SIDE, MAX_SIDE)
+    if side % 8:
+        raise InputError(field_name, f"{side} is not a multiple of 8")
+    return side
+
+
+def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> JobSpec:
+    prompt = _text("prompt", request.prompt, required=True)
+    negative = _text("negative_prompt", request.negative_prompt, required=False)
+    if request.seed is None:
+        raise InputError("seed", "missing (the producer draws and records one when none is given)")
+    seed = parse_int("seed", request.seed, 0, MAX_SEED)
+
+    model_name = check_name("model", request.model if request.model is not None else default_model)
+    model = catalog.models.get(model_name)
+    if model is None:
+        raise InputError("model", f"unknown model {model_name!r} (known: {', '.join(sorted(catalog.models))})")
+
+    recipe_name = check_name("recipe", request.recipe if request.recipe is not None else DEFAULT_RECIPE)
+    steps = None if request.steps is None else parse_int("steps", request.steps, 1, 200)
+    guidance = None if request.guidance is None else parse_float("guidance", request.guidance)
+    recipe = resolve_recipe(recipe_name, model.family, steps, guidance, negative)
+
+    native = model.native_size or NATIVE_SIZE[model.family]
+    width = _side("width", native if request.width is None else request.width)
+    height = _side("height", native if request.height is None else request.height)
+    if width * height > MAX_PIXELS:
+        raise InputError("size", f"{width}x{height} exceeds {MAX_PIXELS} pixels")
+
+    stack: list[AdapterUse] = []
+    if recipe.accelerator:
+        accelerator = model.accelerators.get(recipe.accelerator)
+        if accelerator is None:
+            raise InputError("recipe", f"model {model_name} has no {recipe.accelerator} accelerator for the "
+                                       f"{recipe.name} recipe")
+        stack.append(AdapterUse(accelerator, float(recipe.accelerator_weight or 1.0), "accelerator"))
+    raw_adapters = request.adapters or ()
+    if isinstance(raw_adapters, (str, Mapping)):
+        raw_adapters = [raw_adapters]
+    seen = {a.name for a in stack}
+    for raw in raw_adapters:
+        name, weight = parse_adapter(raw)
+        entry = catalog.adapters.get(name)
+        if entry is None:
+            raise InputError("adapter", f"unknown adapter {name!r}")
+        if entry.arch != model.arch:
+            raise InputError("adapter", f"{name} is for {entry.arch} models, not {model_name} ({model.arch})")
+        if name in seen:
+            raise InputError("adapter", f"{name} is listed twice")
+        seen.add(name)
+        stack.append(AdapterUse(name, weight, "style"))
+    if len(stack) > MAX_ADAPTERS:
+        raise InputError("adapter", f"{len(stack)} adapters in one stack; the limit is {MAX_ADAPTERS}")
+
+    return JobSpec(
+        prompt=prompt, negative_prompt=negative, seed=seed, steps=recipe.steps,
+        guidance=recipe.guidance, width=width, height=height, model=model_name,
+        model_revision=model.revision, family=model.family, recipe=recipe.name,
+        scheduler=recipe.scheduler, scheduler_config=recipe.scheduler_config,
+        adapters=tuple(stack), warnings=recipe.warnings,
+    )

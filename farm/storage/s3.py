@@ -1,0 +1,67 @@
+"""A store in an S3-compatible bucket (AWS, MinIO, R2, moto) through boto3."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from farm.errors import InfrastructureError, NotFound
+from farm.storage import check_key
+
+
+class S3Store:
+    def __init__(self, url: str, *, endpoint_url: str | None = None):
+        import boto3
+        from botocore.config import Config
+
+        parsed = urlparse(url)
+        self.url = url
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 8},
+                # non-AWS servers (MinIO, R2, older moto) reject the newer default checksums
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                connect_timeout=10,
+                read_timeout=60,
+            ),
+        )
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type,
+                Metadata=metadata or {},
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise InfrastructureError(f"upload of {key} to {self.url} failed: {exc}") from None
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise NotFound(f"no object {key!r} in {self.url}") from None
+            raise InfrastructureError(f"download of {key} from {self.url} failed: {exc}") from None
+        except BotoCoreError as exc:
+            raise InfrastructureError(f"download of {key} from {self.url} failed: {exc}") from None
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError:
+            return False

@@ -1,0 +1,140 @@
+"""Expanding a submission into job requests, and reading prompt files. Pure: text in, requests out.
+
+A prompt with ``variants=N`` and base seed ``S`` becomes N jobs with seeds S, S+1, ..., S+N-1.
+A prompt file gives one row per prompt; a row may override any job field (and its own variants
+or base seed) in CSV and JSON Lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, fields, replace
+
+from farm.errors import InputError
+from farm.spec import MAX_SEED, JobRequest, parse_int, parse_size
+
+MAX_VARIANTS = 10_000
+MAX_JOBS = 100_000
+ROW_FIELDS = {f.name for f in fields(JobRequest)} | {"variants", "size", "negative", "adapter"}
+FILE_FORMATS = ("txt", "csv", "jsonl")
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    """One prompt and its overrides, as read from the command line or a file."""
+
+    request: JobRequest
+    variants: int | None = None
+    where: str = ""  # "prompts.csv:4" for messages
+
+
+def detect_format(filename: str) -> str:
+    lower = filename.lower()
+    if lower.endswith(".csv"):
+        return "csv"
+    if lower.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    if lower.endswith((".txt", ".prompts")) or "." not in lower.rsplit("/", 1)[-1]:
+        return "txt"
+    raise InputError("file", f"{filename}: unknown format (use .txt, .csv or .jsonl)")
+
+
+def _row_from_mapping(values: dict, where: str) -> PromptRow:
+    unknown = sorted(k for k in values if k not in ROW_FIELDS)
+    if unknown:
+        raise InputError(f"{where}", f"unknown field {unknown[0]!r} (fields: {', '.join(sorted(ROW_FIELDS))})")
+    values = {k: v for k, v in values.items() if v is not None and v != ""}
+    if "negative" in values:
+        values["negative_prompt"] = values.pop("negative")
+    if "adapter" in values:
+        values["adapters"] = values.pop("adapter")
+    if "size" in values:
+        try:
+            values["width"], values["height"] = parse_size(str(values.pop("size")))
+        except InputError as exc:
+            raise InputError(where, str(exc)) from None
+    adapters = values.get("adapters")
+    if isinstance(adapters, str):  # CSV: "toy:0.8 ink:0.3" or "toy:0.8,ink:0.3"
+        values["adapters"] = tuple(a for a in adapters.replace(",", " ").split() if a)
+    elif isinstance(adapters, list):
+        values["adapters"] = tuple(tuple(a) if isinstance(a, list) else a for a in adapters)
+    variants = values.pop("variants", None)
+    if variants is not None:
+        try:
+            variants = parse_int("variants", variants, 1, MAX_VARIANTS)
+        except InputError as exc:
+            raise InputError(where, str(exc)) from None
+    if "prompt" not in values:
+        raise InputError(where, "prompt: missing")
+    return PromptRow(JobRequest(**values), variants, where)
+
+
+def read_prompt_file(filename: str, text: str, fmt: str | None = None) -> list[PromptRow]:
+    """Rows of a prompt file. Blank lines and '#' comment lines of text files are skipped."""
+    fmt = fmt or detect_format(filename)
+    name = filename.rsplit("/", 1)[-1]
+    rows: list[PromptRow] = []
+    if fmt == "txt":
+        for number, line in enumerate(text.splitlines(), 1):
+            stripped = line.strip()
+            if stripped and not stripped.startswith("#"):
+                rows.append(PromptRow(JobRequest(prompt=stripped), None, f"{name}:{number}"))
+    elif fmt == "csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or "prompt" not in [f.strip() for f in reader.fieldnames]:
+            raise InputError("file", f"{name}: a CSV prompt file needs a header with a 'prompt' column")
+        try:
+            for number, record in enumerate(reader, 2):
+                if None in record:
+                    raise InputError(f"{name}:{number}", "more values than header columns")
+                record = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in record.items()}
+                if not any(record.values()):
+                    continue
+                rows.append(_row_from_mapping(record, f"{name}:{number}"))
+        except csv.Error as exc:
+            raise InputError("file", f"{name}: malformed CSV ({exc})") from None
+    elif fmt == "jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{name}:{number}", f"invalid JSON ({exc.msg})") from None
+            if isinstance(record, str):
+                record = {"prompt": record}
+            if not isinstance(record, dict):
+                raise InputError(f"{name}:{number}", "expected a JSON object or string per line")
+            rows.append(_row_from_mapping(record, f"{name}:{number}"))
+    else:
+        raise InputError("file", f"unknown format {fmt!r} (use {', '.join(FILE_FORMATS)})")
+    if not rows:
+        raise InputError("file", f"{name} holds no prompts")
+    return rows
+
+
+def expand(rows: list[PromptRow], defaults: JobRequest, variants: int, base_seed: int) -> list[tuple[str, JobRequest]]:
+    """Each row becomes ``variants`` requests with consecutive seeds; row fields beat defaults.
+
+    Returns (where, request) pairs so validation errors can point at the row they came from.
+    """
+    variants = parse_int("variants", variants, 1, MAX_VARIANTS)
+    out: list[tuple[str, JobRequest]] = []
+    for row in rows:
+        merged = {f.name: getattr(defaults, f.name) for f in fields(JobRequest)}
+        for f in fields(JobRequest):
+            value = getattr(row.request, f.name)
+            if value is not None and value != ():
+                merged[f.name] = value
+        count = row.variants or variants
+        first = merged["seed"] if merged["seed"] is not None else base_seed
+        first = parse_int("seed", first, 0, MAX_SEED)
+        if first + count - 1 > MAX_SEED:
+            raise InputError("seed", f"seeds {first}..{first + count - 1} run past {MAX_SEED}")
+        for i in range(count):
+            out.append((row.where, replace(JobRequest(**merged), seed=first + i)))
+            if len(out) > MAX_JOBS:
+                raise InputError("variants", f"the submission expands to more than {MAX_JOBS} jobs")
+    return out

@@ -1,0 +1,42 @@
+"""The SD1.5 family: ``StableDiffusionPipeline`` (512x512 native, one CLIP text encoder)."""
+
+from __future__ import annotations
+
+FAMILIES = ("sd15",)
+
+
+def load(location: str, *, single_file: bool, revision: str | None, dtype, cache_dir: str | None):
+    from diffusers import StableDiffusionPipeline
+
+    kwargs = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    if single_file:
+        return StableDiffusionPipeline.from_single_file(location, **kwargs)
+    return StableDiffusionPipeline.from_pretrained(
+        location, revision=revision, cache_dir=cache_dir, use_safetensors=True, **kwargs
+    )
+
+
+def encode(pipe, prompts: list[str], negatives: list[str], cfg: bool) -> dict:
+    """Text embeddings for each prompt, in one text-encoder call."""
+    positive, negative = pipe.encode_prompt(
+        prompts, pipe._execution_device, 1, cfg, negative_prompt=negatives if cfg else None
+    )
+    embeds = {"prompt_embeds": positive}
+    if cfg:
+        embeds["negative_prompt_embeds"] = negative
+    return embeds
+
+
+def denoise(pipe, embeds: dict, *, generators, steps: int, guidance: float, width: int, height: int):
+    """The pipeline's own denoising loop (scheduler, guidance), stopping at the latents."""
+    return pipe(
+        **embeds, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
+        width=width, height=height, output_type="latent", return_dict=False,
+    )[0]
+
+
+def decode(pipe, latents):
+    """Latents to images in [-1, 1], NCHW, as the pipeline decodes them."""
+    vae = pipe.vae
+    latents = latents.to(vae.dtype) / vae.config.scaling_factor
+    return vae.decode(latents, return_dict=False)[0]

@@ -1,0 +1,62 @@
+"""The SDXL family, SSD-1B included: ``StableDiffusionXLPipeline`` (1024x1024 native, two CLIP
+text encoders, pooled embeddings and size/crop conditioning)."""
+
+from __future__ import annotations
+
+FAMILIES = ("sdxl", "ssd-1b")
+
+
+def load(location: str, *, single_file: bool, revision: str | None, dtype, cache_dir: str | None):
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    kwargs = {"torch_dtype": dtype, "add_watermarker": False}
+    if single_file:
+        pipe = StableDiffusionXLPipeline.from_single_file(location, **kwargs)
+    else:
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            location, revision=revision, cache_dir=cache_dir, use_safetensors=True, **kwargs
+        )
+    if pipe.vae.dtype == torch.float16 and pipe.vae.config.force_upcast:
+        # The SDXL VAE overflows in fp16. Keep it in fp32 once instead of casting it back and
+        # forth on every decode as the pipeline does.
+        pipe.vae.to(torch.float32)
+    return pipe
+
+
+def encode(pipe, prompts: list[str], negatives: list[str], cfg: bool) -> dict:
+    """Text embeddings (sequence and pooled, both encoders) for each prompt, in one call."""
+    positive, negative, pooled, negative_pooled = pipe.encode_prompt(
+        prompts, device=pipe._execution_device, num_images_per_prompt=1,
+        do_classifier_free_guidance=cfg, negative_prompt=negatives if cfg else None,
+    )
+    embeds = {"prompt_embeds": positive, "pooled_prompt_embeds": pooled}
+    if cfg:
+        embeds["negative_prompt_embeds"] = negative
+        embeds["negative_pooled_prompt_embeds"] = negative_pooled
+    return embeds
+
+
+def denoise(pipe, embeds: dict, *, generators, steps: int, guidance: float, width: int, height: int):
+    """The pipeline's own denoising loop (scheduler, guidance, size conditioning) up to latents."""
+    return pipe(
+        **embeds, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
+        width=width, height=height, output_type="latent", return_dict=False,
+    )[0]
+
+
+def decode(pipe, latents):
+    """Latents to images in [-1, 1], NCHW, with the SDXL VAE's latent normalisation."""
+    import torch
+
+    vae = pipe.vae
+    latents = latents.to(vae.dtype)
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        latents = latents * std / config.scaling_factor + mean
+    else:
+        latents = latents / config.scaling_factor
+    return vae.decode(latents, return_dict=False)[0]

@@ -1,0 +1,250 @@
+"""Tiny random-weight SD1.5-style and SDXL-style pipelines, and a tiny LCM-LoRA for each.
+
+These machines cannot reach a model hub, so tests and the demo use models built here from
+configs, deterministically (fixed seeds), and saved with ``save_pretrained``. They are then
+loaded through exactly the code real models use (``from_pretrained``, ``load_lora_weights``).
+
+The VAE has four blocks so it downsamples by 8 like the real one: a 64x64 image has an 8x8
+latent, which keeps a 4-step render well under a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_MODELS = ("tiny-sd", "tiny-sdxl")
+TINY_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+# The tiny models' native size (the real families use 512 and 1024).
+TINY_NATIVE_SIZE = 64
+_BUILD_FORMAT = 1  # bump when the builders change, so stale caches are rebuilt
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP byte-level BPE alphabet: every byte maps to a printable unicode character."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def _write_clip_tokenizer(directory: Path, pad_token: str = "<|endoftext|>") -> None:
+    """A byte-level CLIP tokenizer with a small vocabulary and a few merges, written from scratch."""
+    from transformers import CLIPTokenizer
+
+    alphabet = list(_bytes_to_unicode().values())
+    vocab: list[str] = alphabet + [c + "</w>" for c in alphabet]
+    merges = [("t", "h"), ("th", "e</w>"), ("i", "n"), ("a", "n"), ("o", "n</w>"), ("e", "r</w>")]
+    for a, b in merges:
+        vocab.append(a + b)
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    # transformers 5 builds the BPE model straight from the vocabulary and merges.
+    tokenizer = CLIPTokenizer(
+        vocab={tok: i for i, tok in enumerate(vocab)}, merges=merges, pad_token=pad_token,
+        model_max_length=77,
+    )
+    tokenizer.save_pretrained(str(directory))
+
+
+def _clip_config(hidden: int, projection: int | None = None):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=512 + 6,
+        eos_token_id=512 + 7,
+        pad_token_id=512 + 7,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        layer_norm_eps=1e-5,
+        vocab_size=512 + 8,
+        max_position_embeddings=77,
+        projection_dim=projection or hidden,
+        hidden_act="gelu",
+    )
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    # Four blocks: three downsamples, a factor of 8 like the real SD VAE.
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=TINY_NATIVE_SIZE,
+    )
+
+
+def _scheduler():
+    from diffusers import EulerDiscreteScheduler
+
+    # The base model ships a plain scheduler, as real checkpoints do; recipes swap it.
+    return EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
+
+
+def build_tiny_sd(directory: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=TINY_NATIVE_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=32,
+        attention_head_dim=4,
+    )
+    torch.manual_seed(1)
+    vae = _tiny_vae()
+    torch.manual_seed(2)
+    text_encoder = CLIPTextModel(_clip_config(32))
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_clip_tokenizer(Path(tmp))
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(directory), safe_serialization=True)
+
+
+def build_tiny_sdxl(directory: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=TINY_NATIVE_SIZE // 8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        # 6 size/crop conditioning values x 8 + the pooled text embedding (32)
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,
+        norm_num_groups=32,
+    )
+    torch.manual_seed(1)
+    vae = _tiny_vae()
+    torch.manual_seed(2)
+    text_encoder = CLIPTextModel(_clip_config(32))
+    torch.manual_seed(3)
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(32, projection=32))
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_clip_tokenizer(Path(tmp, "a"))
+        _write_clip_tokenizer(Path(tmp, "b"), pad_token="!")
+        tokenizer = CLIPTokenizer.from_pretrained(str(Path(tmp, "a")))
+        tokenizer_2 = CLIPTokenizer.from_pretrained(str(Path(tmp, "b")))
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=_scheduler(),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(str(directory), safe_serialization=True)
+
+
+def build_tiny_lora(model_dir: Path, directory: Path, *, seed: int, rank: int = 4) -> None:
+    """A LoRA on the UNet attention projections, saved in the diffusers LoRA format.
+
+    Both LoRA matrices are random (peft's default zero-inits B), so the adapter visibly changes
+    the output, as a trained LCM-LoRA or style LoRA would.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(str(model_dir), subfolder="unet")
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights=False,
+        target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+    )
+    unet.add_adapter(config)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_" in name:
+                param.mul_(0.5)  # strong enough to matter, weak enough to keep images finite
+    state = get_peft_model_state_dict(unet)
+    directory.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        str(directory), unet_lora_layers=state, weight_name=TINY_LORA_WEIGHT_NAME,
+        safe_serialization=True,
+    )
+
+
+_BUILDERS = {"tiny-sd": build_tiny_sd, "tiny-sdxl": build_tiny_sdxl}
+
+
+def _build_once(target: Path, build) -> Path:
+    """Run ``build(tmp_dir)`` once for ``target``; return ``target``.
+
+    The build goes to a temporary sibling and is renamed into place, so concurrent workers and an
+    interrupted build never leave a half-written model behind.
+    """
+    marker = target / "farm-build.json"
+    if marker.exists() and json.loads(marker.read_text()).get("format") == _BUILD_FORMAT:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build(tmp)
+        Path(tmp, "farm-build.json").write_text(json.dumps({"format": _BUILD_FORMAT}))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not marker.exists():  # a stale build sits there: replace it
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def ensure_tiny_model(name: str, cache_dir: Path) -> Path:
+    """Build the named tiny model into ``cache_dir`` once; return its directory."""
+    return _build_once(Path(cache_dir) / name, _BUILDERS[name])
+
+
+def ensure_tiny_lora(model_name: str, lora_name: str, cache_dir: Path, *, seed: int) -> Path:
+    """Build a tiny LoRA for a tiny model once; return its directory."""
+    model_dir = ensure_tiny_model(model_name, cache_dir)
+    return _build_once(
+        Path(cache_dir) / lora_name, lambda tmp: build_tiny_lora(model_dir, tmp, seed=seed)
+    )

@@ -1,0 +1,161 @@
+"""Rendering micro-batches: resident pipelines, recipes applied, one generator per image.
+
+One pipeline call renders a micro-batch of jobs that share every setting but prompt and seed.
+Each image has its own ``torch.Generator`` seeded with its own seed. The call runs at a batch
+size padded up to a multiple of ``bucket``: CPU kernels (oneDNN convolutions, GEMV for one row)
+take different code paths for other batch sizes, and that changes the last bits of the result.
+With fixed shapes an image's pixels do not depend on which other images shared its call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from types import ModuleType
+
+from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, AdapterEntry, ModelEntry
+from farm.errors import InputError
+from workers.adapters import AdapterSet
+from workers.sources import Location, resolve
+
+
+@dataclass
+class Rendered:
+    pixels: list  # HxWx3 uint8 numpy arrays, in job order
+    timings: dict[str, float]  # ms for the whole call, per stage
+    batch_size: int  # rows in the pipeline call (padding included)
+
+
+@dataclass
+class Resident:
+    pipe: object
+    family: ModuleType
+    base_scheduler: tuple[type, dict]  # the model's own scheduler class and config
+    adapters: AdapterSet
+
+
+def family_module(family: str) -> ModuleType:
+    from workers.pipelines import sd, sdxl
+
+    for module in (sd, sdxl):
+        if family in module.FAMILIES:
+            return module
+    raise InputError("model", f"no pipeline for the {family!r} family")
+
+
+class Runner:
+    def __init__(self, *, device: str, model_cache, max_models: int = 2, bucket: int | None = None,
+                 models: dict[str, ModelEntry] | None = None, adapters: dict[str, AdapterEntry] | None = None):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.is_cuda = self.device.type == "cuda"
+        self.dtype = torch.float16 if self.is_cuda else torch.float32
+        self.bucket = bucket or (1 if self.is_cuda else 4)
+        self.model_cache = model_cache
+        self.max_models = max_models
+        self.models = dict(BUILTIN_MODELS if models is None else models)
+        self.adapter_entries = dict(BUILTIN_ADAPTERS if adapters is None else adapters)
+        self.resident: OrderedDict[str, Resident] = OrderedDict()
+
+    # -- residency ------------------------------------------------------------------------------
+    def _locate_adapter(self, name: str) -> tuple[Location, str | None]:
+        entry = self.adapter_entries.get(name)
+        if entry is None:
+            raise InputError("adapter", f"unknown adapter {name!r}")
+        return resolve(entry.source, self.model_cache), entry.weight_name
+
+    def pipeline(self, model: str) -> tuple[Resident, float]:
+        """The resident pipeline of ``model`` (loaded if needed) and the ms spent loading it."""
+        if model in self.resident:
+            self.resident.move_to_end(model)
+            return self.resident[model], 0.0
+        entry = self.models.get(model)
+        if entry is None:
+            raise InputError("model", f"unknown model {model!r}")
+        started = time.perf_counter()
+        while len(self.resident) >= self.max_models:
+            self._unload(next(iter(self.resident)))
+        family = family_module(entry.family)
+        location = resolve(entry.source, self.model_cache)
+        pipe = family.load(location.path, single_file=location.single_file, revision=entry.revision,
+                           dtype=self.dtype, cache_dir=str(self.model_cache / "hub"))
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        scheduler = pipe.scheduler
+        resident = Resident(pipe, family, (type(scheduler), dict(scheduler.config)),
+                            AdapterSet(pipe, self._locate_adapter))
+        self.resident[model] = resident
+        return resident, (time.perf_counter() - started) * 1000
+
+    def _unload(self, model: str) -> None:
+        import gc
+
+        self.resident.pop(model, None)
+        gc.collect()
+        if self.is_cuda:
+            self.torch.cuda.empty_cache()
+
+    def resident_models(self) -> list[str]:
+        return list(self.resident)
+
+    def resident_adapters(self) -> list[str]:
+        return [f"{m}/{a}" for m, r in self.resident.items() for a in r.adapters.resident]
+
+    # -- rendering ------------------------------------------------------------------------------
+    def _scheduler(self, resident: Resident, name: str | None, overrides: dict):
+        import diffusers
+
+        base_cls, base_config = resident.base_scheduler
+        cls = getattr(diffusers, name) if name else base_cls
+        # a fresh scheduler per call: schedulers keep per-run state (timesteps, step index)
+        return cls.from_config(base_config, **overrides)
+
+    def _sync(self) -> None:
+        if self.is_cuda:
+            self.torch.cuda.synchronize(self.device)
+
+    def render(self, jobs: list) -> Rendered:
+        """Render jobs that share a group key in one pipeline call. ``jobs`` have the ledger's job
+        fields (prompt, negative_prompt, seed, steps, guidance, width, height, model, scheduler,
+        scheduler_config, adapters)."""
+        torch = self.torch
+        first = jobs[0]
+        timings: dict[str, float] = {}
+        with torch.inference_mode():
+            resident, timings["model_load_ms"] = self.pipeline(first.model)
+            pipe, family = resident.pipe, resident.family
+            stack = [(a["name"], a["weight"]) for a in first.adapters]
+            timings["adapter_load_ms"] = resident.adapters.activate(stack)
+            pipe.scheduler = self._scheduler(resident, first.scheduler, first.scheduler_config or {})
+            guided = first.guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
+
+            started = time.perf_counter()
+            pairs = [(j.prompt, j.negative_prompt or "") for j in jobs]
+            unique = list(dict.fromkeys(pairs))  # one text encoding per distinct prompt
+            embeds = family.encode(pipe, [p for p, _ in unique], [n for _, n in unique], guided)
+            rows = len(jobs) + (-len(jobs)) % self.bucket
+            index = [unique.index(p) for p in pairs]
+            index += [index[0]] * (rows - len(jobs))  # padding rows repeat the first prompt
+            picks = torch.tensor(index, device=self.device)
+            embeds = {k: v.index_select(0, picks) for k, v in embeds.items()}
+            self._sync()
+            timings["text_encode_ms"] = (time.perf_counter() - started) * 1000
+
+            generators = [torch.Generator("cpu").manual_seed(int(j.seed)) for j in jobs]
+            generators += [torch.Generator("cpu").manual_seed(0) for _ in range(rows - len(jobs))]
+            started = time.perf_counter()
+            latents = family.denoise(pipe, embeds, generators=generators, steps=first.steps,
+                                     guidance=first.guidance, width=first.width, height=first.height)
+            self._sync()
+            timings["denoise_ms"] = (time.perf_counter() - started) * 1000
+
+            started = time.perf_counter()
+            images = family.decode(pipe, latents)
+            # to uint8 on the device: the host gets 1 byte per channel, not 4
+            pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+            pixels = pixels[: len(jobs)].permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            timings["vae_decode_ms"] = (time.perf_counter() - started) * 1000
+        return Rendered([pixels[i] for i in range(len(jobs))], timings, rows)

@@ -1,0 +1,54 @@
+"""Where weights come from: ``builtin:NAME``, a local directory or file, or a hub id.
+
+Returns what ``from_pretrained`` / ``load_lora_weights`` take. Built-in tiny models and LoRAs are
+built into the model cache on first use and then loaded like any local directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.catalog import BUILTIN_BUILDS
+from farm.errors import InputError
+
+WEIGHT_SUFFIXES = (".safetensors",)  # never pickles: a .ckpt or .bin can run code on load
+
+
+@dataclass(frozen=True)
+class Location:
+    path: str  # local path or hub id
+    single_file: bool = False
+    is_hub: bool = False
+
+
+def resolve(source: str, cache_dir: Path) -> Location:
+    if source.startswith("builtin:"):
+        return Location(str(_build(source[len("builtin:"):], cache_dir)))
+    if source.startswith("s3://"):
+        raise InputError("source", f"{source}: s3:// sources need the model registry (farm models add)")
+    path = Path(source).expanduser()
+    if source.startswith(("/", "./", "../", "~")) or path.exists():
+        if path.is_dir():
+            return Location(str(path))
+        if path.is_file():
+            if path.suffix not in WEIGHT_SUFFIXES:
+                raise InputError("source", f"{source}: only .safetensors weight files are loaded")
+            return Location(str(path), single_file=True)
+        raise InputError("source", f"{source}: no such file or directory")
+    if source.count("/") == 1 and all(part.strip() for part in source.split("/")):
+        return Location(source, is_hub=True)
+    raise InputError("source", f"{source!r} is neither a local path, a hub id (org/name) nor builtin:NAME")
+
+
+def _build(name: str, cache_dir: Path) -> Path:
+    from workers.pipelines import tiny
+
+    try:
+        model, seed = BUILTIN_BUILDS[name]
+    except KeyError:
+        raise InputError("source", f"no built-in model or adapter named {name!r}") from None
+    builtin_dir = Path(cache_dir) / "builtin"
+    if seed is None:
+        return tiny.ensure_tiny_model(model, builtin_dir)
+    return tiny.ensure_tiny_lora(model, name, builtin_dir, seed=seed)
