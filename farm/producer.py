@@ -59,9 +59,41 @@ def request_digest(rows: list[PromptRow], defaults: JobRequest, variants: int, s
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@dataclass
+class Plan:
+    """A validated submission, ready to be written: nothing here has touched the ledger yet."""
+
+    rows: list[PromptRow]
+    defaults: JobRequest
+    variants: int
+    seed: int | None  # as given (None: base_seed was drawn at random)
+    priority: int
+    base_seed: int
+    specs: list[JobSpec]
+
+    @property
+    def warnings(self) -> list[str]:
+        return sorted({w for s in self.specs for w in s.warnings})
+
+    @property
+    def request_digest(self) -> str:
+        return request_digest(self.rows, self.defaults, self.variants, self.seed, self.priority)
+
+    def record(self) -> dict:
+        """The submission as given, JSON-ready, for the batch row."""
+        rows = [{"where": r.where, **{k: v for k, v in asdict(r.request).items() if v not in (None, ())},
+                 **({"variants": r.variants} if r.variants else {})} for r in self.rows]
+        defaults = {k: v for k, v in asdict(self.defaults).items() if v not in (None, ())}
+        record = {"rows": rows, "defaults": defaults, "variants": self.variants, "seed": self.seed}
+        return json.loads(json.dumps(record, default=str))
+
+
 def plan(rows: list[PromptRow], defaults: JobRequest, *, variants: int, seed: int | None,
-         catalog: Catalog, default_model: str, rng: random.Random) -> tuple[int, list[JobSpec]]:
-    """Expand and validate a whole submission (pure). Returns (base seed, job specs)."""
+         catalog: Catalog, default_model: str, rng: random.Random, priority: int = 0) -> Plan:
+    """Expand and validate a whole submission (pure): every job is checked before anything is
+    written, and a bad field raises ``InputError`` naming it (and the file row it came from)."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise InputError("priority", f"{priority!r} is outside 0..{MAX_PRIORITY}")
     base_seed = seed if seed is not None else rng.randrange(0, MAX_SEED // 2)
     specs = []
     for where, request in expand(rows, defaults, variants, base_seed):
@@ -71,38 +103,30 @@ def plan(rows: list[PromptRow], defaults: JobRequest, *, variants: int, seed: in
             if where:  # point at the file row the bad field came from
                 raise InputError(where, str(exc)) from None
             raise
-    return base_seed, specs
+    return Plan(rows, defaults, variants, seed, priority, base_seed, specs)
 
 
-def submit(ledger, publisher: Publishes | None, *, rows: list[PromptRow], defaults: JobRequest,
-           variants: int, seed: int | None, catalog: Catalog, default_model: str, micro_batch: int,
-           rng: random.Random, priority: int = 0, key: str | None = None, submitter: str = "",
-           queue: str | None = None) -> SubmitResult:
-    if not 0 <= priority <= MAX_PRIORITY:
-        raise InputError("priority", f"{priority} is outside 0..{MAX_PRIORITY}")
-    if key is not None and (not key or len(key) > 128 or any(ord(c) < 33 for c in key)):
+def check_key(key: str | None) -> str | None:
+    if key is not None and (not key or len(key) > 128 or any(ord(c) < 33 or ord(c) == 127 for c in key)):
         raise InputError("key", "an idempotency key is 1-128 printable characters without spaces")
-    base_seed, specs = plan(rows, defaults, variants=variants, seed=seed, catalog=catalog,
-                            default_model=default_model, rng=rng)
-    spec_record = {
-        "rows": [{"where": r.where, **{k: v for k, v in asdict(r.request).items() if v not in (None, ())},
-                  **({"variants": r.variants} if r.variants else {})} for r in rows],
-        "defaults": {k: v for k, v in asdict(defaults).items() if v not in (None, ())},
-        "variants": variants, "seed": seed,
-    }
+    return key
+
+
+def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int, key: str | None = None,
+           submitter: str = "", queue: str | None = None) -> SubmitResult:
+    """Write the planned batch (one transaction) and publish its micro-batches of job ids."""
+    check_key(key)
     new = ledger.create_batch(
-        specs=specs, spec=json.loads(json.dumps(spec_record, default=str)),
-        request_digest=request_digest(rows, defaults, variants, seed, priority),
-        base_seed=base_seed, priority=priority, submitter=submitter, idempotency_key=key,
+        specs=plan.specs, spec=plan.record(), request_digest=plan.request_digest,
+        base_seed=plan.base_seed, priority=plan.priority, submitter=submitter, idempotency_key=key,
     )
-    warnings = sorted({w for s in specs for w in s.warnings})
-    result = SubmitResult(new.id, len(new.job_ids), new.created, base_seed, new.job_ids, 0, warnings)
+    result = SubmitResult(new.id, len(new.job_ids), new.created, plan.base_seed, new.job_ids, 0, plan.warnings)
     if not new.created:
         # the batch exists; its jobs were published when it was created
         result.base_seed = ledger.get_batch(new.id).base_seed
         return result
     if publisher is not None:
-        groups = micro_batches(specs, new.job_ids, micro_batch)
-        result.messages = publisher.publish(groups, priority=priority, queue=queue)
+        groups = micro_batches(plan.specs, new.job_ids, micro_batch)
+        result.messages = publisher.publish(groups, priority=plan.priority, queue=queue)
         ledger.mark_enqueued(new.job_ids)
     return result

@@ -85,10 +85,20 @@ class JobSpec:
 
     @property
     def group_key(self) -> tuple:
-        """Jobs with equal keys can share one pipeline call (prompts and seeds may differ)."""
-        return (self.model, self.model_revision, self.recipe, self.scheduler,
-                json.dumps(self.scheduler_config, sort_keys=True), self.steps, self.guidance,
-                self.width, self.height, self.adapters)
+        return group_key(self)
+
+
+def group_key(job) -> tuple:
+    """Jobs with equal keys can share one pipeline call (prompts and seeds may differ).
+
+    ``job`` is a JobSpec or a ledger row: anything with the job fields.
+    """
+    adapters = tuple(
+        (a.name, a.weight) if isinstance(a, AdapterUse) else (a["name"], a["weight"]) for a in job.adapters
+    )
+    return (job.model, job.model_revision, job.recipe, job.scheduler,
+            json.dumps(job.scheduler_config or {}, sort_keys=True), job.steps, job.guidance,
+            job.width, job.height, adapters)
 
 
 def check_name(field_name: str, value: object) -> str:

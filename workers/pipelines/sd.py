@@ -8,7 +8,7 @@ FAMILIES = ("sd15",)
 def load(location: str, *, single_file: bool, revision: str | None, dtype, cache_dir: str | None):
     from diffusers import StableDiffusionPipeline
 
-    kwargs = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     if single_file:
         return StableDiffusionPipeline.from_single_file(location, **kwargs)
     return StableDiffusionPipeline.from_pretrained(

@@ -10,7 +10,7 @@ def load(location: str, *, single_file: bool, revision: str | None, dtype, cache
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    kwargs = {"torch_dtype": dtype, "add_watermarker": False}
+    kwargs = {"dtype": dtype, "add_watermarker": False}
     if single_file:
         pipe = StableDiffusionXLPipeline.from_single_file(location, **kwargs)
     else:

@@ -97,7 +97,8 @@ def _scheduler():
 
     # The base model ships a plain scheduler, as real checkpoints do; recipes swap it.
     return EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        steps_offset=1, timestep_spacing="leading",
     )
 
 

@@ -1,0 +1,101 @@
+"""The ``farm`` command line (click): producer and admin.
+
+Every error a user can cause ends as one line, ``error: <message>``, on stderr with a stable exit
+status (2: bad input or usage, 1: jobs failed or an internal error, 3: broker/database/store
+failure, 130: interrupted), never a traceback. ``--json`` prints machine-readable results on
+stdout; progress and warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+import click
+
+from farm.config import Config, load_config
+from farm.errors import FarmError
+
+
+@dataclass
+class State:
+    """What the commands share: the configuration (from FARM_* variables) and a lazy ledger."""
+
+    config: Config
+    _ledger: object = field(default=None, repr=False)
+
+    @property
+    def ledger(self):
+        if self._ledger is None:
+            from farm.ledger import Ledger
+
+            self._ledger = Ledger(self.config.database_url)
+        return self._ledger
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+
+
+def emit_json(payload) -> None:
+    click.echo(json.dumps(payload, indent=None, sort_keys=False, default=str))
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+class FarmGroup(click.Group):
+    """A click group that turns every error into one line and a stable exit status."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name or "farm", standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(2)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "farm"
+            click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except FarmError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except Exception as exc:  # noqa: BLE001 - a bug: still one line, details on request
+            if os.environ.get("FARM_DEBUG"):
+                raise
+            click.echo(f"error: internal error: {type(exc).__name__}: {exc} (set FARM_DEBUG=1 for a traceback)",
+                       err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=FarmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="farm", prog_name="farm")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """A render farm for few-step diffusion (LCM-LoRA, Turbo, Lightning, Hyper-SD).
+
+    Configuration comes from FARM_* environment variables: FARM_HOME (default ./.farm),
+    FARM_DATABASE_URL, FARM_BROKER_URL (default: a private Redis under the farm home),
+    FARM_STORE_URL (file://... or s3://bucket/prefix), FARM_S3_ENDPOINT_URL, FARM_MODEL_CACHE.
+    """
+    state = State(load_config())
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+def main() -> None:
+    cli.main()
+
+
+# the commands register themselves on ``cli``
+from farm.cli import jobs, ops  # noqa: E402,F401

@@ -1,0 +1,244 @@
+"""Producer commands: run, submit, status, jobs list, results get."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import random
+import time
+from pathlib import Path
+
+import click
+
+from farm import states
+from farm.cli import State, cli, emit_json, warn
+from farm.errors import InputError
+from farm.producer import Plan, check_key, plan, submit
+from farm.spec import Catalog, JobRequest, parse_size
+from farm.variants import PromptRow, read_prompt_file
+
+
+def job_options(func):
+    """The options that describe jobs, shared by ``run`` and ``submit``."""
+    options = [
+        click.option("--variants", "-n", type=int, default=1, show_default=True,
+                     help="Images per prompt, with seeds S, S+1, ..."),
+        click.option("--seed", type=int, default=None, help="Base seed S (default: drawn at random and recorded)."),
+        click.option("--model", default=None, help="Model name (default: FARM_DEFAULT_MODEL or tiny-sd)."),
+        click.option("--recipe", default=None, help="Few-step recipe (default lcm-lora; see `farm recipes list`)."),
+        click.option("--steps", type=int, default=None, help="Denoising steps (default: the recipe's)."),
+        click.option("--guidance", type=float, default=None, help="Guidance scale (default: the recipe's)."),
+        click.option("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)."),
+        click.option("--negative", default=None, help="Negative prompt (ignored when guidance <= 1)."),
+        click.option("--adapter", "adapters", multiple=True, metavar="NAME[:WEIGHT]",
+                     help="A style LoRA on top of the recipe's accelerator; repeatable."),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), func)
+
+
+def _rows(prompt: str | None, file: str | None) -> list[PromptRow]:
+    if prompt is not None and file is not None:
+        raise InputError("prompt", "give a PROMPT or --file, not both")
+    if file is not None:
+        path = Path(file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError("file", f"{file}: no such file") from None
+        except IsADirectoryError:
+            raise InputError("file", f"{file}: is a directory") from None
+        except UnicodeDecodeError:
+            raise InputError("file", f"{file}: not UTF-8 text") from None
+        except OSError as exc:
+            raise InputError("file", f"{file}: {exc.strerror}") from None
+        return read_prompt_file(str(path), text)
+    if prompt is None:
+        raise InputError("prompt", "missing: give a PROMPT or --file")
+    return [PromptRow(JobRequest(prompt=prompt))]
+
+
+def _plan(state: State, *, prompt, file, variants, seed, model, recipe, steps, guidance, size,
+          negative, adapters, priority=0) -> Plan:
+    width = height = None
+    if size is not None:
+        width, height = parse_size(size)
+    defaults = JobRequest(negative_prompt=negative, seed=None, steps=steps, guidance=guidance,
+                          width=width, height=height, model=model, recipe=recipe, adapters=tuple(adapters))
+    return plan(_rows(prompt, file), defaults, variants=variants, seed=seed, catalog=Catalog(),
+                default_model=state.config.default_model, rng=random.SystemRandom(), priority=priority)
+
+
+def _publisher(state: State):
+    from farm.dispatch import Publisher
+    from farm.localfarm import ensure_redis
+
+    return Publisher(state.config, ensure_redis(state.config))
+
+
+def _submitter() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return ""
+
+
+@cli.command("submit")
+@click.argument("prompt", required=False)
+@job_options
+@click.option("--file", "-f", "file", default=None, help="Prompts file: .txt (one per line), .csv (prompt column), .jsonl.")
+@click.option("--key", default=None, help="Idempotency key: the same key returns the existing batch.")
+@click.option("--priority", type=int, default=0, show_default=True, help="0..9, higher renders first.")
+@click.option("--json", "as_json", is_flag=True, help="Print {batch, jobs, ...} as JSON.")
+@click.pass_obj
+def submit_cmd(state: State, prompt, file, key, priority, as_json, **options):
+    """Validate, expand and enqueue a batch (workers render it: see `farm up`)."""
+    check_key(key)
+    planned = _plan(state, prompt=prompt, file=file, priority=priority, **options)
+    for message in planned.warnings:
+        warn(message)
+    publisher = _publisher(state)
+    try:
+        result = submit(state.ledger, publisher, planned, micro_batch=state.config.micro_batch, key=key,
+                        submitter=_submitter())
+    finally:
+        publisher.close()
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        verb = "submitted" if result.created else "exists (same key)"
+        click.echo(f"batch {result.batch}: {result.jobs} jobs {verb}, base seed {result.base_seed}")
+
+
+def _counts(state: State, batch: str) -> dict[str, int]:
+    return state.ledger.batch_counts(batch)
+
+
+@cli.command("status")
+@click.argument("batch")
+@click.option("--watch", "-w", is_flag=True, help="Follow progress until every job is done.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status_cmd(state: State, batch, watch, as_json):
+    """Counts per state of a batch."""
+    from farm.progress import watch as follow
+
+    info = state.ledger.get_batch(batch)
+    counts = _counts(state, batch)
+    if watch:
+        counts = follow(lambda: _counts(state, batch), info.job_count, stream=click.get_text_stream("stderr"))
+    done = sum(counts[s] for s in states.TERMINAL)
+    if as_json:
+        emit_json({"batch": batch, "jobs": info.job_count, "done": done, "counts": counts,
+                   "created_at": info.created_at.isoformat(), "base_seed": info.base_seed,
+                   "model": info.model, "recipe": info.recipe, "priority": info.priority})
+    else:
+        summary = ", ".join(f"{s} {counts[s]}" for s in states.STATES if counts[s])
+        click.echo(f"batch {batch}: {done}/{info.job_count} done ({summary or 'empty'})")
+
+
+@cli.group("jobs")
+def jobs_group():
+    """Inspect jobs."""
+
+
+@jobs_group.command("list")
+@click.option("--batch", default=None)
+@click.option("--state", "job_state", type=click.Choice(states.STATES), default=None)
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def jobs_list(state: State, batch, job_state, limit, as_json):
+    """Jobs with seed, state, per-stage timings (ms) and artifact key."""
+    if batch:
+        state.ledger.get_batch(batch)
+    rows = state.ledger.list_jobs(batch, job_state, limit)
+    if as_json:
+        emit_json(rows)
+        return
+    click.echo(f"{'id':>6} {'batch':<10} {'idx':>4} {'seed':>10} {'state':<9} {'total_ms':>9} artifact")
+    for r in rows:
+        total = r["timings"].get("total")
+        click.echo(f"{r['id']:>6} {r['batch']:<10} {r['index']:>4} {r['seed']:>10} {r['state']:<9} "
+                   f"{'' if total is None else f'{total:.1f}':>9} {r['artifact'] or ''}")
+
+
+@cli.group("results")
+def results_group():
+    """Fetch rendered images."""
+
+
+@results_group.command("get")
+@click.argument("batch")
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def results_get(state: State, batch, out, as_json):
+    """Copy a batch's images (verified by sha256) into a directory."""
+    from farm.results import fetch_batch
+
+    paths = fetch_batch(state.ledger, batch, Path(out), s3_endpoint_url=state.config.s3_endpoint_url)
+    if as_json:
+        emit_json({"batch": batch, "outputs": [str(p) for p in paths]})
+    else:
+        click.echo(f"{len(paths)} images written to {out}")
+
+
+@cli.command("run")
+@click.argument("prompt", required=False)
+@job_options
+@click.option("--file", "-f", "file", default=None, help="Prompts file (.txt, .csv, .jsonl).")
+@click.option("--out", "-o", "out", default="out", show_default=True, type=click.Path(file_okay=False),
+              help="Directory the images are copied to.")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="CPU workers to start (default 1).")
+@click.option("--devices", default=None, help="GPUs to start workers on, e.g. 0,1 (or 'cpu').")
+@click.option("--timeout", type=click.FloatRange(min=1), default=3600, show_default=True,
+              help="Seconds to wait for the batch.")
+@click.option("--json", "as_json", is_flag=True, help="Print {batch, jobs, succeeded, failed, outputs} as JSON.")
+@click.pass_obj
+def run_cmd(state: State, prompt, file, out, workers, devices, timeout, as_json, **options):
+    """Render a batch end to end: start the farm if needed, submit, wait, fetch, stop."""
+    from farm import localfarm
+    from farm.progress import watch as follow
+    from farm.results import fetch_batch
+
+    planned = _plan(state, prompt=prompt, file=file, **options)  # all validation before anything starts
+    device_list = localfarm.parse_devices(devices, workers)
+    for message in planned.warnings:
+        warn(message)
+    state.ledger  # noqa: B018 - open (and migrate) the ledger before starting workers
+    started_here = localfarm.supervisor_pid(state.config) is None
+    began = time.monotonic()
+    try:
+        if started_here:
+            localfarm.up(state.config, device_list)
+        publisher = _publisher(state)
+        try:
+            result = submit(state.ledger, publisher, planned, micro_batch=state.config.micro_batch,
+                            submitter=_submitter())
+        finally:
+            publisher.close()
+        stream = click.get_text_stream("stderr")
+        counts = follow(lambda: _counts(state, result.batch), result.jobs, stream=stream, timeout=timeout)
+        elapsed = time.monotonic() - began
+        paths = fetch_batch(state.ledger, result.batch, Path(out), s3_endpoint_url=state.config.s3_endpoint_url)
+    finally:
+        if started_here:
+            localfarm.down(state.config)
+    done = sum(counts[s] for s in states.TERMINAL)
+    payload = {
+        "batch": result.batch, "jobs": result.jobs, "succeeded": counts[states.SUCCEEDED],
+        "failed": counts[states.FAILED], "cancelled": counts[states.CANCELLED],
+        "unfinished": result.jobs - done, "base_seed": result.base_seed,
+        "outputs": [str(p) for p in paths], "elapsed_s": round(elapsed, 3),
+    }
+    if as_json:
+        emit_json(payload)
+    else:
+        click.echo(f"batch {result.batch}: {payload['succeeded']}/{result.jobs} images in {elapsed:.1f}s -> {out}")
+    if payload["failed"] or payload["unfinished"]:
+        for row in state.ledger.list_jobs(result.batch, states.FAILED, limit=3):
+            warn(f"job {row['id']} failed: {row['last_error']}")
+        if payload["unfinished"]:
+            warn(f"{payload['unfinished']} jobs unfinished after {timeout:g}s")
+        return 1
+    return 0

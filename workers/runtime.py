@@ -1,0 +1,116 @@
+"""What a worker process holds while it runs: ledger, store, runner, handler, heartbeat.
+
+Built once when the Celery worker starts (``worker_init``), in the process that renders, so torch
+and CUDA are initialised after any fork, never before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+from celery import signals
+
+from farm.config import Config, load_config
+from farm.ledger import Ledger
+from farm.storage import open_store
+
+log = logging.getLogger("farm.worker")
+HEARTBEAT_S = 10.0
+
+
+@dataclass
+class Runtime:
+    config: Config
+    name: str
+    device: str
+    ledger: Ledger
+    handler: object
+    runner: object
+    stop: threading.Event
+
+
+_runtime: Runtime | None = None
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("torch", "diffusers", "transformers", "peft"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def build(config: Config, name: str, device: str) -> Runtime:
+    import torch
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    from workers.handler import Handler
+    from workers.runner import Runner
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+    threads = int(os.environ.get("FARM_TORCH_THREADS") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch_device = "cuda" if device.startswith("cuda") else "cpu"
+    gpu_name = torch.cuda.get_device_name(0) if torch_device == "cuda" else None
+    ledger = Ledger(config.database_url)
+    store = open_store(config.store_url, s3_endpoint_url=config.s3_endpoint_url)
+    runner = Runner(device=torch_device, model_cache=config.model_cache, max_models=config.max_resident_models,
+                    bucket=config.batch_bucket)
+    versions = library_versions()
+    ledger.register_worker(name=name, host=socket.gethostname(), pid=os.getpid(), device=device,
+                           gpu_name=gpu_name, versions=versions)
+    handler = Handler(ledger=ledger, store=store, runner=runner, worker=name, device=device,
+                      versions=versions, lease_s=config.job_time_limit)
+    stop = threading.Event()
+    runtime = Runtime(config, name, device, ledger, handler, runner, stop)
+    threading.Thread(target=_heartbeat, args=(runtime,), name="farm-heartbeat", daemon=True).start()
+    return runtime
+
+
+def _heartbeat(runtime: Runtime) -> None:
+    while not runtime.stop.wait(HEARTBEAT_S):
+        try:
+            runtime.ledger.heartbeat(runtime.name, resident_models=runtime.runner.resident_models(),
+                                     resident_adapters=runtime.runner.resident_adapters(),
+                                     current_job=None)
+        except Exception as exc:  # noqa: BLE001 - a missed heartbeat must not kill the worker
+            log.warning("heartbeat failed: %s", exc)
+
+
+def current() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = build(load_config(), worker_name(), os.environ.get("FARM_DEVICE", "cpu"))
+    return _runtime
+
+
+def worker_name() -> str:
+    return os.environ.get("FARM_WORKER_NAME") or f"farm-{os.getpid()}@{socket.gethostname()}"
+
+
+@signals.worker_init.connect
+def _on_worker_init(**_kwargs) -> None:
+    current()  # load torch, register in the ledger, start heartbeats before consuming
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_kwargs) -> None:
+    if _runtime is not None:
+        _runtime.stop.set()
+        try:
+            _runtime.handler.close()
+            _runtime.ledger.heartbeat(_runtime.name, state="stopped", current_job=None)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not record the shutdown: %s", exc)
