@@ -20,7 +20,7 @@ TINY_MODELS = ("tiny-sd", "tiny-sdxl")
 TINY_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # The tiny models' native size (the real families use 512 and 1024).
 TINY_NATIVE_SIZE = 64
-_BUILD_FORMAT = 1  # bump when the builders change, so stale caches are rebuilt
+_BUILD_FORMAT = 2  # bump when the builders change, so stale caches are rebuilt
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -1,0 +1,152 @@
+"""The ledger on SQLite and on a real PostgreSQL: migrations, batches, claims, fencing."""
+
+import random
+import threading
+
+import pytest
+from sqlalchemy import create_engine, inspect
+
+from farm.errors import ConflictError, NotFound
+from farm.ledger import Ledger
+from farm.ledger.ledger import current_revision, head_revision, make_engine, upgrade
+from farm.ledger.models import Base
+from farm.producer import plan
+from farm.spec import Catalog, JobRequest
+from farm.variants import PromptRow
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    request.applymarker(pytest.mark.postgres)
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def ledger(ledger_url):
+    if ledger_url.startswith("postgresql"):
+        engine = make_engine(ledger_url)
+        upgrade(engine)  # what `farm db upgrade` does
+        engine.dispose()
+    ledger = Ledger(ledger_url)
+    yield ledger
+    ledger.close()
+
+
+def planned(n=4, prompt="a lighthouse", seed=100):
+    return plan([PromptRow(JobRequest(prompt=prompt))], JobRequest(), variants=n, seed=seed,
+                catalog=Catalog(), default_model="tiny-sd", rng=random.Random(0))
+
+
+def create(ledger, n=4, key=None, **kw):
+    p = planned(n, **kw)
+    return ledger.create_batch(specs=p.specs, spec=p.record(), request_digest=p.request_digest,
+                               base_seed=p.base_seed, idempotency_key=key)
+
+
+def test_migrations_match_models(ledger_url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(ledger_url)
+    assert current_revision(engine) is None
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+    assert set(inspect(engine).get_table_names()) >= {"batches", "jobs", "attempts", "artifacts", "workers"}
+    engine.dispose()
+
+
+def test_sqlite_is_migrated_on_first_use_and_postgres_asks_for_db_upgrade(ledger_url):
+    from farm.errors import InfrastructureError
+
+    if ledger_url.startswith("sqlite"):
+        Ledger(ledger_url).close()
+        assert current_revision(make_engine(ledger_url)) == head_revision()
+    else:
+        with pytest.raises(InfrastructureError, match="run `farm db upgrade`"):
+            Ledger(ledger_url)
+
+
+def test_batch_and_jobs_are_written_together(ledger):
+    new = create(ledger, 4)
+    assert new.created and len(new.job_ids) == 4
+    assert ledger.batch_counts(new.id)["queued"] == 4
+    rows = ledger.list_jobs(new.id)
+    assert [r["seed"] for r in rows] == [100, 101, 102, 103]
+    assert [r["index"] for r in rows] == [0, 1, 2, 3]
+    assert rows[0]["adapters"] == [{"name": "tiny-sd-lcm-lora", "weight": 1.0, "role": "accelerator"}]
+
+
+def test_unknown_batch(ledger):
+    with pytest.raises(NotFound, match="no batch 'nope'"):
+        ledger.batch_counts("nope")
+
+
+def test_idempotency_key_returns_the_existing_batch(ledger):
+    first = create(ledger, 3, key="k1")
+    again = create(ledger, 3, key="k1")
+    assert (again.id, again.created, again.job_ids) == (first.id, False, first.job_ids)
+    with pytest.raises(ConflictError, match="different submission"):
+        create(ledger, 5, key="k1")
+
+
+def test_concurrent_submissions_with_one_key_make_one_batch(ledger):
+    results, errors = [], []
+
+    def go():
+        try:
+            results.append(create(ledger, 2, key="same"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    assert len({r.id for r in results}) == 1 and sum(r.created for r in results) == 1
+
+
+def test_claim_is_a_compare_and_set(ledger):
+    new = create(ledger, 2)
+    first = ledger.claim(new.job_ids, worker="w1", device="cpu", lease_s=60)
+    assert [c.job_id for c in first] == new.job_ids
+    assert ledger.claim(new.job_ids, worker="w2", device="cpu", lease_s=60) == []  # duplicate delivery
+    assert ledger.batch_counts(new.id)["running"] == 2
+
+
+def test_completion_needs_the_live_token(ledger):
+    new = create(ledger, 1)
+    [claim] = ledger.claim(new.job_ids, worker="w1", device="cpu", lease_s=60)
+    artifact = {"store_url": "file:///x", "key": "batches/b/00000-100.png", "sha256": "0" * 64,
+                "bytes": 10, "width": 64, "height": 64, "content_type": "image/png"}
+    assert not ledger.complete(claim.job_id, "stale-token", artifact=artifact, timings={}, batch_size=1)
+    assert ledger.complete(claim.job_id, claim.token, artifact=artifact,
+                           timings={"denoise_ms": 12.5, "total_ms": 20.0}, batch_size=4)
+    assert not ledger.complete(claim.job_id, claim.token, artifact=artifact, timings={}, batch_size=1)
+    [row] = ledger.list_jobs(new.id)
+    assert row["state"] == "succeeded" and row["artifact"] == artifact["key"]
+    assert row["timings"]["denoise"] == 12.5 and row["batch_size"] == 4
+
+
+def test_requeue_then_a_new_claim_fences_the_old_attempt(ledger):
+    new = create(ledger, 1)
+    [old] = ledger.claim(new.job_ids, worker="w1", device="cpu", lease_s=60)
+    assert ledger.requeue(old.job_id, old.token, error="lease lapsed")
+    [fresh] = ledger.claim(new.job_ids, worker="w2", device="cpu", lease_s=60)
+    assert not ledger.fail(old.job_id, old.token, error="late failure from the old attempt")
+    assert ledger.fail(fresh.job_id, fresh.token, error="boom")
+    [row] = ledger.list_jobs(new.id)
+    assert (row["state"], row["attempts"], row["last_error"]) == ("failed", 2, "boom")
+
+
+def test_workers_register_and_heartbeat(ledger):
+    ledger.register_worker(name="farm-cpu0@h", host="h", pid=1, device="cpu", gpu_name=None,
+                           versions={"torch": "x"})
+    ledger.heartbeat("farm-cpu0@h", resident_models=["tiny-sd"], rendered=3)
+    ledger.heartbeat("farm-cpu0@h", rendered=2)
+    [worker] = ledger.workers()
+    assert (worker.resident_models, worker.images_rendered, worker.state) == (["tiny-sd"], 5, "active")

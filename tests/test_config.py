@@ -1,0 +1,38 @@
+"""FARM_* configuration: defaults and errors that name the variable."""
+
+from pathlib import Path
+
+import pytest
+
+from farm.config import load_config
+from farm.errors import ConfigError
+
+
+def test_defaults_live_under_the_farm_home(tmp_path):
+    cfg = load_config({}, cwd=tmp_path)
+    assert cfg.home == tmp_path / ".farm"
+    assert cfg.database_url == f"sqlite:///{tmp_path / '.farm' / 'ledger.db'}"
+    assert cfg.store_url == (tmp_path / ".farm" / "store").as_uri()
+    assert cfg.broker_url is None and cfg.uses_embedded_broker
+
+
+def test_postgres_urls_use_psycopg3():
+    cfg = load_config({"FARM_DATABASE_URL": "postgres://u:p@db/farm"}, cwd=Path("/"))
+    assert cfg.database_url == "postgresql+psycopg://u:p@db/farm"
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"FARM_DATABASE_URL": "mysql://x"}, "FARM_DATABASE_URL"),
+    ({"FARM_BROKER_URL": "amqp://x"}, "FARM_BROKER_URL"),
+    ({"FARM_STORE_URL": "gs://bucket"}, "FARM_STORE_URL"),
+    ({"FARM_STORE_URL": "s3://"}, "FARM_STORE_URL"),
+    ({"FARM_S3_ENDPOINT_URL": "ftp://x"}, "FARM_S3_ENDPOINT_URL"),
+    ({"FARM_MICRO_BATCH": "lots"}, "FARM_MICRO_BATCH"),
+    ({"FARM_MICRO_BATCH": "0"}, "FARM_MICRO_BATCH"),
+    ({"FARM_QUEUE": "a queue"}, "FARM_QUEUE"),
+    ({"FARM_JOB_TIME_LIMIT": "4000", "FARM_VISIBILITY_TIMEOUT": "3600"}, "FARM_JOB_TIME_LIMIT"),
+])
+def test_bad_values_name_the_variable(env, variable):
+    with pytest.raises(ConfigError) as info:
+        load_config(env, cwd=Path("/tmp"))
+    assert str(info.value).startswith(f"{variable}: ")
