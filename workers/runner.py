@@ -124,18 +124,23 @@ class Runner:
         torch = self.torch
         first = jobs[0]
         timings: dict[str, float] = {}
+        # weights load outside inference mode: tensors made inside it can never be modified again
+        # (peft sets requires_grad and swaps adapter weights in place)
+        resident, timings["model_load_ms"] = self.pipeline(first.model)
+        pipe, family = resident.pipe, resident.family
+        stack = [(a["name"], a["weight"]) for a in first.adapters]
+        timings["adapter_load_ms"] = resident.adapters.activate(stack)
+        pipe.scheduler = self._scheduler(resident, first.scheduler, first.scheduler_config or {})
         with torch.inference_mode():
-            resident, timings["model_load_ms"] = self.pipeline(first.model)
-            pipe, family = resident.pipe, resident.family
-            stack = [(a["name"], a["weight"]) for a in first.adapters]
-            timings["adapter_load_ms"] = resident.adapters.activate(stack)
-            pipe.scheduler = self._scheduler(resident, first.scheduler, first.scheduler_config or {})
             guided = first.guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
 
             started = time.perf_counter()
             pairs = [(j.prompt, j.negative_prompt or "") for j in jobs]
             unique = list(dict.fromkeys(pairs))  # one text encoding per distinct prompt
-            embeds = family.encode(pipe, [p for p, _ in unique], [n for _, n in unique], guided)
+            # the text encoders run at bucketed batch sizes too (SDXL's pooled projection is a
+            # one-row GEMV for a single prompt, which rounds differently)
+            padded = unique + [unique[0]] * ((-len(unique)) % self.bucket)
+            embeds = family.encode(pipe, [p for p, _ in padded], [n for _, n in padded], guided)
             rows = len(jobs) + (-len(jobs)) % self.bucket
             index = [unique.index(p) for p in pairs]
             index += [index[0]] * (rows - len(jobs))  # padding rows repeat the first prompt

@@ -1,0 +1,114 @@
+"""Tiny random-weight pipelines on the CPU, through the same loading and rendering code as real
+models: sizes, determinism, batch invariance, LoRAs, and the runner matching a plain call."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from farm.spec import Catalog, JobRequest, resolve_job
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def runner(model_cache):
+    from workers.runner import Runner
+
+    return Runner(device="cpu", model_cache=model_cache, max_models=2)
+
+
+def job(**fields):
+    base = {"prompt": "a lighthouse at dusk", "seed": 100, "model": "tiny-sd"}
+    base.update(fields)
+    spec = resolve_job(JobRequest(**base), Catalog(), "tiny-sd")
+    return SimpleNamespace(
+        prompt=spec.prompt, negative_prompt=spec.negative_prompt, seed=spec.seed, steps=spec.steps,
+        guidance=spec.guidance, width=spec.width, height=spec.height, model=spec.model,
+        scheduler=spec.scheduler, scheduler_config=spec.scheduler_config,
+        adapters=[{"name": a.name, "weight": a.weight, "role": a.role} for a in spec.adapters],
+    )
+
+
+def render(runner, jobs):
+    return runner.render(jobs).pixels
+
+
+MODELS = ["tiny-sd", "tiny-sdxl"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_output_size_and_not_blank(runner, model):
+    [square] = render(runner, [job(model=model)])
+    assert square.shape == (64, 64, 3) and square.dtype == np.uint8 and square.std() > 5
+    [wide] = render(runner, [job(model=model, width=96, height=64)])
+    assert wide.shape == (64, 96, 3)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_same_seed_same_pixels_other_seed_other_pixels(runner, model):
+    a = render(runner, [job(model=model, seed=7)])[0]
+    b = render(runner, [job(model=model, seed=7)])[0]
+    c = render(runner, [job(model=model, seed=8)])[0]
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("recipe", [{}, {"recipe": "plain", "steps": 10, "guidance": 5.0, "negative_prompt": "fog"}])
+def test_an_image_is_the_same_alone_and_inside_a_batch_of_8(runner, model, recipe):
+    batch = [job(model=model, seed=s, **recipe) for s in range(100, 108)]
+    together = render(runner, batch)
+    for position in (0, 3, 7):
+        alone = render(runner, [batch[position]])[0]
+        assert np.array_equal(alone, together[position]), f"seed {100 + position} differs in a batch"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_mixed_prompts_in_one_call_match_their_solo_renders(runner, model):
+    prompts = ("a red barn", "a blue lake", "a red barn", "fog", "moon", "sun", "sea", "sky")
+    batch = [job(model=model, prompt=p, seed=5) for p in prompts]
+    together = render(runner, batch)
+    assert np.array_equal(together[0], together[2])
+    assert not np.array_equal(together[0], together[1])
+    assert np.array_equal(render(runner, [batch[1]])[0], together[1])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_loras_change_the_output_and_the_stack_switches_back(runner, model):
+    accelerated = render(runner, [job(model=model)])[0]
+    styled = render(runner, [job(model=model, adapters=[f"{model}-toy:0.8"])])[0]
+    no_lora = render(runner, [SimpleNamespace(**{**vars(job(model=model)), "adapters": []})])[0]
+    assert not np.array_equal(accelerated, no_lora)
+    assert not np.array_equal(accelerated, styled)
+    again = render(runner, [job(model=model)])[0]
+    assert np.array_equal(accelerated, again)
+    assert f"{model}/{model}-toy" in runner.resident_adapters()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_runner_matches_a_plain_pipeline_call(runner, model):
+    """The farm's path (prompt encoding once, latents, decode, uint8 on device) gives the same
+    pixels as the seeds' snippet: one pipe(...) call with a generator per image."""
+    from diffusers import LCMScheduler
+
+    farm_pixels = render(runner, [job(model=model, seed=s) for s in (11, 12, 13, 14)])
+    resident, _ = runner.pipeline(model)
+    pipe = resident.pipe
+    pipe.scheduler = LCMScheduler.from_config(resident.base_scheduler[1])
+    resident.adapters.activate([(f"{model}-lcm-lora", 1.0)])
+    images = pipe(["a lighthouse at dusk"] * 4, num_inference_steps=4, guidance_scale=1.0, width=64, height=64,
+                  generator=[torch.Generator().manual_seed(s) for s in (11, 12, 13, 14)]).images
+    for pil, pixels in zip(images, farm_pixels):
+        assert np.array_equal(np.asarray(pil), pixels)
+
+
+def test_resident_pipelines_are_an_lru(model_cache):
+    from workers.runner import Runner
+
+    runner = Runner(device="cpu", model_cache=model_cache, max_models=1)
+    _, first_ms = runner.pipeline("tiny-sd")
+    _, again_ms = runner.pipeline("tiny-sd")
+    assert first_ms > 0 and again_ms == 0.0
+    runner.pipeline("tiny-sdxl")
+    assert runner.resident_models() == ["tiny-sdxl"]
