@@ -129,10 +129,12 @@ def expand(rows: list[PromptRow], defaults: JobRequest, variants: int, base_seed
             if value is not None and value != ():
                 merged[f.name] = value
         count = row.variants or variants
-        first = merged["seed"] if merged["seed"] is not None else base_seed
-        first = parse_int("seed", first, 0, MAX_SEED)
-        if first + count - 1 > MAX_SEED:
-            raise InputError("seed", f"seeds {first}..{first + count - 1} run past {MAX_SEED}")
+        try:
+            first = parse_int("seed", merged["seed"] if merged["seed"] is not None else base_seed, 0, MAX_SEED)
+            if first + count - 1 > MAX_SEED:
+                raise InputError("seed", f"seeds {first}..{first + count - 1} run past {MAX_SEED}")
+        except InputError as exc:
+            raise (InputError(row.where, str(exc)) if row.where else exc) from None
         for i in range(count):
             out.append((row.where, replace(JobRequest(**merged), seed=first + i)))
             if len(out) > MAX_JOBS:

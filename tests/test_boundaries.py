@@ -1,0 +1,56 @@
+"""The seams: farm/ never imports torch, diffusers, peft or PIL; one third-party library per seam."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "diffusers", "peft", "transformers", "PIL")
+
+
+@pytest.mark.parametrize("module", ["farm", "farm.cli", "farm.producer", "farm.ledger", "workers.app", "workers.tasks"])
+def test_importing_does_not_load_torch(module):
+    code = (f"import sys, {module}; heavy = sorted(m for m in {HEAVY!r} if m in sys.modules); "
+            "print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "", f"{module} imported {out.stdout.strip()}"
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+# library -> the only places in farm/ allowed to import it
+SEAMS = {
+    "sqlalchemy": ("farm/ledger/",),
+    "alembic": ("farm/ledger/",),
+    "boto3": ("farm/storage/s3.py",),
+    "botocore": ("farm/storage/s3.py",),
+    "click": ("farm/cli/",),
+    "celery": ("farm/dispatch.py",),
+    "redis": ("farm/localfarm.py",),
+}
+
+
+def test_one_third_party_library_per_seam():
+    offenders = []
+    for path in sorted((ROOT / "farm").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        used = imports_of(path)
+        for heavy in HEAVY:
+            if heavy in used:
+                offenders.append(f"{rel} imports {heavy}")
+        for library, allowed in SEAMS.items():
+            if library in used and not rel.startswith(allowed):
+                offenders.append(f"{rel} imports {library} (only {', '.join(allowed)} may)")
+    assert offenders == []
