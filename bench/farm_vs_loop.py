@@ -1,0 +1,118 @@
+"""Farm vs plain loop: images/s through the whole farm against the seeds' snippet, side by side.
+
+The loop is the seeds' snippet: one ``pipe(prompt, generator=...)`` call per image with the
+LCM-LoRA loaded (unfused), each image saved as a PNG. The farm is ``farm submit`` -> Redis ->
+Celery worker(s) -> store -> ledger, with its local private Redis and SQLite ledger. Both run on
+the same model, prompts, seeds and machine, warm (pipelines loaded, one warm-up image each), in one
+run, alternating rounds so machine noise hits both.
+
+    .venv/bin/python bench/farm_vs_loop.py --images 64 --rounds 3 [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PROMPT = "a lighthouse at dusk"
+
+
+def loop_images_per_s(model_cache: Path, images: int, out_dir: Path) -> float:
+    import torch
+    from diffusers import LCMScheduler, StableDiffusionPipeline
+
+    from workers.sources import resolve
+
+    pipe = StableDiffusionPipeline.from_pretrained(resolve("builtin:tiny-sd", model_cache).path, safety_checker=None)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    lora = resolve("builtin:tiny-sd-lcm-lora", model_cache).path
+    pipe.load_lora_weights(lora, weight_name="pytorch_lora_weights.safetensors", adapter_name="lcm")
+    pipe.set_progress_bar_config(disable=True)
+
+    def one(seed: int):
+        image = pipe(PROMPT, num_inference_steps=4, guidance_scale=1.0, width=64, height=64,
+                     generator=torch.Generator().manual_seed(seed)).images[0]
+        image.save(out_dir / f"{seed}.png")
+
+    one(0)  # warm-up
+    started = time.perf_counter()
+    for seed in range(1000, 1000 + images):
+        one(seed)
+    return images / (time.perf_counter() - started)
+
+
+def farm_cli(*args, env) -> str:
+    return subprocess.run([sys.executable, "-m", "farm.cli", *args], env=env, cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def farm_images_per_s(env: dict, images: int) -> float:
+    from farm.config import load_config
+    from farm.ledger import Ledger
+
+    ledger = Ledger(load_config(env).database_url)
+    try:
+        started = time.perf_counter()
+        batch = json.loads(farm_cli("submit", PROMPT, "--model", "tiny-sd", "--variants", str(images),
+                                    "--seed", "1000", "--json", env=env))["batch"]
+        while ledger.batch_counts(batch)["succeeded"] + ledger.batch_counts(batch)["failed"] < images:
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        counts = ledger.batch_counts(batch)
+        if counts["failed"]:
+            raise RuntimeError(f"{counts['failed']} jobs failed")
+        return images / elapsed
+    finally:
+        ledger.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "farm_vs_loop.json"))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="farm-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(FARM_HOME=str(work / "home"), FARM_MODEL_CACHE=str(work / "models"), HF_HUB_OFFLINE="1")
+    loop_dir = work / "loop"
+    loop_dir.mkdir()
+    farm_cli("up", "--workers", str(args.workers), env=env)
+    try:
+        farm_images_per_s(env, 1)  # warm-up: workers started, pipeline loaded
+        loop_rates, farm_rates = [], []
+        for _ in range(args.rounds):
+            loop_rates.append(loop_images_per_s(Path(env["FARM_MODEL_CACHE"]), args.images, loop_dir))
+            farm_rates.append(farm_images_per_s(env, args.images))
+    finally:
+        farm_cli("down", env=env)
+    result = {
+        "benchmark": "farm_vs_loop",
+        "model": "tiny-sd", "recipe": "lcm-lora", "steps": 4, "size": "64x64",
+        "images_per_round": args.images, "rounds": args.rounds, "farm_workers": args.workers,
+        "micro_batch": 8, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "loop_images_per_s": [round(r, 2) for r in loop_rates],
+        "farm_images_per_s": [round(r, 2) for r in farm_rates],
+        "loop_ms_per_image_median": round(1000 / statistics.median(loop_rates), 2),
+        "farm_ms_per_image_median": round(1000 / statistics.median(farm_rates), 2),
+        "ratio_farm_over_loop": round(statistics.median(farm_rates) / statistics.median(loop_rates), 3),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install what the tests need (including the real Redis, PostgreSQL and S3 servers they start)
+# and run them. Extra arguments go to pytest, e.g. `scripts/test.sh -m "not slow"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh test
+exec .venv/bin/python -m pytest "$@"
