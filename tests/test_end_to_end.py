@@ -101,6 +101,18 @@ def test_farm_run_into_s3(farm_env, tmp_path, s3_server, s3_bucket):
         assert s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read() == Path(path).read_bytes()
 
 
+@pytest.mark.workers
+def test_a_hub_model_goes_through_the_real_loader_and_fails_clearly_offline(farm_env, tmp_path):
+    """sd15 is a hub id: the worker calls from_pretrained for real; with no hub it fails the jobs
+    with the loader's reason instead of hanging, and `farm run` exits 1 saying why."""
+    result = farm("run", "--model", "sd15", "--variants", "2", "--size", "64x64", "a lighthouse",
+                  "--out", str(tmp_path / "out"), "--json", env={**farm_env, "HF_HUB_OFFLINE": "1"}, check=False)
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert (report["failed"], report["succeeded"]) == (2, 0)
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, redis_server, postgres_server, s3_server, model_cache):
     """Two worker processes against a real Redis (TCP), PostgreSQL and the S3 server."""

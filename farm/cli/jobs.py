@@ -237,7 +237,7 @@ def run_cmd(state: State, prompt, file, out, workers, devices, timeout, as_json,
         click.echo(f"batch {result.batch}: {payload['succeeded']}/{result.jobs} images in {elapsed:.1f}s -> {out}")
     if payload["failed"] or payload["unfinished"]:
         for row in state.ledger.list_jobs(result.batch, states.FAILED, limit=3):
-            warn(f"job {row['id']} failed: {row['last_error']}")
+            warn(f"job {row['id']} failed: {' '.join(str(row['last_error']).split())[:500]}")
         if payload["unfinished"]:
             warn(f"{payload['unfinished']} jobs unfinished after {timeout:g}s")
         return 1

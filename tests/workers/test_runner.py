@@ -112,3 +112,28 @@ def test_resident_pipelines_are_an_lru(model_cache):
     assert first_ms > 0 and again_ms == 0.0
     runner.pipeline("tiny-sdxl")
     assert runner.resident_models() == ["tiny-sdxl"]
+
+
+def test_a_lora_loads_from_a_single_safetensors_file(runner, model_cache):
+    """Adapter sources may be one .safetensors file, as most LoRAs are shared."""
+    from farm.catalog import BUILTIN_ADAPTERS, AdapterEntry
+    from workers.runner import Runner
+    from workers.sources import resolve
+
+    directory = resolve("builtin:tiny-sd-toy", model_cache).path
+    single = f"{directory}/pytorch_lora_weights.safetensors"
+    adapters = {**BUILTIN_ADAPTERS, "toy-file": AdapterEntry("toy-file", single, "tiny-sd", "style")}
+    from_file = Runner(device="cpu", model_cache=model_cache, adapters=adapters)
+    styled = job(adapters=["tiny-sd-toy:0.8"])
+    expected = render(runner, [styled])[0]
+    styled.adapters[1]["name"] = "toy-file"
+    assert np.array_equal(render(from_file, [styled])[0], expected)
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    from farm.errors import InputError
+    from workers.sources import resolve
+
+    (tmp_path / "model.ckpt").write_bytes(b"not loaded")
+    with pytest.raises(InputError, match="only .safetensors"):
+        resolve(str(tmp_path / "model.ckpt"), tmp_path)

@@ -1,0 +1,37 @@
+"""Planning and micro-batching a submission (pure)."""
+
+import random
+
+from farm.producer import micro_batches, plan
+from farm.spec import Catalog, JobRequest
+from farm.variants import PromptRow
+
+
+def make(rows, variants=1, **defaults):
+    return plan(rows, JobRequest(**defaults), variants=variants, seed=10, catalog=Catalog(),
+                default_model="tiny-sd", rng=random.Random(1))
+
+
+def test_jobs_with_identical_settings_share_micro_batches_of_bounded_size():
+    rows = [PromptRow(JobRequest(prompt="a")), PromptRow(JobRequest(prompt="b", steps=6)),
+            PromptRow(JobRequest(prompt="c"))]
+    planned = make(rows, variants=5)
+    ids = list(range(100, 115))
+    groups = micro_batches(planned.specs, ids, 4)
+    # prompts a and c (4 steps) share groups; b (6 steps) is apart
+    assert groups == [[100, 101, 102, 103], [104, 110, 111, 112], [113, 114], [105, 106, 107, 108], [109]]
+
+
+def test_random_base_seed_is_drawn_once_and_recorded():
+    planned = plan([PromptRow(JobRequest(prompt="a"))], JobRequest(), variants=3, seed=None, catalog=Catalog(),
+                   default_model="tiny-sd", rng=random.Random(7))
+    assert [s.seed for s in planned.specs] == [planned.base_seed + i for i in range(3)]
+    assert planned.record()["seed"] is None
+
+
+def test_request_digest_ignores_the_random_seed():
+    a = plan([PromptRow(JobRequest(prompt="a"))], JobRequest(), variants=2, seed=None, catalog=Catalog(),
+             default_model="tiny-sd", rng=random.Random(1))
+    b = plan([PromptRow(JobRequest(prompt="a"))], JobRequest(), variants=2, seed=None, catalog=Catalog(),
+             default_model="tiny-sd", rng=random.Random(2))
+    assert a.base_seed != b.base_seed and a.request_digest == b.request_digest
