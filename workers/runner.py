@@ -152,8 +152,10 @@ class Runner:
             generators = [torch.Generator("cpu").manual_seed(int(j.seed)) for j in jobs]
             generators += [torch.Generator("cpu").manual_seed(0) for _ in range(rows - len(jobs))]
             started = time.perf_counter()
-            latents = family.denoise(pipe, embeds, generators=generators, steps=first.steps,
-                                     guidance=first.guidance, width=first.width, height=first.height)
+            # the pipeline's own denoising loop (scheduler, guidance, size conditioning), to latents
+            latents = pipe(**embeds, generator=generators, num_inference_steps=first.steps,
+                           guidance_scale=first.guidance, width=first.width, height=first.height,
+                           output_type="latent", return_dict=False)[0]
             self._sync()
             timings["denoise_ms"] = (time.perf_counter() - started) * 1000
 

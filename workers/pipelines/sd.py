@@ -27,14 +27,6 @@ def encode(pipe, prompts: list[str], negatives: list[str], cfg: bool) -> dict:
     return embeds
 
 
-def denoise(pipe, embeds: dict, *, generators, steps: int, guidance: float, width: int, height: int):
-    """The pipeline's own denoising loop (scheduler, guidance), stopping at the latents."""
-    return pipe(
-        **embeds, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
-        width=width, height=height, output_type="latent", return_dict=False,
-    )[0]
-
-
 def decode(pipe, latents):
     """Latents to images in [-1, 1], NCHW, as the pipeline decodes them."""
     vae = pipe.vae

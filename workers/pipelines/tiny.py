@@ -38,8 +38,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def _write_clip_tokenizer(directory: Path, pad_token: str = "<|endoftext|>") -> None:
-    """A byte-level CLIP tokenizer with a small vocabulary and a few merges, written from scratch."""
+def _clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """A byte-level CLIP tokenizer with a small vocabulary and a few merges, made from scratch."""
     from transformers import CLIPTokenizer
 
     alphabet = list(_bytes_to_unicode().values())
@@ -49,11 +49,10 @@ def _write_clip_tokenizer(directory: Path, pad_token: str = "<|endoftext|>") -> 
         vocab.append(a + b)
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     # transformers 5 builds the BPE model straight from the vocabulary and merges.
-    tokenizer = CLIPTokenizer(
+    return CLIPTokenizer(
         vocab={tok: i for i, tok in enumerate(vocab)}, merges=merges, pad_token=pad_token,
         model_max_length=77,
     )
-    tokenizer.save_pretrained(str(directory))
 
 
 def _clip_config(hidden: int, projection: int | None = None):
@@ -102,35 +101,32 @@ def _scheduler():
     )
 
 
+def _tiny_unet(**family_config):
+    """A two-block UNet: one downsample, so an 8x8 latent stays cheap."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=TINY_NATIVE_SIZE // 8,
+        in_channels=4, out_channels=4, norm_num_groups=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **family_config,
+    )
+
+
 def build_tiny_sd(directory: Path) -> None:
     import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=TINY_NATIVE_SIZE // 8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-        attention_head_dim=4,
-    )
+    unet = _tiny_unet(cross_attention_dim=32, attention_head_dim=4)
     torch.manual_seed(1)
     vae = _tiny_vae()
     torch.manual_seed(2)
     text_encoder = CLIPTextModel(_clip_config(32))
-    with tempfile.TemporaryDirectory() as tmp:
-        _write_clip_tokenizer(Path(tmp))
-        from transformers import CLIPTokenizer
-
-        tokenizer = CLIPTokenizer.from_pretrained(tmp)
     pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=_clip_tokenizer(),
         scheduler=_scheduler(), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
@@ -139,27 +135,15 @@ def build_tiny_sd(directory: Path) -> None:
 
 def build_tiny_sdxl(directory: Path) -> None:
     import torch
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=TINY_NATIVE_SIZE // 8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
+    unet = _tiny_unet(
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), cross_attention_dim=64,
         # 6 size/crop conditioning values x 8 + the pooled text embedding (32)
         projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64,
-        norm_num_groups=32,
     )
     torch.manual_seed(1)
     vae = _tiny_vae()
@@ -167,14 +151,9 @@ def build_tiny_sdxl(directory: Path) -> None:
     text_encoder = CLIPTextModel(_clip_config(32))
     torch.manual_seed(3)
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(32, projection=32))
-    with tempfile.TemporaryDirectory() as tmp:
-        _write_clip_tokenizer(Path(tmp, "a"))
-        _write_clip_tokenizer(Path(tmp, "b"), pad_token="!")
-        tokenizer = CLIPTokenizer.from_pretrained(str(Path(tmp, "a")))
-        tokenizer_2 = CLIPTokenizer.from_pretrained(str(Path(tmp, "b")))
     pipe = StableDiffusionXLPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=_scheduler(),
+        tokenizer=_clip_tokenizer(), tokenizer_2=_clip_tokenizer(pad_token="!"), scheduler=_scheduler(),
         force_zeros_for_empty_prompt=True,
     )
     pipe.save_pretrained(str(directory), safe_serialization=True)
