@@ -2,7 +2,12 @@
 
 A *family* decides the pipeline class and which recipes apply (sd15, sdxl, ssd-1b). An *arch*
 decides which LoRAs fit: it equals the family for real checkpoints, while the tiny test models
-have their own (their layers are much smaller than the real family's).
+have their own (their layers are much smaller than the real family's). A LoRA trained for an arch
+plugs into every model of that arch: that is the point of LCM-LoRA.
+
+A model's *kind* says what it is: ``base`` (a normal checkpoint, accelerated by a LoRA), ``lcm``
+(an LCM-distilled checkpoint) or ``turbo`` (SDXL-Turbo style). Accelerator LoRAs say which recipe
+they serve and, for Lightning and Hyper-SD, for how many steps they were distilled.
 
 Sources are hub ids, local directories, single files, ``s3://`` URIs, or ``builtin:NAME`` for the
 tiny random-weight models the workers build locally on first use.
@@ -10,10 +15,14 @@ tiny random-weight models the workers build locally on first use.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 FAMILIES = ("sd15", "sdxl", "ssd-1b")
 NATIVE_SIZE = {"sd15": 512, "sdxl": 1024, "ssd-1b": 1024}
+MODEL_KINDS = ("base", "lcm", "turbo")
+ADAPTER_KINDS = ("accelerator", "style")
+TINY_ARCHS = ("tiny-sd", "tiny-sdxl", "tiny-ssd-1b")
+ARCHS = FAMILIES + TINY_ARCHS
 
 
 @dataclass(frozen=True)
@@ -23,9 +32,13 @@ class ModelEntry:
     family: str
     arch: str
     native_size: int
+    kind: str = "base"
     revision: str | None = None
-    # accelerator role (e.g. "lcm-lora") -> adapter name, for recipes that load one
-    accelerators: dict[str, str] = field(default_factory=dict)
+    sha256: str | None = None  # of an s3:// source, checked when a worker fetches it
+    builtin: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -35,51 +48,95 @@ class AdapterEntry:
     arch: str
     kind: str  # "accelerator" or "style"
     weight_name: str | None = None
+    recipe: str | None = None  # accelerators: the recipe they serve (lcm-lora, lightning, hyper, turbo)
+    steps: int | None = None  # Lightning / Hyper-SD LoRAs are distilled for one step count
+    guidance_max: float | None = None  # "CFG-preserved" Hyper-SD LoRAs allow more guidance
     revision: str | None = None
+    sha256: str | None = None
+    builtin: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
 _TINY_LORA_FILE = "pytorch_lora_weights.safetensors"
 
+
+def _tiny_adapters() -> list[AdapterEntry]:
+    out = []
+    for arch in TINY_ARCHS:
+        out.append(AdapterEntry(f"{arch}-lcm-lora", f"builtin:{arch}-lcm-lora", arch, "accelerator",
+                                _TINY_LORA_FILE, recipe="lcm-lora"))
+        for style in ("toy", "ink"):
+            out.append(AdapterEntry(f"{arch}-{style}", f"builtin:{arch}-{style}", arch, "style", _TINY_LORA_FILE))
+    for arch in ("tiny-sd", "tiny-sdxl"):
+        for n in (1, 2, 4, 8):
+            out.append(AdapterEntry(f"{arch}-hyper-{n}step", f"builtin:{arch}-hyper-{n}step", arch, "accelerator",
+                                    _TINY_LORA_FILE, recipe="hyper", steps=n))
+        out.append(AdapterEntry(f"{arch}-hyper-12step-cfg", f"builtin:{arch}-hyper-12step-cfg", arch,
+                                "accelerator", _TINY_LORA_FILE, recipe="hyper", steps=12, guidance_max=8.0))
+    for n in (1, 2, 4, 8):
+        out.append(AdapterEntry(f"tiny-sdxl-lightning-{n}step", f"builtin:tiny-sdxl-lightning-{n}step", "tiny-sdxl",
+                                "accelerator", _TINY_LORA_FILE, recipe="lightning", steps=n))
+    out.append(AdapterEntry("tiny-sdxl-turbo-lora", "builtin:tiny-sdxl-turbo-lora", "tiny-sdxl", "accelerator",
+                            _TINY_LORA_FILE, recipe="turbo"))
+    return out
+
+
+def _real_adapters() -> list[AdapterEntry]:
+    out = [
+        AdapterEntry("lcm-lora-sdv1-5", "latent-consistency/lcm-lora-sdv1-5", "sd15", "accelerator", recipe="lcm-lora"),
+        AdapterEntry("lcm-lora-sdxl", "latent-consistency/lcm-lora-sdxl", "sdxl", "accelerator", recipe="lcm-lora"),
+        AdapterEntry("lcm-lora-ssd-1b", "latent-consistency/lcm-lora-ssd-1b", "ssd-1b", "accelerator",
+                     recipe="lcm-lora"),
+        AdapterEntry("toy-face-sdxl", "CiroN2022/toy-face", "sdxl", "style", "toy_face_sdxl.safetensors"),
+    ]
+    for n in (2, 4, 8):  # SDXL-Lightning's 1-step model is a UNet, not a LoRA
+        out.append(AdapterEntry(f"sdxl-lightning-{n}step", "ByteDance/SDXL-Lightning", "sdxl", "accelerator",
+                                f"sdxl_lightning_{n}step_lora.safetensors", recipe="lightning", steps=n))
+    for n in (1, 2, 4, 8):
+        out.append(AdapterEntry(f"hyper-sdxl-{n}step", "ByteDance/Hyper-SD", "sdxl", "accelerator",
+                                f"Hyper-SDXL-{n}step-lora.safetensors", recipe="hyper", steps=n))
+        out.append(AdapterEntry(f"hyper-sd15-{n}step", "ByteDance/Hyper-SD", "sd15", "accelerator",
+                                f"Hyper-SD15-{n}step-lora.safetensors", recipe="hyper", steps=n))
+    out.append(AdapterEntry("hyper-sdxl-12step-cfg", "ByteDance/Hyper-SD", "sdxl", "accelerator",
+                            "Hyper-SDXL-12steps-CFG-lora.safetensors", recipe="hyper", steps=12, guidance_max=8.0))
+    out.append(AdapterEntry("hyper-sd15-12step-cfg", "ByteDance/Hyper-SD", "sd15", "accelerator",
+                            "Hyper-SD15-12steps-CFG-lora.safetensors", recipe="hyper", steps=12, guidance_max=8.0))
+    return out
+
+
 BUILTIN_MODELS: dict[str, ModelEntry] = {
     m.name: m
     for m in (
-        ModelEntry("tiny-sd", "builtin:tiny-sd", "sd15", "tiny-sd", 64,
-                   accelerators={"lcm-lora": "tiny-sd-lcm-lora"}),
-        ModelEntry("tiny-sdxl", "builtin:tiny-sdxl", "sdxl", "tiny-sdxl", 64,
-                   accelerators={"lcm-lora": "tiny-sdxl-lcm-lora"}),
-        ModelEntry("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", "sd15", 512,
-                   accelerators={"lcm-lora": "lcm-lora-sdv1-5"}),
-        ModelEntry("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", "sdxl", 1024,
-                   accelerators={"lcm-lora": "lcm-lora-sdxl"}),
-        ModelEntry("ssd-1b", "segmind/SSD-1B", "ssd-1b", "ssd-1b", 1024,
-                   accelerators={"lcm-lora": "lcm-lora-ssd-1b"}),
+        ModelEntry("tiny-sd", "builtin:tiny-sd", "sd15", "tiny-sd", 64),
+        ModelEntry("tiny-sdxl", "builtin:tiny-sdxl", "sdxl", "tiny-sdxl", 64),
+        ModelEntry("tiny-ssd-1b", "builtin:tiny-ssd-1b", "ssd-1b", "tiny-ssd-1b", 64),
+        ModelEntry("tiny-sd-lcm", "builtin:tiny-sd-lcm", "sd15", "tiny-sd", 64, kind="lcm"),
+        ModelEntry("tiny-sdxl-lcm", "builtin:tiny-sdxl-lcm", "sdxl", "tiny-sdxl", 64, kind="lcm"),
+        ModelEntry("tiny-sdxl-turbo", "builtin:tiny-sdxl-turbo", "sdxl", "tiny-sdxl", 64, kind="turbo"),
+        ModelEntry("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", "sd15", 512),
+        ModelEntry("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", "sdxl", 1024),
+        ModelEntry("ssd-1b", "segmind/SSD-1B", "ssd-1b", "ssd-1b", 1024),
+        ModelEntry("sdxl-turbo", "stabilityai/sdxl-turbo", "sdxl", "sdxl", 512, kind="turbo"),
+        ModelEntry("lcm-dreamshaper-v7", "SimianLuo/LCM_Dreamshaper_v7", "sd15", "sd15", 512, kind="lcm"),
     )
 }
 
-BUILTIN_ADAPTERS: dict[str, AdapterEntry] = {
-    a.name: a
-    for a in (
-        AdapterEntry("tiny-sd-lcm-lora", "builtin:tiny-sd-lcm-lora", "tiny-sd", "accelerator", _TINY_LORA_FILE),
-        AdapterEntry("tiny-sdxl-lcm-lora", "builtin:tiny-sdxl-lcm-lora", "tiny-sdxl", "accelerator", _TINY_LORA_FILE),
-        AdapterEntry("tiny-sd-toy", "builtin:tiny-sd-toy", "tiny-sd", "style", _TINY_LORA_FILE),
-        AdapterEntry("tiny-sd-ink", "builtin:tiny-sd-ink", "tiny-sd", "style", _TINY_LORA_FILE),
-        AdapterEntry("tiny-sdxl-toy", "builtin:tiny-sdxl-toy", "tiny-sdxl", "style", _TINY_LORA_FILE),
-        AdapterEntry("tiny-sdxl-ink", "builtin:tiny-sdxl-ink", "tiny-sdxl", "style", _TINY_LORA_FILE),
-        AdapterEntry("lcm-lora-sdv1-5", "latent-consistency/lcm-lora-sdv1-5", "sd15", "accelerator"),
-        AdapterEntry("lcm-lora-sdxl", "latent-consistency/lcm-lora-sdxl", "sdxl", "accelerator"),
-        AdapterEntry("lcm-lora-ssd-1b", "latent-consistency/lcm-lora-ssd-1b", "ssd-1b", "accelerator"),
-        AdapterEntry("toy-face-sdxl", "CiroN2022/toy-face", "sdxl", "style", "toy_face_sdxl.safetensors"),
-    )
-}
+BUILTIN_ADAPTERS: dict[str, AdapterEntry] = {a.name: a for a in _tiny_adapters() + _real_adapters()}
 
-# builtin:NAME -> (tiny model it is built for, seed of its random weights); models have seed None
-BUILTIN_BUILDS: dict[str, tuple[str, int | None]] = {
-    "tiny-sd": ("tiny-sd", None),
-    "tiny-sdxl": ("tiny-sdxl", None),
-    "tiny-sd-lcm-lora": ("tiny-sd", 10),
-    "tiny-sdxl-lcm-lora": ("tiny-sdxl", 11),
-    "tiny-sd-toy": ("tiny-sd", 20),
-    "tiny-sd-ink": ("tiny-sd", 21),
-    "tiny-sdxl-toy": ("tiny-sdxl", 22),
-    "tiny-sdxl-ink": ("tiny-sdxl", 23),
-}
+
+def tiny_build(name: str) -> tuple[str, str, int] | None:
+    """How to build ``builtin:NAME``: (what: "model" or "lora", tiny base model, seed), or None.
+
+    Each tiny model and LoRA has its own seed, derived from its name so the list never drifts.
+    """
+    import zlib
+
+    seed = zlib.crc32(name.encode()) % 100_000
+    if name in BUILTIN_MODELS and BUILTIN_MODELS[name].source == f"builtin:{name}":
+        return "model", name, seed
+    entry = BUILTIN_ADAPTERS.get(name)
+    if entry is not None and entry.source == f"builtin:{name}":
+        return "lora", entry.arch, seed
+    return None

@@ -1,13 +1,17 @@
 """Few-step recipes: scheduler + steps + guidance + accelerator, as pure data and validation.
 
-The facts come from the seed documents (see DESIGN.md section 5). A recipe fills the defaults a
-user leaves out and refuses, with a one-line reason, the combinations that cannot work.
+The facts come from the seed documents (DESIGN.md section 5). A recipe fills the defaults a user
+leaves out, picks the accelerator LoRA that fits the model (by architecture and, for Lightning and
+Hyper-SD, by step count) and refuses, with a one-line reason, what cannot work: 8 steps with only
+a 4-step Lightning LoRA, guidance 7 with LCM-LoRA, Lightning on SD1.5.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Mapping
 
+from farm.catalog import AdapterEntry, ModelEntry
 from farm.errors import InputError
 
 
@@ -18,13 +22,16 @@ class Recipe:
     scheduler: str | None  # diffusers scheduler class; None keeps the model's own
     scheduler_config: dict = field(default_factory=dict)
     steps: tuple[int, int] = (1, 8)  # inclusive range
-    step_choices: tuple[int, ...] | None = None  # when the accelerator exists only for these counts
     default_steps: int = 4
     guidance: tuple[float, float] = (0.0, 2.0)  # inclusive range
     default_guidance: float = 1.0
-    accelerator: str | None = None  # the accelerator role the model must provide
+    accelerator: str | None = None  # the accelerator LoRA role this recipe loads
     accelerator_weight: float | None = None
     families: tuple[str, ...] = ("sd15", "sdxl", "ssd-1b")
+    model_kinds: tuple[str, ...] = ("base",)
+    step_choices: tuple[int, ...] | None = None  # accelerators distilled for these step counts only
+    extra_steps: int = 0  # a step-distilled LoRA also works for up to this many more steps
+    schedulers_by_steps: dict = field(default_factory=dict)  # steps -> (class, config)
 
     def as_dict(self) -> dict:
         return {
@@ -32,55 +39,52 @@ class Recipe:
             "summary": self.summary,
             "scheduler": self.scheduler or "model default",
             "scheduler_config": dict(self.scheduler_config),
+            "schedulers_by_steps": {str(k): {"scheduler": c, "config": cfg}
+                                    for k, (c, cfg) in self.schedulers_by_steps.items()},
             "steps": {"min": self.steps[0], "max": self.steps[1], "default": self.default_steps,
                       "choices": list(self.step_choices) if self.step_choices else None},
-            "guidance": {"min": self.guidance[0], "max": self.guidance[1],
-                         "default": self.default_guidance},
+            "guidance": {"min": self.guidance[0], "max": self.guidance[1], "default": self.default_guidance},
             "accelerator": self.accelerator,
             "accelerator_weight": self.accelerator_weight,
             "families": list(self.families),
+            "model_kinds": list(self.model_kinds),
         }
 
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe(
-            "lcm-lora", "LCM-LoRA on any model of its family; 4-6 steps is the sweet spot",
-            "LCMScheduler", {}, (1, 8), None, 4, (0.0, 2.0), 1.0, "lcm-lora", 1.0,
-        ),
-        Recipe(
-            "lcm", "an LCM-distilled checkpoint (guidance is embedded in the model)",
-            "LCMScheduler", {}, (1, 8), None, 4, (1.0, 15.0), 8.0, None, None, ("sd15", "sdxl"),
-        ),
-        Recipe(
-            "turbo", "SDXL-Turbo: 1-4 steps, no CFG",
-            "EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"},
-            (1, 6), None, 1, (0.0, 2.5), 0.0, None, None, ("sdxl",),
-        ),
-        Recipe(
-            "lightning", "SDXL-Lightning LoRA: the LoRA is chosen by the step count",
-            "EulerDiscreteScheduler", {"timestep_spacing": "trailing"},
-            (1, 8), (1, 2, 4, 8), 4, (0.0, 2.0), 0.0, "lightning", 1.0, ("sdxl",),
-        ),
-        Recipe(
-            "hyper", "Hyper-SD LoRA for N steps (TCD at 1 step, trailing spacing otherwise)",
-            "DDIMScheduler", {"timestep_spacing": "trailing"},
-            (1, 14), (1, 2, 4, 8, 12), 8, (0.0, 2.0), 1.0, "hyper", 1.0, ("sd15", "sdxl"),
-        ),
-        Recipe(
-            "lcm-blend", "LCM-LoRA at ~0.3 with DPM++ Karras: keeps the base look, ~30% faster",
-            "DPMSolverSinglestepScheduler", {"use_karras_sigmas": True},
-            (6, 8), None, 8, (2.0, 3.5), 2.5, "lcm-lora", 0.3,
-        ),
-        Recipe(
-            "plain", "no accelerator: the baseline the few-step recipes are compared against",
-            None, {}, (10, 60), None, 25, (1.0, 12.0), 7.0, None, None,
-        ),
+        Recipe("lcm-lora", "LCM-LoRA on any model of its family; 1 step is rough shapes, 4-6 the sweet spot, "
+                           "8 can over-saturate", "LCMScheduler", {}, (1, 8), 4, (0.0, 2.0), 1.0,
+               "lcm-lora", 1.0),
+        Recipe("lcm", "an LCM-distilled checkpoint; guidance is embedded in the model (w ~ 8)",
+               "LCMScheduler", {}, (1, 8), 4, (1.0, 15.0), 8.0, None, None, ("sd15", "sdxl"), ("lcm",)),
+        Recipe("turbo", "SDXL-Turbo: the model at 1-4 steps without CFG, or a Turbo LoRA at ~0.6 for 4-6 steps",
+               "EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}, (1, 6), 1, (0.0, 2.5), 0.0,
+               "turbo", 0.6, ("sdxl",), ("turbo", "base")),
+        Recipe("lightning", "SDXL-Lightning LoRA: the LoRA is chosen by the step count; trailing timesteps",
+               "EulerDiscreteScheduler", {"timestep_spacing": "trailing"}, (1, 8), 4, (0.0, 2.0), 0.0,
+               "lightning", 1.0, ("sdxl",), ("base",), (1, 2, 4, 8)),
+        Recipe("hyper", "Hyper-SD LoRA for N steps (N+1, N+2 also work); TCD at 1 step, trailing DDIM otherwise",
+               "DDIMScheduler", {"timestep_spacing": "trailing"}, (1, 14), 8, (0.0, 2.0), 1.0,
+               "hyper", 1.0, ("sd15", "sdxl"), ("base",), (1, 2, 4, 8, 12), 2,
+               {1: ("TCDScheduler", {})}),
+        Recipe("lcm-blend", "LCM-LoRA at ~0.3 with DPM++ 2S Karras: keeps the base look, ~30% faster",
+               "DPMSolverSinglestepScheduler", {"use_karras_sigmas": True}, (6, 8), 8, (2.0, 3.5), 2.5,
+               "lcm-lora", 0.3),
+        Recipe("plain", "no accelerator: the baseline the few-step recipes are compared against",
+               None, {}, (10, 60), 25, (1.0, 12.0), 7.0),
     )
 }
 
 DEFAULT_RECIPE = "lcm-lora"
+
+# A Turbo *model* needs no LoRA, fewer steps and no CFG; the rules for the Turbo LoRA are the recipe's.
+KIND_OVERRIDES = {
+    ("turbo", "turbo"): {"steps": (1, 4), "default_steps": 1, "guidance": (0.0, 1.0), "default_guidance": 0.0,
+                         "accelerator": None, "accelerator_weight": None},
+    ("turbo", "base"): {"steps": (4, 6), "default_steps": 4, "guidance": (1.0, 2.5), "default_guidance": 1.0},
+}
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class ResolvedRecipe:
     scheduler_config: dict
     steps: int
     guidance: float
-    accelerator: str | None
+    accelerator: str | None  # the adapter name
     accelerator_weight: float | None
     warnings: tuple[str, ...] = ()
 
@@ -102,34 +106,59 @@ def get_recipe(name: str) -> Recipe:
         raise InputError("recipe", f"unknown recipe {name!r} (known: {', '.join(RECIPES)})") from None
 
 
-def resolve_recipe(
-    name: str, family: str, steps: int | None, guidance: float | None, negative_prompt: str,
-) -> ResolvedRecipe:
-    """Fill the recipe's defaults and refuse what cannot work, with a one-line reason."""
+def _accelerators(adapters: Mapping[str, AdapterEntry], arch: str, role: str) -> list[AdapterEntry]:
+    return sorted((a for a in adapters.values() if a.kind == "accelerator" and a.arch == arch and a.recipe == role),
+                  key=lambda a: (a.steps or 0, a.name))
+
+
+def _pick_accelerator(recipe: Recipe, model: ModelEntry, steps: int, adapters) -> AdapterEntry:
+    candidates = _accelerators(adapters, model.arch, recipe.accelerator)
+    if not candidates:
+        raise InputError("recipe", f"no {recipe.accelerator} accelerator is registered for {model.arch} models "
+                                   f"(model {model.name}); see `farm adapters add --kind accelerator`")
+    if not recipe.step_choices:
+        return candidates[0]
+    fitting = [a for a in candidates if a.steps is not None and a.steps <= steps <= a.steps + recipe.extra_steps]
+    if not fitting:
+        have = ", ".join(str(a.steps) for a in candidates if a.steps is not None) or "none"
+        raise InputError("steps", f"{steps} steps needs a {steps}-step {recipe.name} LoRA for {model.arch} "
+                                  f"models (registered: {have})")
+    return fitting[-1]  # the closest step count below
+
+
+def resolve_recipe(name: str, model: ModelEntry, steps: int | None, guidance: float | None,
+                   negative_prompt: str, adapters: Mapping[str, AdapterEntry]) -> ResolvedRecipe:
+    """Fill the recipe's defaults, pick its accelerator, and refuse what cannot work."""
     recipe = get_recipe(name)
-    if family not in recipe.families:
-        raise InputError(
-            "recipe", f"{name} does not support the {family} family (supports {', '.join(recipe.families)})"
-        )
+    if model.family not in recipe.families:
+        raise InputError("recipe", f"{name} does not support the {model.family} family "
+                                   f"(supports {', '.join(recipe.families)})")
+    if model.kind not in recipe.model_kinds:
+        wanted = " or ".join(recipe.model_kinds)
+        raise InputError("recipe", f"{name} needs a {wanted} model; {model.name} is a {model.kind} model")
+    recipe = replace(recipe, **KIND_OVERRIDES.get((name, model.kind), {}))
+
     steps = recipe.default_steps if steps is None else steps
     lo, hi = recipe.steps
     if not lo <= steps <= hi:
         raise InputError("steps", f"{steps} is outside {lo}..{hi} for the {name} recipe")
-    if recipe.step_choices and steps not in recipe.step_choices:
-        choices = ", ".join(map(str, recipe.step_choices))
-        raise InputError("steps", f"{name} has accelerators for {choices} steps only, not {steps}")
+    accelerator = _pick_accelerator(recipe, model, steps, adapters) if recipe.accelerator else None
+
     guidance = recipe.default_guidance if guidance is None else float(guidance)
     glo, ghi = recipe.guidance
+    if accelerator is not None and accelerator.guidance_max:
+        ghi = max(ghi, accelerator.guidance_max)
     if not glo <= guidance <= ghi:
         raise InputError("guidance", f"{guidance:g} is outside {glo:g}..{ghi:g} for the {name} recipe")
+
+    scheduler, scheduler_config = recipe.schedulers_by_steps.get(steps, (recipe.scheduler, recipe.scheduler_config))
     warnings = []
-    # diffusers runs classifier-free guidance only when guidance > 1 (LCM full models embed it)
-    if negative_prompt and guidance <= 1.0 and name != "lcm":
-        warnings.append(
-            f"negative prompt ignored: guidance {guidance:g} <= 1 turns classifier-free guidance off"
-        )
+    # diffusers runs classifier-free guidance only when guidance > 1; LCM models embed it instead
+    if negative_prompt and (guidance <= 1.0 or model.kind == "lcm"):
+        warnings.append(f"negative prompt ignored: guidance {guidance:g} <= 1 turns classifier-free guidance off"
+                        if model.kind != "lcm" else "negative prompt ignored: LCM models do not run CFG")
     return ResolvedRecipe(
-        name=name, scheduler=recipe.scheduler, scheduler_config=dict(recipe.scheduler_config),
-        steps=steps, guidance=guidance, accelerator=recipe.accelerator,
-        accelerator_weight=recipe.accelerator_weight, warnings=tuple(warnings),
+        name=name, scheduler=scheduler, scheduler_config=dict(scheduler_config), steps=steps, guidance=guidance,
+        accelerator=accelerator.name if accelerator else None,
+        accelerator_weight=recipe.accelerator_weight if accelerator else None, warnings=tuple(warnings),
     )

@@ -206,7 +206,7 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
     recipe_name = check_name("recipe", request.recipe if request.recipe is not None else DEFAULT_RECIPE)
     steps = None if request.steps is None else parse_int("steps", request.steps, 1, 200)
     guidance = None if request.guidance is None else parse_float("guidance", request.guidance)
-    recipe = resolve_recipe(recipe_name, model.family, steps, guidance, negative)
+    recipe = resolve_recipe(recipe_name, model, steps, guidance, negative, catalog.adapters)
 
     native = model.native_size or NATIVE_SIZE[model.family]
     width = _side("width", native if request.width is None else request.width)
@@ -216,11 +216,7 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
 
     stack: list[AdapterUse] = []
     if recipe.accelerator:
-        accelerator = model.accelerators.get(recipe.accelerator)
-        if accelerator is None:
-            raise InputError("recipe", f"model {model_name} has no {recipe.accelerator} accelerator for the "
-                                       f"{recipe.name} recipe")
-        stack.append(AdapterUse(accelerator, float(recipe.accelerator_weight or 1.0), "accelerator"))
+        stack.append(AdapterUse(recipe.accelerator, float(recipe.accelerator_weight or 1.0), "accelerator"))
     raw_adapters = request.adapters or ()
     if isinstance(raw_adapters, (str, Mapping)):
         raw_adapters = [raw_adapters]
@@ -232,6 +228,8 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
             raise InputError("adapter", f"unknown adapter {name!r}")
         if entry.arch != model.arch:
             raise InputError("adapter", f"{name} is for {entry.arch} models, not {model_name} ({model.arch})")
+        if entry.kind != "style":
+            raise InputError("adapter", f"{name} is an accelerator; pick it with --recipe, not --adapter")
         if name in seen:
             raise InputError("adapter", f"{name} is listed twice")
         seen.add(name)

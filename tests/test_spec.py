@@ -91,8 +91,13 @@ def test_every_invalid_field_is_named(fields, field, words):
 
 
 def test_lightning_refuses_step_counts_it_has_no_lora_for():
-    with pytest.raises(InputError, match="steps: .*1, 2, 4, 8 steps only"):
+    with pytest.raises(InputError, match="steps: 3 steps needs a 3-step lightning LoRA"):
         resolve(model="tiny-sdxl", recipe="lightning", steps=3)
+
+
+def test_accelerators_are_not_style_adapters():
+    with pytest.raises(InputError, match="adapter: tiny-sd-hyper-8step is an accelerator"):
+        resolve(adapters=["tiny-sd-hyper-8step"])
 
 
 @pytest.mark.parametrize("text, expected", [("512x768", (512, 768)), ("64", (64, 64)), (" 64X64 ", (64, 64))])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.catalog import BUILTIN_BUILDS
+from farm.catalog import tiny_build
 from farm.errors import InputError
 
 WEIGHT_SUFFIXES = (".safetensors",)  # never pickles: a .ckpt or .bin can run code on load
@@ -44,11 +44,11 @@ def resolve(source: str, cache_dir: Path) -> Location:
 def _build(name: str, cache_dir: Path) -> Path:
     from workers.pipelines import tiny
 
-    try:
-        model, seed = BUILTIN_BUILDS[name]
-    except KeyError:
-        raise InputError("source", f"no built-in model or adapter named {name!r}") from None
+    build = tiny_build(name)
+    if build is None:
+        raise InputError("source", f"no built-in model or adapter named {name!r}")
+    what, base, seed = build
     builtin_dir = Path(cache_dir) / "builtin"
-    if seed is None:
-        return tiny.ensure_tiny_model(model, builtin_dir)
-    return tiny.ensure_tiny_lora(model, name, builtin_dir, seed=seed)
+    if what == "model":
+        return tiny.ensure_tiny_model(base, builtin_dir)
+    return tiny.ensure_tiny_lora(base, name, builtin_dir, seed=seed)

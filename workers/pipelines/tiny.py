@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_MODELS = ("tiny-sd", "tiny-sdxl")
 TINY_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # The tiny models' native size (the real families use 512 and 1024).
 TINY_NATIVE_SIZE = 64
@@ -114,16 +113,18 @@ def _tiny_unet(**family_config):
     )
 
 
-def build_tiny_sd(directory: Path) -> None:
+def build_tiny_sd(directory: Path, *, seed: int = 0, lcm: bool = False) -> None:
+    """SD1.5-style. ``lcm``: an LCM-distilled-style UNet with a guidance embedding
+    (``time_cond_proj_dim``), which the pipeline feeds instead of running CFG."""
     import torch
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
-    torch.manual_seed(0)
-    unet = _tiny_unet(cross_attention_dim=32, attention_head_dim=4)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
+    unet = _tiny_unet(cross_attention_dim=32, attention_head_dim=4, **({"time_cond_proj_dim": 32} if lcm else {}))
+    torch.manual_seed(seed + 1)
     vae = _tiny_vae()
-    torch.manual_seed(2)
+    torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(_clip_config(32))
     pipe = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=_clip_tokenizer(),
@@ -133,23 +134,27 @@ def build_tiny_sd(directory: Path) -> None:
     pipe.save_pretrained(str(directory), safe_serialization=True)
 
 
-def build_tiny_sdxl(directory: Path) -> None:
+def build_tiny_sdxl(directory: Path, *, seed: int = 0, lcm: bool = False, ssd: bool = False) -> None:
+    """SDXL-style: two text encoders, pooled embeddings, size/crop conditioning. ``ssd``: the
+    SSD-1B layout (same architecture, fewer transformer layers); ``lcm``: a guidance embedding."""
     import torch
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     unet = _tiny_unet(
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), cross_attention_dim=64,
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1) if ssd else (1, 2),
+        cross_attention_dim=64,
         # 6 size/crop conditioning values x 8 + the pooled text embedding (32)
         projection_class_embeddings_input_dim=6 * 8 + 32,
+        **({"time_cond_proj_dim": 32} if lcm else {}),
     )
-    torch.manual_seed(1)
+    torch.manual_seed(seed + 1)
     vae = _tiny_vae()
-    torch.manual_seed(2)
+    torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(_clip_config(32))
-    torch.manual_seed(3)
+    torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(32, projection=32))
     pipe = StableDiffusionXLPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
@@ -189,7 +194,14 @@ def build_tiny_lora(model_dir: Path, directory: Path, *, seed: int, rank: int = 
     )
 
 
-_BUILDERS = {"tiny-sd": build_tiny_sd, "tiny-sdxl": build_tiny_sdxl}
+_BUILDERS = {
+    "tiny-sd": build_tiny_sd,
+    "tiny-sd-lcm": lambda d: build_tiny_sd(d, seed=100, lcm=True),
+    "tiny-sdxl": build_tiny_sdxl,
+    "tiny-sdxl-lcm": lambda d: build_tiny_sdxl(d, seed=100, lcm=True),
+    "tiny-sdxl-turbo": lambda d: build_tiny_sdxl(d, seed=200),
+    "tiny-ssd-1b": lambda d: build_tiny_sdxl(d, seed=300, ssd=True),
+}
 
 
 def _build_once(target: Path, build) -> Path:
