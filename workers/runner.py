@@ -14,8 +14,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from types import ModuleType
 
-from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, AdapterEntry, ModelEntry
+from typing import Callable
+
 from farm.errors import InputError
+from farm.spec import Catalog
 from workers.adapters import AdapterSet
 from workers.sources import Location, resolve
 
@@ -46,7 +48,7 @@ def family_module(family: str) -> ModuleType:
 
 class Runner:
     def __init__(self, *, device: str, model_cache, max_models: int = 2, bucket: int | None = None,
-                 models: dict[str, ModelEntry] | None = None, adapters: dict[str, AdapterEntry] | None = None):
+                 catalog: Callable[[], Catalog] = Catalog, s3_endpoint_url: str | None = None):
         import torch
 
         self.torch = torch
@@ -56,30 +58,41 @@ class Runner:
         self.bucket = bucket or (1 if self.is_cuda else 4)
         self.model_cache = model_cache
         self.max_models = max_models
-        self.models = dict(BUILTIN_MODELS if models is None else models)
-        self.adapter_entries = dict(BUILTIN_ADAPTERS if adapters is None else adapters)
+        self.s3_endpoint_url = s3_endpoint_url
+        self._load_catalog = catalog  # built-ins plus the ledger's registry, re-read for new names
+        self.catalog = catalog()
         self.resident: OrderedDict[str, Resident] = OrderedDict()
 
     # -- residency ------------------------------------------------------------------------------
+    def _entry(self, kind: str, name: str):
+        entries = self.catalog.models if kind == "model" else self.catalog.adapters
+        if name not in entries:
+            self.catalog = self._load_catalog()  # registered after this worker started?
+            entries = self.catalog.models if kind == "model" else self.catalog.adapters
+        if name not in entries:
+            raise InputError(kind, f"unknown {kind} {name!r}")
+        return entries[name]
+
+    def _resolve(self, entry):
+        return resolve(entry.source, self.model_cache, name=entry.name, sha256=entry.sha256,
+                       s3_endpoint_url=self.s3_endpoint_url)
+
     def _locate_adapter(self, name: str) -> tuple[Location, str | None]:
-        entry = self.adapter_entries.get(name)
-        if entry is None:
-            raise InputError("adapter", f"unknown adapter {name!r}")
-        return resolve(entry.source, self.model_cache), entry.weight_name
+        entry = self._entry("adapter", name)
+        location = self._resolve(entry)
+        return location, None if location.single_file else entry.weight_name
 
     def pipeline(self, model: str) -> tuple[Resident, float]:
         """The resident pipeline of ``model`` (loaded if needed) and the ms spent loading it."""
         if model in self.resident:
             self.resident.move_to_end(model)
             return self.resident[model], 0.0
-        entry = self.models.get(model)
-        if entry is None:
-            raise InputError("model", f"unknown model {model!r}")
+        entry = self._entry("model", model)
         started = time.perf_counter()
         while len(self.resident) >= self.max_models:
             self._unload(next(iter(self.resident)))
         family = family_module(entry.family)
-        location = resolve(entry.source, self.model_cache)
+        location = self._resolve(entry)
         pipe = family.load(location.path, single_file=location.single_file, revision=entry.revision,
                            dtype=self.dtype, cache_dir=str(self.model_cache / "hub"))
         pipe.to(self.device)

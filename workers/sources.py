@@ -22,11 +22,19 @@ class Location:
     is_hub: bool = False
 
 
-def resolve(source: str, cache_dir: Path) -> Location:
+def resolve(source: str, cache_dir: Path, *, name: str | None = None, sha256: str | None = None,
+            s3_endpoint_url: str | None = None) -> Location:
+    """Where to load ``source`` from. ``name`` and ``sha256`` come from the registry entry: an
+    s3:// source is fetched once into the cache under its name and must match the digest."""
     if source.startswith("builtin:"):
         return Location(str(_build(source[len("builtin:"):], cache_dir)))
     if source.startswith("s3://"):
-        raise InputError("source", f"{source}: s3:// sources need the model registry (farm models add)")
+        from farm.fetch import fetch_s3
+
+        if not name:
+            raise InputError("source", f"{source}: s3:// sources are registered by name (farm models add)")
+        fetched = fetch_s3(source, cache_dir, name=name, expected_sha256=sha256, endpoint_url=s3_endpoint_url)
+        return Location(str(fetched.path), single_file=fetched.single_file)
     path = Path(source).expanduser()
     if source.startswith(("/", "./", "../", "~")) or path.exists():
         if path.is_dir():

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
 
@@ -33,6 +34,16 @@ class State:
 
             self._ledger = Ledger(self.config.database_url)
         return self._ledger
+
+    def catalog(self):
+        """Built-in plus registered models and adapters. A farm home whose SQLite ledger does not
+        exist yet has registered nothing, and reading it must not create it (bad input writes nothing)."""
+        from farm.spec import Catalog
+
+        url = self.config.database_url
+        if self._ledger is None and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+            return Catalog()
+        return self.ledger.catalog()
 
     def close(self) -> None:
         if self._ledger is not None:
@@ -98,4 +109,4 @@ def main() -> None:
 
 
 # the commands register themselves on ``cli``
-from farm.cli import jobs, ops  # noqa: E402,F401
+from farm.cli import jobs, ops, registry  # noqa: E402,F401

@@ -14,7 +14,7 @@ from farm import states
 from farm.cli import State, cli, emit_json, warn
 from farm.errors import InputError
 from farm.producer import Plan, check_key, plan, submit
-from farm.spec import Catalog, JobRequest, parse_size
+from farm.spec import JobRequest, parse_size
 from farm.variants import PromptRow, read_prompt_file
 
 
@@ -64,7 +64,7 @@ def _plan(state: State, *, prompt, file, variants, seed, model, recipe, steps, g
         width, height = parse_size(size)
     defaults = JobRequest(negative_prompt=negative, seed=None, steps=steps, guidance=guidance,
                           width=width, height=height, model=model, recipe=recipe, adapters=tuple(adapters))
-    return plan(_rows(prompt, file), defaults, variants=variants, seed=seed, catalog=Catalog(),
+    return plan(_rows(prompt, file), defaults, variants=variants, seed=seed, catalog=state.catalog(),
                 default_model=state.config.default_model, rng=random.SystemRandom(), priority=priority)
 
 

@@ -23,8 +23,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from farm import states
 from farm.errors import ConflictError, InfrastructureError, NotFound
-from farm.ledger.models import TIMING_FIELDS, Artifact, Attempt, Batch, Job, Worker
-from farm.spec import JobSpec
+from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, AdapterEntry, ModelEntry
+from farm.ledger.models import (
+    TIMING_FIELDS, Artifact, Attempt, Batch, Job, RegisteredAdapter, RegisteredModel, Worker,
+)
+from farm.spec import Catalog, JobSpec
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -381,6 +384,47 @@ class Ledger:
                 .where(Job.batch_id == batch_id).order_by(Job.index)
             ).all()
         return [(job, artifact) for job, artifact in rows]
+
+    # -- registries -----------------------------------------------------------------------------
+    def add_model(self, entry: ModelEntry, sha256: str | None = None) -> None:
+        with self.session() as s:
+            if s.get(RegisteredModel, entry.name) is not None:
+                raise ConflictError(f"model {entry.name} is already registered (remove it first)")
+            s.add(RegisteredModel(name=entry.name, source=entry.source, family=entry.family, arch=entry.arch,
+                                  kind=entry.kind, revision=entry.revision, native_size=entry.native_size,
+                                  sha256=sha256, created_at=self.clock()))
+
+    def add_adapter(self, entry: AdapterEntry, sha256: str | None = None) -> None:
+        with self.session() as s:
+            if s.get(RegisteredAdapter, entry.name) is not None:
+                raise ConflictError(f"adapter {entry.name} is already registered (remove it first)")
+            s.add(RegisteredAdapter(name=entry.name, source=entry.source, arch=entry.arch, kind=entry.kind,
+                                    weight_name=entry.weight_name, recipe=entry.recipe, steps=entry.steps,
+                                    guidance_max=entry.guidance_max, revision=entry.revision, sha256=sha256,
+                                    created_at=self.clock()))
+
+    def remove_registered(self, what: str, name: str) -> None:
+        table = {"model": RegisteredModel, "adapter": RegisteredAdapter}[what]
+        with self.session() as s:
+            row = s.get(table, name)
+            if row is None:
+                builtin = name in (BUILTIN_MODELS if what == "model" else BUILTIN_ADAPTERS)
+                raise NotFound(f"{name} is a built-in {what} and cannot be removed" if builtin
+                               else f"no registered {what} {name!r}")
+            s.delete(row)
+
+    def catalog(self) -> Catalog:
+        """Built-in models and adapters plus the registered ones."""
+        with self.session() as s:
+            models = dict(BUILTIN_MODELS)
+            for m in s.scalars(select(RegisteredModel)):
+                models[m.name] = ModelEntry(m.name, m.source, m.family, m.arch, m.native_size, m.kind, m.revision,
+                                            m.sha256, builtin=False)
+            adapters = dict(BUILTIN_ADAPTERS)
+            for a in s.scalars(select(RegisteredAdapter)):
+                adapters[a.name] = AdapterEntry(a.name, a.source, a.arch, a.kind, a.weight_name, a.recipe, a.steps,
+                                                a.guidance_max, a.revision, a.sha256, builtin=False)
+        return Catalog(models=models, adapters=adapters)
 
     # -- workers --------------------------------------------------------------------------------
     def register_worker(self, *, name: str, host: str, pid: int, device: str, gpu_name: str | None,

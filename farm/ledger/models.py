@@ -161,3 +161,37 @@ class Worker(Base):
     images_rendered: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     versions: Mapped[dict] = mapped_column(JSON, default=dict)  # torch/diffusers/peft versions
+
+
+class RegisteredModel(Base):
+    """A model added with `farm models add` (built-ins live in farm.catalog)."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    family: Mapped[str] = mapped_column(String(16))
+    arch: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16), default="base")
+    revision: Mapped[str | None] = mapped_column(String(64))
+    native_size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str | None] = mapped_column(String(64))  # of an s3:// source
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RegisteredAdapter(Base):
+    """A LoRA added with `farm adapters add`."""
+
+    __tablename__ = "adapters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    arch: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    weight_name: Mapped[str | None] = mapped_column(String(255))
+    recipe: Mapped[str | None] = mapped_column(String(64))
+    steps: Mapped[int | None] = mapped_column(Integer)
+    guidance_max: Mapped[float | None] = mapped_column(Float)
+    revision: Mapped[str | None] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -65,3 +65,28 @@ class S3Store:
             return True
         except ClientError:
             return False
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (relative to the bucket, not to this store's prefix)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        keys: list[str] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                keys += [obj["Key"] for obj in page.get("Contents", [])]
+        except (BotoCoreError, ClientError) as exc:
+            raise InfrastructureError(f"listing s3://{self.bucket}/{prefix} failed: {exc}") from None
+        return keys
+
+    def get_raw(self, key: str) -> bytes:
+        """An object by its full key in the bucket."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise NotFound(f"no object s3://{self.bucket}/{key}") from None
+            raise InfrastructureError(f"download of s3://{self.bucket}/{key} failed: {exc}") from None
+        except BotoCoreError as exc:
+            raise InfrastructureError(f"download of s3://{self.bucket}/{key} failed: {exc}") from None

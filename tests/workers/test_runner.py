@@ -123,7 +123,7 @@ def test_a_lora_loads_from_a_single_safetensors_file(runner, model_cache):
     directory = resolve("builtin:tiny-sd-toy", model_cache).path
     single = f"{directory}/pytorch_lora_weights.safetensors"
     adapters = {**BUILTIN_ADAPTERS, "toy-file": AdapterEntry("toy-file", single, "tiny-sd", "style")}
-    from_file = Runner(device="cpu", model_cache=model_cache, adapters=adapters)
+    from_file = Runner(device="cpu", model_cache=model_cache, catalog=lambda: Catalog(adapters=adapters))
     styled = job(adapters=["tiny-sd-toy:0.8"])
     expected = render(runner, [styled])[0]
     styled.adapters[1]["name"] = "toy-file"
