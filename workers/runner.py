@@ -18,7 +18,7 @@ from typing import Callable
 
 from farm.errors import InputError
 from farm.spec import Catalog
-from workers.adapters import AdapterSet
+from workers.adapters import AdapterSet, HostStateDicts
 from workers.sources import Location, resolve
 
 
@@ -48,7 +48,9 @@ def family_module(family: str) -> ModuleType:
 
 class Runner:
     def __init__(self, *, device: str, model_cache, max_models: int = 2, bucket: int | None = None,
-                 catalog: Callable[[], Catalog] = Catalog, s3_endpoint_url: str | None = None):
+                 catalog: Callable[[], Catalog] = Catalog, s3_endpoint_url: str | None = None,
+                 fuse: bool | None = None, max_adapters: int = 8, max_adapter_bytes: int = 2 << 30,
+                 host_lora_bytes: int = 4 << 30):
         import torch
 
         self.torch = torch
@@ -62,6 +64,12 @@ class Runner:
         self._load_catalog = catalog  # built-ins plus the ledger's registry, re-read for new names
         self.catalog = catalog()
         self.resident: OrderedDict[str, Resident] = OrderedDict()
+        # fusing changes the arithmetic (W + BA once, instead of x@W + x@A@B every step), so it is
+        # on by default only where bit-exact equality with the plain path is not promised anyway
+        self.fuse = self.is_cuda if fuse is None else fuse
+        self.max_adapters = max_adapters
+        self.max_adapter_bytes = max_adapter_bytes
+        self.host_loras = HostStateDicts(host_lora_bytes)  # shared by every resident pipeline
 
     # -- residency ------------------------------------------------------------------------------
     def _entry(self, kind: str, name: str):
@@ -98,8 +106,9 @@ class Runner:
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         scheduler = pipe.scheduler
-        resident = Resident(pipe, family, (type(scheduler), dict(scheduler.config)),
-                            AdapterSet(pipe, self._locate_adapter))
+        adapters = AdapterSet(pipe, self._locate_adapter, max_loaded=self.max_adapters,
+                              max_bytes=self.max_adapter_bytes, host=self.host_loras, fuse=self.fuse)
+        resident = Resident(pipe, family, (type(scheduler), dict(scheduler.config)), adapters)
         self.resident[model] = resident
         return resident, (time.perf_counter() - started) * 1000
 
@@ -142,7 +151,8 @@ class Runner:
         resident, timings["model_load_ms"] = self.pipeline(first.model)
         pipe, family = resident.pipe, resident.family
         stack = [(a["name"], a["weight"]) for a in first.adapters]
-        timings["adapter_load_ms"] = resident.adapters.activate(stack)
+        accelerator = next((a["name"] for a in first.adapters if a.get("role") == "accelerator"), None)
+        timings["adapter_load_ms"] = resident.adapters.activate(stack, accelerator)
         pipe.scheduler = self._scheduler(resident, first.scheduler, first.scheduler_config or {})
         with torch.inference_mode():
             guided = first.guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None

@@ -1,0 +1,109 @@
+"""The adapter cache: stacks and weights, bounds by count and bytes, memory that really returns,
+re-attach from host RAM, and a fused accelerator that unfuses bit for bit."""
+
+import gc
+import weakref
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+def make_runner(model_cache, **options):
+    from workers.runner import Runner
+
+    return Runner(device="cpu", model_cache=model_cache, **options)
+
+
+def job(*styles, model="tiny-sd", accelerator=("tiny-sd-lcm-lora", 1.0), seed=5, scheduler="LCMScheduler",
+        guidance=1.0, steps=4):
+    adapters = [{"name": accelerator[0], "weight": accelerator[1], "role": "accelerator"}] if accelerator else []
+    adapters += [{"name": n, "weight": w, "role": "style"} for n, w in styles]
+    return SimpleNamespace(prompt="a toy robot", negative_prompt="", seed=seed, steps=steps, guidance=guidance,
+                           width=64, height=64, model=model, scheduler=scheduler, scheduler_config={},
+                           adapters=adapters)
+
+
+def pixels(runner, j):
+    return runner.render([j]).pixels[0]
+
+
+def lora_bytes(pipe):
+    return sum(p.numel() * p.element_size() for n, p in pipe.unet.named_parameters() if "lora_" in n)
+
+
+@pytest.fixture(scope="module")
+def runner(model_cache):
+    return make_runner(model_cache)
+
+
+def test_style_stack_and_weights_matter(runner):
+    plain = pixels(runner, job())
+    toy = pixels(runner, job(("tiny-sd-toy", 0.8)))
+    toy_ink = pixels(runner, job(("tiny-sd-toy", 0.8), ("tiny-sd-ink", 0.5)))
+    assert not np.array_equal(plain, toy) and not np.array_equal(toy, toy_ink)
+    assert not np.array_equal(toy, pixels(runner, job(("tiny-sd-toy", 0.4))))
+    assert np.array_equal(plain, pixels(runner, job(("tiny-sd-toy", 0.0))))  # weight 0 == no adapter
+    assert np.array_equal(toy, pixels(runner, job(("tiny-sd-toy", 0.8))))  # and back again
+    assert np.array_equal(toy_ink, pixels(runner, job(("tiny-sd-toy", 0.8), ("tiny-sd-ink", 0.5))))
+
+
+def test_lru_eviction_by_count_frees_the_memory(model_cache):
+    runner = make_runner(model_cache, max_adapters=2)
+    resident, _ = runner.pipeline("tiny-sd")
+    baseline = lora_bytes(resident.pipe)
+    pixels(runner, job(("tiny-sd-toy", 0.8)))  # lcm + toy
+    adapters = resident.adapters
+    toy_bytes = adapters.loaded["tiny-sd-toy"]
+    probe = weakref.ref(next(p for n, p in resident.pipe.unet.named_parameters() if ".tiny-sd-toy." in n))
+    pixels(runner, job(("tiny-sd-ink", 0.8)))  # lcm + ink: toy is the least recently used
+    assert list(adapters.loaded) == ["tiny-sd-lcm-lora", "tiny-sd-ink"] and adapters.stats["evictions"] == 1
+    gc.collect()
+    assert probe() is None, "the evicted adapter's tensors are still referenced"
+    assert not any(".tiny-sd-toy." in n for n, _ in resident.pipe.unet.named_parameters())
+    assert lora_bytes(resident.pipe) == baseline + sum(adapters.loaded.values())
+    assert toy_bytes == adapters.loaded["tiny-sd-ink"]  # same shapes, same size
+
+
+def test_eviction_by_bytes(model_cache):
+    runner = make_runner(model_cache)
+    pixels(runner, job(("tiny-sd-toy", 0.8)))
+    one = runner.resident["tiny-sd"].adapters.loaded["tiny-sd-toy"]
+    bounded = make_runner(model_cache, max_adapter_bytes=int(one * 2.5))
+    pixels(bounded, job(("tiny-sd-toy", 0.8), ("tiny-sd-ink", 0.3)))
+    pixels(bounded, job())
+    pixels(bounded, job(("tiny-sd-ink", 0.3)))  # 3 adapters would not fit: toy goes
+    assert list(bounded.resident["tiny-sd"].adapters.loaded) == ["tiny-sd-lcm-lora", "tiny-sd-ink"]
+
+
+def test_an_evicted_adapter_comes_back_from_host_ram_with_the_same_pixels(model_cache):
+    runner = make_runner(model_cache, max_adapters=2)
+    first = pixels(runner, job(("tiny-sd-toy", 0.8)))
+    pixels(runner, job(("tiny-sd-ink", 0.8)))
+    stats = runner.resident["tiny-sd"].adapters.stats
+    disk = stats["loads_disk"]
+    again = pixels(runner, job(("tiny-sd-toy", 0.8)))
+    assert stats["loads_disk"] == disk and stats["loads_host"] == 1
+    assert np.array_equal(first, again)
+
+
+def test_a_fused_accelerator_is_close_and_unfuses_exactly(model_cache, runner):
+    fused = make_runner(model_cache, fuse=True)
+    unfused_lcm = pixels(runner, job(("tiny-sd-toy", 0.8)))
+    fused_lcm = pixels(fused, job(("tiny-sd-toy", 0.8)))
+    adapters = fused.resident["tiny-sd"].adapters
+    assert adapters.fused == ("tiny-sd-lcm-lora", 1.0) and list(adapters.loaded) == ["tiny-sd-toy"]
+    # W + BA folded once rounds differently from x@W + x@A@B per step: close, not identical
+    assert np.abs(fused_lcm.astype(int) - unfused_lcm).max() <= 3
+    # a different accelerator weight (lcm-blend's 0.3) unfuses and refuses; coming back is exact
+    pixels(fused, job(accelerator=("tiny-sd-lcm-lora", 0.3), scheduler="DPMSolverSinglestepScheduler",
+                      guidance=2.5, steps=6))
+    assert adapters.fused == ("tiny-sd-lcm-lora", 0.3) and adapters.stats["unfuses"] == 1
+    assert np.array_equal(fused_lcm, pixels(fused, job(("tiny-sd-toy", 0.8))))
+    # no accelerator at all: the original weights are back, bit for bit
+    no_accel = job(accelerator=None, scheduler=None, guidance=5.0, steps=10)
+    assert adapters.fused is not None
+    assert np.array_equal(pixels(fused, no_accel), pixels(runner, no_accel))
+    assert adapters.fused is None
