@@ -16,6 +16,18 @@ RENDER_TASK = "farm.render"
 MAX_PRIORITY = 9
 
 
+def model_queue(base: str, model: str) -> str:
+    """Jobs go to the queue of their model, so a worker serves exactly the models it is set up for."""
+    return f"{base}.{model}"
+
+
+def preferred_queue_order(queues: list[str], base: str, resident_models: list[str]) -> list[str]:
+    """The queues of resident models first (most recently used first), the rest in their order."""
+    resident = [model_queue(base, m) for m in reversed(resident_models)]
+    first = [q for q in resident if q in queues]
+    return first + [q for q in queues if q not in first]
+
+
 def broker_priority(priority: int) -> int:
     """Redis treats 0 as the most urgent; the farm's priorities grow with urgency (0..9)."""
     return MAX_PRIORITY - max(0, min(MAX_PRIORITY, priority))
@@ -63,19 +75,20 @@ def make_celery(cfg: Config, broker_url: str, main: str = "farm"):
 
 
 class Publisher:
-    """Publishes micro-batches of job ids to the farm's queue."""
+    """Publishes micro-batches of job ids, each to the queue of its model."""
 
     def __init__(self, cfg: Config, broker_url: str):
         self.cfg = cfg
         self.app = make_celery(cfg, broker_url, main="farm-producer")
 
-    def publish(self, groups: Iterable[list[int]], *, priority: int = 0, queue: str | None = None) -> int:
+    def publish(self, groups: Iterable[tuple[str, list[int]]], *, priority: int = 0) -> int:
+        """``groups``: (model, job ids) pairs; one message each."""
         sent = 0
         try:
             with self.app.producer_or_acquire() as producer:
-                for job_ids in groups:
+                for model, job_ids in groups:
                     self.app.send_task(
-                        RENDER_TASK, args=[list(job_ids)], queue=queue or self.cfg.queue,
+                        RENDER_TASK, args=[list(job_ids)], queue=model_queue(self.cfg.queue, model),
                         priority=broker_priority(priority), producer=producer,
                         retry=True, retry_policy={"max_retries": 3, "interval_start": 0.2,
                                                   "interval_step": 0.5, "interval_max": 2},

@@ -263,7 +263,7 @@ def supervisor_pid(cfg: Config) -> int | None:
     return _read_pid(cfg.run_dir / "workers.pid")
 
 
-def up(cfg: Config, devices: list[str]) -> dict:
+def up(cfg: Config, devices: list[str], models: str | None = None) -> dict:
     """Start the private Redis (if embedded) and a background worker supervisor (if not running)."""
     broker = ensure_redis(cfg)
     pid = supervisor_pid(cfg)
@@ -272,6 +272,8 @@ def up(cfg: Config, devices: list[str]) -> dict:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "farm.cli", "worker", "--devices",
                ",".join("cpu" if d == "cpu" else d.split(":")[1] for d in devices)]
+    if models:
+        command += ["--models", models]
     env = {**os.environ, "FARM_BROKER_URL": broker, "FARM_HOME": str(cfg.home)}
     with open(cfg.run_dir / "workers.log", "ab") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -21,7 +21,7 @@ MAX_PRIORITY = 9
 
 
 class Publishes(Protocol):
-    def publish(self, groups, *, priority: int = 0, queue: str | None = None) -> int: ...
+    def publish(self, groups, *, priority: int = 0) -> int: ...
 
 
 @dataclass
@@ -39,13 +39,16 @@ class SubmitResult:
                 "base_seed": self.base_seed, "messages": self.messages, "warnings": self.warnings}
 
 
-def micro_batches(specs: list[JobSpec], job_ids: list[int], size: int) -> list[list[int]]:
+def micro_batches(specs: list[JobSpec], job_ids: list[int], size: int) -> list[tuple[str, list[int]]]:
     """Group jobs with identical settings (prompts and seeds may differ), in submission order,
-    into chunks of at most ``size``: each chunk is one message and one pipeline call."""
+    into chunks of at most ``size``: each chunk is one message and one pipeline call.
+    Returns (model, job ids) pairs: the model names the queue."""
     groups: dict[tuple, list[int]] = {}
+    models: dict[tuple, str] = {}
     for spec, job_id in zip(specs, job_ids):
         groups.setdefault(spec.group_key, []).append(job_id)
-    return [ids[i:i + size] for ids in groups.values() for i in range(0, len(ids), size)]
+        models[spec.group_key] = spec.model
+    return [(models[key], ids[i:i + size]) for key, ids in groups.items() for i in range(0, len(ids), size)]
 
 
 def request_digest(rows: list[PromptRow], defaults: JobRequest, variants: int, seed: int | None,
@@ -113,7 +116,7 @@ def check_key(key: str | None) -> str | None:
 
 
 def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int, key: str | None = None,
-           submitter: str = "", queue: str | None = None) -> SubmitResult:
+           submitter: str = "") -> SubmitResult:
     """Write the planned batch (one transaction) and publish its micro-batches of job ids."""
     check_key(key)
     new = ledger.create_batch(
@@ -127,6 +130,6 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
         return result
     if publisher is not None:
         groups = micro_batches(plan.specs, new.job_ids, micro_batch)
-        result.messages = publisher.publish(groups, priority=plan.priority, queue=queue)
+        result.messages = publisher.publish(groups, priority=plan.priority)
         ledger.mark_enqueued(new.job_ids)
     return result

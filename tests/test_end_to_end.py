@@ -126,7 +126,7 @@ def fleet(tmp_path_factory, redis_server, postgres_server, s3_server, model_cach
                FARM_STORE_URL=f"s3://{bucket}/farm", FARM_S3_ENDPOINT_URL=s3_server.endpoint,
                FARM_QUEUE="fleet", FARM_MICRO_BATCH="4")
     upgraded = farm("db", "upgrade", env=env)
-    assert "-> 0001" in upgraded.stdout
+    assert "empty -> 0002" in upgraded.stdout
     log = open(base / "workers.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "farm.cli", "worker", "--workers", "2"], env=env, cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -195,7 +195,7 @@ def test_a_duplicate_delivery_renders_nothing_twice(fleet):
     jobs = json.loads(farm("jobs", "list", "--batch", submitted["batch"], "--json", env=env).stdout)
     ids = [j["id"] for j in jobs]
     publisher = Publisher(load_config(env), env["FARM_BROKER_URL"])
-    publisher.publish([ids, ids[:1]])  # the same job ids delivered again
+    publisher.publish([("tiny-sd", ids), ("tiny-sd", ids[:1])])  # the same job ids delivered again
     publisher.close()
     servers.wait_until(lambda: queue_drained(fleet), 60, what="the duplicates to be consumed")
     again = json.loads(farm("jobs", "list", "--batch", submitted["batch"], "--json", env=env).stdout)

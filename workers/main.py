@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
 
     app.worker_main([
         "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
-        "--queues", args.queues or config.queue, "--hostname", args.name,
+        "--queues", args.queues or f"{config.queue}.{config.default_model}", "--hostname", args.name,
         "--without-gossip", "--without-mingle", "--loglevel", args.loglevel,
     ])
 

@@ -31,6 +31,25 @@ class Runtime:
     handler: object
     runner: object
     stop: threading.Event
+    consumer: object = None  # the Celery consumer, to reorder the queues it polls
+
+
+def prefer_resident_models(runtime: Runtime) -> None:
+    """Poll the queues of the models this worker holds first.
+
+    With the broker's "priority" queue order, kombu's Redis channel BRPOPs its queues in the order
+    of its queue cycle; putting resident models first means a worker drains work it can render
+    without a model switch before it takes a micro-batch that would evict something. Message
+    priorities still come first (each priority level is polled across all queues).
+    """
+    from farm.dispatch import preferred_queue_order
+
+    channel = getattr(getattr(runtime.consumer, "task_consumer", None), "channel", None)
+    cycle = getattr(channel, "_queue_cycle", None)
+    items = getattr(cycle, "items", None)
+    if not isinstance(items, list) or len(items) < 2:
+        return
+    items[:] = preferred_queue_order(items, runtime.config.queue, runtime.runner.resident_models())
 
 
 _runtime: Runtime | None = None
@@ -103,6 +122,11 @@ def worker_name() -> str:
 @signals.worker_init.connect
 def _on_worker_init(**_kwargs) -> None:
     current()  # load torch, register in the ledger, start heartbeats before consuming
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(sender=None, **_kwargs) -> None:
+    current().consumer = sender
 
 
 @signals.worker_shutdown.connect

@@ -13,4 +13,7 @@ def render(job_ids):
         # a malformed message can never succeed; drop it (the ledger still has the jobs)
         runtime.log.error("dropping malformed message %r", job_ids)
         return {"malformed": True}
-    return runtime.current().handler.handle(job_ids)
+    state = runtime.current()
+    summary = state.handler.handle(job_ids)
+    runtime.prefer_resident_models(state)
+    return summary

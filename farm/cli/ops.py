@@ -13,13 +13,27 @@ def _devices(devices, workers):
     return parse_devices(devices, workers)
 
 
+def _model_queues(state: State, models: str | None) -> str:
+    """The queues of the models a worker serves, in order of preference (with the broker's
+    priority queue order, a worker drains its first model's queue before the next)."""
+    from farm.dispatch import model_queue
+    from farm.errors import InputError
+
+    known = state.catalog().models
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else sorted(known)
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise InputError("models", f"unknown model {unknown[0]!r} (see `farm models list`)")
+    return ",".join(model_queue(state.config.queue, m) for m in names)
+
+
 @cli.command("worker")
 @click.option("--devices", default=None, help="GPU indices (0,1), or 'cpu'. One worker process each.")
 @click.option("--workers", type=int, default=None, help="Number of CPU worker processes.")
-@click.option("--queues", default=None, help="Queues to consume (default: FARM_QUEUE or 'farm').")
+@click.option("--models", default=None, help="Models to serve, preferred first (default: every known model).")
 @click.option("--name-prefix", default="farm", show_default=True, help="Worker names: PREFIX-gpu0@host.")
 @click.pass_obj
-def worker_cmd(state: State, devices, workers, queues, name_prefix):
+def worker_cmd(state: State, devices, workers, models, name_prefix):
     """Run workers in the foreground, one pinned process per device, restarted if one dies."""
     from farm import localfarm
     from farm.spec import check_name
@@ -27,6 +41,7 @@ def worker_cmd(state: State, devices, workers, queues, name_prefix):
     check_name("name-prefix", name_prefix)
     device_list = _devices(devices, workers)
     state.ledger  # noqa: B018 - migrate a fresh SQLite ledger once, before the workers race to
+    queues = _model_queues(state, models)
     broker = localfarm.ensure_redis(state.config)
     slots = localfarm.worker_slots(state.config, device_list, broker, prefix=name_prefix)
     click.echo(f"starting {len(slots)} worker(s): {', '.join(s.name for s in slots)}", err=True)
@@ -36,15 +51,17 @@ def worker_cmd(state: State, devices, workers, queues, name_prefix):
 @cli.command("up")
 @click.option("--devices", default=None, help="GPU indices (0,1), or 'cpu'.")
 @click.option("--workers", type=int, default=None, help="Number of CPU worker processes (default 1).")
+@click.option("--models", default=None, help="Models to serve, preferred first (default: every known model).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def up_cmd(state: State, devices, workers, as_json):
+def up_cmd(state: State, devices, workers, models, as_json):
     """Start the local farm in the background: private Redis (if no FARM_BROKER_URL) and workers."""
     from farm import localfarm
 
     device_list = _devices(devices, workers)
     state.ledger  # noqa: B018
-    info = localfarm.up(state.config, device_list)
+    _model_queues(state, models)  # refuse unknown models here, not in the background
+    info = localfarm.up(state.config, device_list, models=models)
     if as_json:
         emit_json(info)
     elif info["started"]:
