@@ -203,6 +203,69 @@ def test_a_duplicate_delivery_renders_nothing_twice(fleet):
         (j["state"], 1, j["sha256"]) for j in jobs]
 
 
+RECIPE_ROWS = [
+    ("tiny-sd", "lcm-lora", {}), ("tiny-sdxl", "lcm-lora", {}),
+    ("tiny-sd-lcm", "lcm", {}), ("tiny-sdxl-lcm", "lcm", {}),
+    ("tiny-sdxl", "turbo", {}), ("tiny-sdxl-turbo", "turbo", {}),
+    ("tiny-sdxl", "lightning", {"steps": 4}),
+    ("tiny-sd", "hyper", {"steps": 2}), ("tiny-sdxl", "hyper", {"steps": 8}),
+    ("tiny-sd", "lcm-blend", {}), ("tiny-sdxl", "lcm-blend", {}),
+    ("tiny-sd", "plain", {"steps": 10}), ("tiny-sdxl", "plain", {"steps": 10}),
+]
+
+
+@pytest.mark.slow
+def test_a_batch_with_every_recipe_renders_through_the_farm(fleet, tmp_path):
+    lines = [json.dumps({"prompt": f"a lighthouse, {recipe}", "model": model, "recipe": recipe, **extra})
+             for model, recipe, extra in RECIPE_ROWS]
+    (tmp_path / "recipes.jsonl").write_text("\n".join(lines) + "\n")
+    submitted = json.loads(farm("submit", "--file", str(tmp_path / "recipes.jsonl"), "--seed", "1", "--json",
+                                env=fleet["env"]).stdout)
+    assert submitted["jobs"] == len(RECIPE_ROWS)
+    assert wait_batch(fleet, submitted["batch"])["counts"]["succeeded"] == len(RECIPE_ROWS)
+    jobs = json.loads(farm("jobs", "list", "--batch", submitted["batch"], "--json", env=fleet["env"]).stdout)
+    samplers = {"lcm-lora": "LCM", "lcm": "LCM", "turbo": "Euler a", "lightning": "Euler", "hyper": "DDIM",
+                "lcm-blend": "DPM++ 2S Karras", "plain": "Euler"}
+    s3 = fleet["s3"].client()
+    for job, (model, recipe, _) in zip(jobs, RECIPE_ROWS):
+        assert (job["model"], job["recipe"]) == (model, recipe)
+        data = s3.get_object(Bucket=fleet["bucket"], Key=f"farm/{job['artifact']}")["Body"].read()
+        assert f"Sampler: {samplers[recipe]}," in png_text(data)["parameters"]
+
+
+@pytest.mark.slow
+def test_a_batch_mixing_two_styles_with_lcm_lora_records_each_jobs_weights(fleet, tmp_path):
+    weights = [(0.8, 0.3), (0.2, 0.9), (0.0, 0.5), (1.0, 0.0)]
+    lines = [json.dumps({"prompt": "a toy robot", "model": "tiny-sd",
+                         "adapters": [["tiny-sd-toy", toy], ["tiny-sd-ink", ink]]}) for toy, ink in weights]
+    (tmp_path / "styles.jsonl").write_text("\n".join(lines) + "\n")
+    submitted = json.loads(farm("submit", "--file", str(tmp_path / "styles.jsonl"), "--seed", "7", "--json",
+                                env=fleet["env"]).stdout)
+    assert submitted["messages"] == 4  # different weights: different micro-batches
+    wait_batch(fleet, submitted["batch"])
+    jobs = json.loads(farm("jobs", "list", "--batch", submitted["batch"], "--json", env=fleet["env"]).stdout)
+    s3 = fleet["s3"].client()
+    images = []
+    for job, (toy, ink) in zip(jobs, weights):
+        assert job["state"] == "succeeded"
+        assert job["adapters"] == [{"name": "tiny-sd-lcm-lora", "weight": 1.0, "role": "accelerator"},
+                                   {"name": "tiny-sd-toy", "weight": toy, "role": "style"},
+                                   {"name": "tiny-sd-ink", "weight": ink, "role": "style"}]
+        data = s3.get_object(Bucket=fleet["bucket"], Key=f"farm/{job['artifact']}")["Body"].read()
+        text = png_text(data)
+        assert f'Lora weights: "tiny-sd-lcm-lora: 1, tiny-sd-toy: {toy:g}, tiny-sd-ink: {ink:g}"' in text["parameters"]
+        assert json.loads(text["farm"])["adapters"] == job["adapters"]
+        images.append(pixels(data))
+    assert len({img.tobytes() for img in images}) == 4  # the weights change the pixels
+
+
+@pytest.mark.slow
+def test_workers_report_what_they_hold(fleet):
+    workers = fleet["ledger"].workers()
+    held = [m for w in workers for m in w.resident_models]
+    assert "tiny-sd" in held and any(a.startswith("tiny-sd/") for w in workers for a in w.resident_adapters)
+
+
 @pytest.mark.slow
 def test_workers_stop_cleanly_on_sigterm(fleet):
     proc = fleet["proc"]
