@@ -30,6 +30,10 @@ class Config:
     # pipeline calls run at batch sizes that are multiples of this (None: 4 on CPU, 1 on CUDA)
     batch_bucket: int | None
     max_resident_models: int
+    fuse_accelerator: bool | None  # None: on for CUDA, off for CPU
+    max_adapters: int  # LoRAs loaded into one pipeline at once
+    max_adapter_mb: int  # ... and their bytes
+    host_lora_mb: int  # LoRA state dicts kept in host RAM for re-attach
     queue: str
     visibility_timeout: int  # seconds before Redis redelivers an unacked message
     job_time_limit: int  # seconds a micro-batch may run
@@ -95,6 +99,13 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     micro_batch = _int(env, "FARM_MICRO_BATCH", 8, 1, 64)
     batch_bucket = _int(env, "FARM_BATCH_BUCKET", 0, 0, 64) or None
     max_models = _int(env, "FARM_MAX_RESIDENT_MODELS", 2, 1, 16)
+    fuse_raw = (env.get("FARM_FUSE_ACCELERATOR") or "auto").lower()
+    if fuse_raw not in ("auto", "on", "off"):
+        raise ConfigError("FARM_FUSE_ACCELERATOR", f"expected auto, on or off, got {fuse_raw!r}")
+    fuse = None if fuse_raw == "auto" else fuse_raw == "on"
+    max_adapters = _int(env, "FARM_MAX_ADAPTERS", 8, 1, 256)
+    max_adapter_mb = _int(env, "FARM_MAX_ADAPTER_MB", 2048, 1, 1 << 20)
+    host_lora_mb = _int(env, "FARM_HOST_LORA_MB", 4096, 0, 1 << 20)
     queue = env.get("FARM_QUEUE") or "farm"
     if not queue.replace("-", "").replace(".", "").replace("_", "").isalnum():
         raise ConfigError("FARM_QUEUE", f"queue names use letters, digits, '.', '_' and '-', got {queue!r}")
@@ -110,5 +121,6 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         home=home, database_url=database_url, broker_url=broker_url, store_url=store_url,
         s3_endpoint_url=s3_endpoint, model_cache=model_cache, default_model=default_model,
         micro_batch=micro_batch, batch_bucket=batch_bucket, max_resident_models=max_models,
+        fuse_accelerator=fuse, max_adapters=max_adapters, max_adapter_mb=max_adapter_mb, host_lora_mb=host_lora_mb,
         queue=queue, visibility_timeout=visibility, job_time_limit=time_limit,
     )

@@ -36,3 +36,11 @@ def test_bad_values_name_the_variable(env, variable):
     with pytest.raises(ConfigError) as info:
         load_config(env, cwd=Path("/tmp"))
     assert str(info.value).startswith(f"{variable}: ")
+
+
+def test_adapter_cache_settings():
+    cfg = load_config({"FARM_FUSE_ACCELERATOR": "on", "FARM_MAX_ADAPTERS": "3"}, cwd=Path("/tmp"))
+    assert (cfg.fuse_accelerator, cfg.max_adapters, cfg.max_adapter_mb) == (True, 3, 2048)
+    assert load_config({}, cwd=Path("/tmp")).fuse_accelerator is None
+    with pytest.raises(ConfigError, match="^FARM_FUSE_ACCELERATOR: "):
+        load_config({"FARM_FUSE_ACCELERATOR": "sometimes"}, cwd=Path("/tmp"))

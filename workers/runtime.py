@@ -86,7 +86,9 @@ def build(config: Config, name: str, device: str) -> Runtime:
     ledger = Ledger(config.database_url)
     store = open_store(config.store_url, s3_endpoint_url=config.s3_endpoint_url)
     runner = Runner(device=torch_device, model_cache=config.model_cache, max_models=config.max_resident_models,
-                    bucket=config.batch_bucket, catalog=ledger.catalog, s3_endpoint_url=config.s3_endpoint_url)
+                    bucket=config.batch_bucket, catalog=ledger.catalog, s3_endpoint_url=config.s3_endpoint_url,
+                    fuse=config.fuse_accelerator, max_adapters=config.max_adapters,
+                    max_adapter_bytes=config.max_adapter_mb << 20, host_lora_bytes=config.host_lora_mb << 20)
     versions = library_versions()
     ledger.register_worker(name=name, host=socket.gethostname(), pid=os.getpid(), device=device,
                            gpu_name=gpu_name, versions=versions)
