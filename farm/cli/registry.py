@@ -20,6 +20,16 @@ def _fetch_digest(state: State, name: str, source: str) -> str | None:
     return fetched.sha256
 
 
+def _register(state: State, entry, as_json: bool, description: str) -> None:
+    digest = _fetch_digest(state, entry.name, entry.source)
+    add = state.ledger.add_model if hasattr(entry, "family") else state.ledger.add_adapter
+    add(entry, sha256=digest)
+    if as_json:
+        emit_json({**entry.as_dict(), "sha256": digest})
+    else:
+        click.echo(f"{entry.name}: {entry.source} ({description})" + (f", sha256 {digest[:16]}" if digest else ""))
+
+
 def _print_entries(entries, as_json: bool, columns: tuple[str, ...]) -> None:
     rows = [e.as_dict() for e in entries]
     if as_json:
@@ -50,12 +60,7 @@ def models_add(state: State, name, source, family, kind, arch, revision, native_
 
     entry = model_entry(name, source=source, family=family, kind=kind, arch=arch, revision=revision,
                         native_size=native_size, cwd=Path.cwd())
-    digest = _fetch_digest(state, name, entry.source)
-    state.ledger.add_model(entry, sha256=digest)
-    if as_json:
-        emit_json({**entry.as_dict(), "sha256": digest})
-    else:
-        click.echo(f"model {name}: {entry.source} ({family}, {kind})" + (f", sha256 {digest[:16]}" if digest else ""))
+    _register(state, entry, as_json, f"{kind} {family} model")
 
 
 @models_group.command("list")
@@ -99,12 +104,7 @@ def adapters_add(state: State, name, source, weight_name, kind, family, recipe, 
 
     entry = adapter_entry(name, source=source, kind=kind, family=family, weight_name=weight_name, recipe=recipe,
                           steps=steps, guidance_max=guidance_max, revision=revision, cwd=Path.cwd())
-    digest = _fetch_digest(state, name, entry.source)
-    state.ledger.add_adapter(entry, sha256=digest)
-    if as_json:
-        emit_json({**entry.as_dict(), "sha256": digest})
-    else:
-        click.echo(f"adapter {name}: {entry.source} ({kind} for {family})" + (f", sha256 {digest[:16]}" if digest else ""))
+    _register(state, entry, as_json, f"{kind} adapter for {family}")
 
 
 @adapters_group.command("list")

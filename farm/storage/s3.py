@@ -46,16 +46,7 @@ class S3Store:
             raise InfrastructureError(f"upload of {key} to {self.url} failed: {exc}") from None
 
     def get(self, key: str) -> bytes:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise NotFound(f"no object {key!r} in {self.url}") from None
-            raise InfrastructureError(f"download of {key} from {self.url} failed: {exc}") from None
-        except BotoCoreError as exc:
-            raise InfrastructureError(f"download of {key} from {self.url} failed: {exc}") from None
+        return self.get_raw(self._key(key))
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
