@@ -95,7 +95,7 @@ class Handler:
         per_image = {k: v / n for k, v in rendered.timings.items()}  # shared stages, amortised
         futures = [
             self.pool.submit(self._store_one, job, pixels, claims[job.id], per_image, shared_ms / n,
-                             rendered.batch_size)
+                             rendered.batch_size, rendered.scheduler)
             for job, pixels in zip(jobs, rendered.pixels)
         ]
         results = [f.result() for f in futures]
@@ -103,9 +103,10 @@ class Handler:
         return ok, n - ok
 
     def _store_one(self, job, pixels, claim: ClaimedJob, timings: dict, render_ms: float,
-                   batch_size: int) -> bool:
+                   batch_size: int, scheduler: str) -> bool:
         try:
             record = job_record(job, worker=self.worker, device=self.device, versions=self.versions)
+            record["scheduler"] = record["scheduler"] or scheduler  # "model default" made concrete
             started = time.perf_counter()
             png = encode_png(pixels, a1111_parameters(record), job_record_json(record))
             encoded = time.perf_counter()

@@ -27,6 +27,7 @@ class Rendered:
     pixels: list  # HxWx3 uint8 numpy arrays, in job order
     timings: dict[str, float]  # ms for the whole call, per stage
     batch_size: int  # rows in the pipeline call (padding included)
+    scheduler: str = ""  # the scheduler class that ran (a recipe may keep the model's own)
 
 
 @dataclass
@@ -188,4 +189,4 @@ class Runner:
             pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
             pixels = pixels[: len(jobs)].permute(0, 2, 3, 1).contiguous().cpu().numpy()
             timings["vae_decode_ms"] = (time.perf_counter() - started) * 1000
-        return Rendered([pixels[i] for i in range(len(jobs))], timings, rows)
+        return Rendered([pixels[i] for i in range(len(jobs))], timings, rows, type(pipe.scheduler).__name__)
