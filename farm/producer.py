@@ -15,6 +15,7 @@ from typing import Protocol
 
 from farm.errors import InputError
 from farm.spec import MAX_SEED, Catalog, JobRequest, JobSpec, resolve_job
+from farm.sweep import Sweep
 from farm.variants import PromptRow, expand
 
 MAX_PRIORITY = 9
@@ -33,10 +34,13 @@ class SubmitResult:
     job_ids: list[int]
     messages: int = 0
     warnings: list[str] = field(default_factory=list)
+    to_render: int = 0
+    reused: int = 0
 
     def as_dict(self) -> dict:
-        return {"batch": self.batch, "jobs": self.jobs, "created": self.created,
-                "base_seed": self.base_seed, "messages": self.messages, "warnings": self.warnings}
+        return {"batch": self.batch, "jobs": self.jobs, "to_render": self.to_render, "reused": self.reused,
+                "created": self.created, "base_seed": self.base_seed, "messages": self.messages,
+                "warnings": self.warnings}
 
 
 def micro_batches(specs: list[JobSpec], job_ids: list[int], size: int) -> list[tuple[str, list[int]]]:
@@ -52,12 +56,13 @@ def micro_batches(specs: list[JobSpec], job_ids: list[int], size: int) -> list[t
 
 
 def request_digest(rows: list[PromptRow], defaults: JobRequest, variants: int, seed: int | None,
-                   priority: int) -> str:
+                   priority: int, sweep: Sweep = Sweep()) -> str:
     """Digest of the submission as given, so a reused idempotency key can be told apart from a
     different request (the random base seed is not part of it)."""
     payload = {
         "rows": [{"request": asdict(r.request), "variants": r.variants} for r in rows],
         "defaults": asdict(defaults), "variants": variants, "seed": seed, "priority": priority,
+        "axes": [[name, list(values)] for g in sweep.groups for name, values in g],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -73,6 +78,8 @@ class Plan:
     priority: int
     base_seed: int
     specs: list[JobSpec]
+    axes: list[dict] = field(default_factory=list)  # each job's sweep cell, for contact sheets
+    sweep: Sweep = Sweep()
 
     @property
     def warnings(self) -> list[str]:
@@ -80,33 +87,36 @@ class Plan:
 
     @property
     def request_digest(self) -> str:
-        return request_digest(self.rows, self.defaults, self.variants, self.seed, self.priority)
+        return request_digest(self.rows, self.defaults, self.variants, self.seed, self.priority, self.sweep)
 
     def record(self) -> dict:
         """The submission as given, JSON-ready, for the batch row."""
         rows = [{"where": r.where, **{k: v for k, v in asdict(r.request).items() if v not in (None, ())},
                  **({"variants": r.variants} if r.variants else {})} for r in self.rows]
         defaults = {k: v for k, v in asdict(self.defaults).items() if v not in (None, ())}
-        record = {"rows": rows, "defaults": defaults, "variants": self.variants, "seed": self.seed}
+        record = {"rows": rows, "defaults": defaults, "variants": self.variants, "seed": self.seed,
+                  "axes": [[[name, list(values)] for name, values in g] for g in self.sweep.groups]}
         return json.loads(json.dumps(record, default=str))
 
 
 def plan(rows: list[PromptRow], defaults: JobRequest, *, variants: int, seed: int | None,
-         catalog: Catalog, default_model: str, rng: random.Random, priority: int = 0) -> Plan:
+         catalog: Catalog, default_model: str, rng: random.Random, priority: int = 0,
+         sweep: Sweep = Sweep()) -> Plan:
     """Expand and validate a whole submission (pure): every job is checked before anything is
     written, and a bad field raises ``InputError`` naming it (and the file row it came from)."""
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
         raise InputError("priority", f"{priority!r} is outside 0..{MAX_PRIORITY}")
     base_seed = seed if seed is not None else rng.randrange(0, MAX_SEED // 2)
-    specs = []
-    for where, request in expand(rows, defaults, variants, base_seed):
+    specs, axes = [], []
+    for where, request, cell in expand(rows, defaults, variants, base_seed, sweep):
         try:
             specs.append(resolve_job(request, catalog, default_model))
         except InputError as exc:
             if where:  # point at the file row the bad field came from
                 raise InputError(where, str(exc)) from None
             raise
-    return Plan(rows, defaults, variants, seed, priority, base_seed, specs)
+        axes.append(cell)
+    return Plan(rows, defaults, variants, seed, priority, base_seed, specs, axes, sweep)
 
 
 def check_key(key: str | None) -> str | None:
@@ -116,20 +126,78 @@ def check_key(key: str | None) -> str | None:
 
 
 def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int, key: str | None = None,
-           submitter: str = "") -> SubmitResult:
-    """Write the planned batch (one transaction) and publish its micro-batches of job ids."""
+           submitter: str = "", force: bool = False) -> SubmitResult:
+    """Write the planned batch (one transaction) and publish its micro-batches of job ids.
+
+    A job whose digest already has a stored image is recorded as reused from it and not rendered,
+    unless ``force``: re-submitting a sweep renders nothing, extending it renders the new cells.
+    """
     check_key(key)
+    found = {} if force else ledger.reusable(s.digest for s in plan.specs)
+    reuse = {i: found[spec.digest] for i, spec in enumerate(plan.specs) if spec.digest in found}
     new = ledger.create_batch(
         specs=plan.specs, spec=plan.record(), request_digest=plan.request_digest,
         base_seed=plan.base_seed, priority=plan.priority, submitter=submitter, idempotency_key=key,
+        axes=plan.axes, reuse=reuse,
     )
     result = SubmitResult(new.id, len(new.job_ids), new.created, plan.base_seed, new.job_ids, 0, plan.warnings)
     if not new.created:
         # the batch exists; its jobs were published when it was created
         result.base_seed = ledger.get_batch(new.id).base_seed
+        counts = ledger.batch_counts(new.id)
+        result.to_render = counts["queued"] + counts["running"]
         return result
-    if publisher is not None:
-        groups = micro_batches(plan.specs, new.job_ids, micro_batch)
+    to_render = new.to_render if new.to_render is not None else new.job_ids
+    result.to_render, result.reused = len(to_render), len(new.job_ids) - len(to_render)
+    if publisher is not None and to_render:
+        wanted = set(to_render)
+        pairs = [(spec, job_id) for spec, job_id in zip(plan.specs, new.job_ids) if job_id in wanted]
+        groups = micro_batches([p for p, _ in pairs], [j for _, j in pairs], micro_batch)
         result.messages = publisher.publish(groups, priority=plan.priority)
-        ledger.mark_enqueued(new.job_ids)
+        ledger.mark_enqueued(to_render)
     return result
+
+
+def republish(ledger, publisher: Publishes, job_ids: list[int], *, micro_batch: int, priority: int = 0) -> int:
+    """Publish jobs again (after retry or resume), grouped into micro-batches like a submission."""
+    from farm.spec import group_key
+
+    jobs = ledger.load_jobs(job_ids)
+    groups: dict[tuple, list[int]] = {}
+    models: dict[tuple, str] = {}
+    for job in jobs:
+        key = group_key(job)
+        groups.setdefault(key, []).append(job.id)
+        models[key] = job.model
+    messages = [(models[k], ids[i:i + micro_batch]) for k, ids in groups.items() for i in range(0, len(ids), micro_batch)]
+    sent = publisher.publish(messages, priority=priority) if messages else 0
+    ledger.mark_enqueued([j.id for j in jobs])
+    return sent
+
+
+def estimate(ledger, plan: Plan, *, force: bool = False) -> dict:
+    """What a submission would do, without doing it: jobs, renders, reuses and an ETA from the
+    ledger's recorded time per image for the same model, recipe, size and steps."""
+    found = {} if force else ledger.reusable(s.digest for s in plan.specs)
+    pending = [s for s in plan.specs if s.digest not in found]
+    by_settings: dict[tuple, int] = {}
+    for spec in pending:
+        key = (spec.model, spec.recipe, spec.width, spec.height, spec.steps)
+        by_settings[key] = by_settings.get(key, 0) + 1
+    total_ms, unknown = 0.0, 0
+    for (model, recipe, width, height, steps), count in by_settings.items():
+        per_image = ledger.history_ms(model=model, recipe=recipe, width=width, height=height, steps=steps)
+        if per_image is None:
+            unknown += count
+        else:
+            total_ms += per_image * count
+    workers = max(1, ledger.active_workers())
+    return {
+        "jobs": len(plan.specs), "to_render": len(pending), "reused": len(plan.specs) - len(pending),
+        "axes": plan.sweep.summary(), "prompts": len({s.prompt for s in plan.specs}),
+        "models": sorted({s.model for s in plan.specs}), "recipes": sorted({s.recipe for s in plan.specs}),
+        "workers": workers,
+        "eta_s": None if unknown else round(total_ms / 1000 / workers, 1),
+        "eta": "unknown" if unknown else f"{total_ms / 1000 / workers:.1f}s",
+        "without_history": unknown, "warnings": plan.warnings,
+    }

@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, fields, replace
 
 from farm.errors import InputError
-from farm.spec import MAX_SEED, JobRequest, parse_int, parse_size
+from farm.spec import MAX_SEED, JobRequest, parse_adapter, parse_int, parse_size
+from farm.sweep import Sweep
+from farm.wildcards import expand_wildcards
 
 MAX_VARIANTS = 10_000
 MAX_JOBS = 100_000
@@ -115,28 +117,74 @@ def read_prompt_file(filename: str, text: str, fmt: str | None = None) -> list[P
     return rows
 
 
-def expand(rows: list[PromptRow], defaults: JobRequest, variants: int, base_seed: int) -> list[tuple[str, JobRequest]]:
-    """Each row becomes ``variants`` requests with consecutive seeds; row fields beat defaults.
+def _apply_cell(merged: dict, cell: dict) -> tuple[dict, dict]:
+    """The request fields with one sweep cell applied, and the cell as recorded axis values."""
+    request, axes = dict(merged), {}
+    for name, value in cell.items():
+        if name == "size":
+            request["width"], request["height"] = value
+            axes["size"] = f"{value[0]}x{value[1]}"
+        elif name.startswith("adapter:"):
+            adapter = name.split(":", 1)[1]
+            stack = [parse_adapter(a) for a in (request.get("adapters") or ())]
+            stack = [(n, w) for n, w in stack if n != adapter] + [(adapter, value)]
+            request["adapters"] = tuple(stack)
+            axes[name] = value
+        else:
+            request[name] = value
+            axes[name] = value
+    return request, axes
 
-    Returns (where, request) pairs so validation errors can point at the row they came from.
+
+def expand(rows: list[PromptRow], defaults: JobRequest, variants: int, base_seed: int,
+           sweep: Sweep = Sweep()) -> list[tuple[str, JobRequest, dict]]:
+    """Each row crossed with every cell of the sweep; without a seed axis, each row gets
+    ``variants`` consecutive seeds as the innermost axis. Row fields beat defaults, axes beat both.
+
+    Returns (where, request, axes) triples: where points validation errors at their file row,
+    axes records the cell's values for contact sheets.
     """
     variants = parse_int("variants", variants, 1, MAX_VARIANTS)
-    out: list[tuple[str, JobRequest]] = []
+    seed_swept = "seed" in sweep.fields
+    if seed_swept and variants > 1:
+        raise InputError("variants", "give --variants or a seed axis (--seeds), not both")
+    cells = sweep.cells()
+    out: list[tuple[str, JobRequest, dict]] = []
     for row in rows:
         merged = {f.name: getattr(defaults, f.name) for f in fields(JobRequest)}
         for f in fields(JobRequest):
             value = getattr(row.request, f.name)
             if value is not None and value != ():
                 merged[f.name] = value
-        count = row.variants or variants
-        try:
-            first = parse_int("seed", merged["seed"] if merged["seed"] is not None else base_seed, 0, MAX_SEED)
-            if first + count - 1 > MAX_SEED:
-                raise InputError("seed", f"seeds {first}..{first + count - 1} run past {MAX_SEED}")
-        except InputError as exc:
-            raise (InputError(row.where, str(exc)) if row.where else exc) from None
-        for i in range(count):
-            out.append((row.where, replace(JobRequest(**merged), seed=first + i)))
+        row_cells = cells
+        if not seed_swept:
+            count = row.variants or variants
+            try:
+                first = parse_int("seed", merged["seed"] if merged["seed"] is not None else base_seed, 0, MAX_SEED)
+                if first + count - 1 > MAX_SEED:
+                    raise InputError("seed", f"seeds {first}..{first + count - 1} run past {MAX_SEED}")
+            except InputError as exc:
+                raise (InputError(row.where, str(exc)) if row.where else exc) from None
+            row_cells = [{**cell, "seed": first + i} for cell in cells for i in range(count)]
+        for cell in row_cells:
+            request, axes = _apply_cell(merged, cell)
+            if len(rows) > 1:
+                axes = {"prompt": request["prompt"], **axes}
+            out.append((row.where, JobRequest(**request), axes))
             if len(out) > MAX_JOBS:
                 raise InputError("variants", f"the submission expands to more than {MAX_JOBS} jobs")
+    return out
+
+
+def expand_row_wildcards(rows: list[PromptRow], lists: dict | None, *, mode: str = "combinatorial",
+                         count: int = 1, seed: int = 0) -> list[PromptRow]:
+    """Rows whose prompt holds wildcards become one row per expanded prompt (same overrides)."""
+    out = []
+    for row in rows:
+        prompt = row.request.prompt
+        if not isinstance(prompt, str):
+            out.append(row)
+            continue
+        for text in expand_wildcards(prompt, lists, mode=mode, count=count, seed=seed):
+            out.append(replace(row, request=replace(row.request, prompt=text)))
     return out

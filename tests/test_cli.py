@@ -72,10 +72,10 @@ BAD_ARGS = [
     ([*GOOD, "--seed", "abc"], "'--seed'"),
     ([*GOOD, "--steps", "0"], "steps: 0 is outside"),
     ([*GOOD, "--steps", "9"], "steps: 9 is outside 1..8 for the lcm-lora recipe"),
-    ([*GOOD, "--steps", "four"], "'--steps'"),
+    ([*GOOD, "--steps", "four"], "steps: expected an integer"),
     ([*GOOD, "--guidance", "7"], "guidance: 7 is outside"),
     ([*GOOD, "--guidance", "nan"], "guidance"),
-    ([*GOOD, "--guidance", "loud"], "'--guidance'"),
+    ([*GOOD, "--guidance", "loud"], "guidance: expected a number"),
     ([*GOOD, "--size", "100x100"], "width: 100 is not a multiple of 8"),
     ([*GOOD, "--size", "64x63"], "height"),
     ([*GOOD, "--size", "4096x4096"], "width: 4096 is outside"),
@@ -95,7 +95,7 @@ BAD_ARGS = [
     ([*GOOD, "--key", ""], "key: an idempotency key"),
     ([*GOOD, "--key", "has space"], "key"),
     ([*GOOD, "--bogus"], "No such option"),
-    (["a prompt", "--file", "x.txt"], "give a PROMPT or --file, not both"),
+    (["a prompt", "--file", "x.txt"], "give one of a PROMPT, --file or --spec, not PROMPT and --file"),
 ]
 
 

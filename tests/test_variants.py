@@ -9,12 +9,12 @@ from farm.variants import PromptRow, detect_format, expand, read_prompt_file
 
 def test_variants_get_consecutive_seeds():
     out = expand([PromptRow(JobRequest(prompt="p"))], JobRequest(), 8, 100)
-    assert [r.seed for _, r in out] == list(range(100, 108))
+    assert [r.seed for _, r, _ in out] == list(range(100, 108))
 
 
 def test_each_prompt_gets_the_same_seeds_and_rows_override_defaults():
     rows = read_prompt_file("p.jsonl", '{"prompt": "a"}\n{"prompt": "b", "seed": 7, "variants": 2, "steps": 6}\n')
-    out = [r for _, r in expand(rows, JobRequest(steps=4), 3, 100)]
+    out = [r for _, r, _ in expand(rows, JobRequest(steps=4), 3, 100)]
     assert [(r.prompt, r.seed, r.steps) for r in out] == [
         ("a", 100, 4), ("a", 101, 4), ("a", 102, 4), ("b", 7, 6), ("b", 8, 6)]
 

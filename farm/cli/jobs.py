@@ -13,59 +13,133 @@ import click
 from farm import states
 from farm.cli import State, cli, emit_json, warn
 from farm.errors import InputError
-from farm.producer import Plan, check_key, plan, submit
-from farm.spec import JobRequest, parse_size
-from farm.variants import PromptRow, read_prompt_file
+from farm.producer import Plan, check_key, estimate, plan, republish, submit
+from farm.spec import JobRequest, parse_float, parse_int, parse_size
+from farm.sweep import SpecFile, Sweep, is_axis, load_spec
+from farm.sweep import group as sweep_group
+from farm.variants import PromptRow, expand_row_wildcards, read_prompt_file
+from farm.wildcards import parse_list_file
 
 
 def job_options(func):
-    """The options that describe jobs, shared by ``run`` and ``submit``."""
+    """The options that describe jobs, shared by ``run`` and ``submit``. Values with a range
+    (``1-8``) or a comma list (``1,1.5,2``) are sweep axes, crossed with each other."""
     options = [
         click.option("--variants", "-n", type=int, default=1, show_default=True,
                      help="Images per prompt, with seeds S, S+1, ..."),
         click.option("--seed", type=int, default=None, help="Base seed S (default: drawn at random and recorded)."),
+        click.option("--seeds", default=None, help="Seed axis: 0-15 or 1,5,9 (instead of --variants)."),
         click.option("--model", default=None, help="Model name (default: FARM_DEFAULT_MODEL or tiny-sd)."),
         click.option("--recipe", default=None, help="Few-step recipe (default lcm-lora; see `farm recipes list`)."),
-        click.option("--steps", type=int, default=None, help="Denoising steps (default: the recipe's)."),
-        click.option("--guidance", type=float, default=None, help="Guidance scale (default: the recipe's)."),
-        click.option("--size", default=None, help="WIDTHxHEIGHT (default: the model's native size)."),
+        click.option("--steps", default=None, help="Denoising steps, or an axis: 1-8, 2,4,8."),
+        click.option("--guidance", default=None, help="Guidance scale, or an axis: 1,1.5,2."),
+        click.option("--size", default=None, help="WIDTHxHEIGHT, or an axis: 512x512,768x512."),
         click.option("--negative", default=None, help="Negative prompt (ignored when guidance <= 1)."),
-        click.option("--adapter", "adapters", multiple=True, metavar="NAME[:WEIGHT]",
-                     help="A style LoRA on top of the recipe's accelerator; repeatable."),
+        click.option("--adapter", "adapters", multiple=True, metavar="NAME[:WEIGHT[,WEIGHT...]]",
+                     help="A style LoRA on top of the recipe's accelerator; several weights sweep it. Repeatable."),
+        click.option("--spec", "spec_file", default=None, help="Sweep spec (.yaml or .json): prompts, axes, wildcards."),
+        click.option("--wildcards", "wildcard_dir", default=None,
+                     help="Directory of __name__ lists (NAME.txt, one entry per line)."),
+        click.option("--wildcard-mode", type=click.Choice(["combinatorial", "random"]), default=None,
+                     help="Expand {a|b} and __name__ into every combination, or pick at random (seeded)."),
+        click.option("--wildcard-count", type=int, default=None, help="Random mode: prompts per template."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), func)
 
 
-def _rows(prompt: str | None, file: str | None) -> list[PromptRow]:
-    if prompt is not None and file is not None:
-        raise InputError("prompt", "give a PROMPT or --file, not both")
+def _read_text(option: str, file: str) -> str:
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(option, f"{file}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(option, f"{file}: is a directory") from None
+    except UnicodeDecodeError:
+        raise InputError(option, f"{file}: not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(option, f"{file}: {exc.strerror}") from None
+
+
+def _rows(prompt: str | None, file: str | None, spec: SpecFile | None) -> list[PromptRow]:
+    given = [name for name, value in (("PROMPT", prompt), ("--file", file), ("--spec", spec)) if value is not None]
+    if len(given) > 1:
+        raise InputError("prompt", f"give one of a PROMPT, --file or --spec, not {' and '.join(given)}")
     if file is not None:
-        path = Path(file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError("file", f"{file}: no such file") from None
-        except IsADirectoryError:
-            raise InputError("file", f"{file}: is a directory") from None
-        except UnicodeDecodeError:
-            raise InputError("file", f"{file}: not UTF-8 text") from None
-        except OSError as exc:
-            raise InputError("file", f"{file}: {exc.strerror}") from None
-        return read_prompt_file(str(path), text)
+        return read_prompt_file(file, _read_text("file", file))
+    if spec is not None:
+        return [PromptRow(JobRequest(prompt=p)) for p in spec.prompts]
     if prompt is None:
-        raise InputError("prompt", "missing: give a PROMPT or --file")
+        raise InputError("prompt", "missing: give a PROMPT, --file or --spec")
     return [PromptRow(JobRequest(prompt=prompt))]
 
 
-def _plan(state: State, *, prompt, file, variants, seed, model, recipe, steps, guidance, size,
-          negative, adapters, priority=0) -> Plan:
-    width = height = None
-    if size is not None:
-        width, height = parse_size(size)
-    defaults = JobRequest(negative_prompt=negative, seed=None, steps=steps, guidance=guidance,
-                          width=width, height=height, model=model, recipe=recipe, adapters=tuple(adapters))
-    return plan(_rows(prompt, file), defaults, variants=variants, seed=seed, catalog=state.catalog(),
-                default_model=state.config.default_model, rng=random.SystemRandom(), priority=priority)
+def _wildcard_lists(directory: str | None, spec: SpecFile | None) -> dict[str, list[str]]:
+    lists: dict[str, list[str]] = {}
+    for name, entries in ((spec.wildcards.get("lists") if spec else None) or {}).items():
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries) or not entries:
+            raise InputError("wildcards", f"list {name!r} must be a non-empty list of text")
+        lists[name] = entries
+    if directory is not None:
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise InputError("wildcards", f"{directory}: not a directory")
+        for path in sorted(folder.glob("*.txt")):
+            lists[path.stem] = parse_list_file(path.stem, _read_text("wildcards", str(path)))
+    return lists
+
+
+def _plan(state: State, *, prompt, file, variants, seed, seeds, model, recipe, steps, guidance, size,
+          negative, adapters, spec_file=None, wildcard_dir=None, wildcard_mode=None, wildcard_count=None,
+          priority=0) -> Plan:
+    spec = load_spec(spec_file, _read_text("spec", spec_file)) if spec_file is not None else None
+    base = dict(spec.base) if spec else {}
+    groups = []
+
+    def scalar_or_axis(name, raw, parse):
+        if raw is None:
+            return
+        if is_axis(name, raw):
+            groups.append(sweep_group({name: raw}))
+        else:
+            base[name] = parse(raw)
+
+    scalar_or_axis("steps", steps, lambda v: parse_int("steps", v, 1, 200))
+    scalar_or_axis("guidance", guidance, lambda v: parse_float("guidance", v))
+    scalar_or_axis("size", size, parse_size)
+    if seeds is not None:
+        groups.append(sweep_group({"seed": seeds}))
+    if negative is not None:
+        base["negative_prompt"] = negative
+    if model is not None:
+        base["model"] = model
+    if recipe is not None:
+        base["recipe"] = recipe
+    stack = list(base.pop("adapters", None) or [])
+    for raw in adapters:
+        name, _, weights = raw.partition(":")
+        if "," in weights:
+            groups.append(sweep_group({f"adapter:{name}": weights}))
+        else:
+            stack.append(raw)
+    if "size" in base:
+        width, height = base.pop("size") if isinstance(base["size"], tuple) else parse_size(str(base["size"]))
+        base["width"], base["height"] = width, height
+    if spec and spec.variants is not None and variants == 1:
+        variants = spec.variants
+    defaults = JobRequest(negative_prompt=base.get("negative_prompt"), seed=None, steps=base.get("steps"),
+                          guidance=base.get("guidance"), width=base.get("width"), height=base.get("height"),
+                          model=base.get("model"), recipe=base.get("recipe"), adapters=tuple(stack))
+    sweep = (spec.sweep if spec else Sweep()).crossed(Sweep(tuple(groups)))
+    rows = _rows(prompt, file, spec)
+    settings = dict(spec.wildcards) if spec else {}
+    mode = wildcard_mode or settings.get("mode", "combinatorial")
+    count = wildcard_count if wildcard_count is not None else parse_int("wildcards", settings.get("count", 1), 1, 100_000)
+    rows = expand_row_wildcards(rows, _wildcard_lists(wildcard_dir, spec), mode=mode, count=count,
+                                seed=parse_int("wildcards", settings.get("seed", 0), 0, 2**32 - 1))
+    if seed is None and base.get("seed") is not None:
+        seed = parse_int("seed", base["seed"], 0, 2**32 - 1)
+    return plan(rows, defaults, variants=variants, seed=seed, catalog=state.catalog(),
+                default_model=state.config.default_model, rng=random.SystemRandom(), priority=priority, sweep=sweep)
 
 
 def _publisher(state: State):
@@ -88,25 +162,37 @@ def _submitter() -> str:
 @click.option("--file", "-f", "file", default=None, help="Prompts file: .txt (one per line), .csv (prompt column), .jsonl.")
 @click.option("--key", default=None, help="Idempotency key: the same key returns the existing batch.")
 @click.option("--priority", type=int, default=0, show_default=True, help="0..9, higher renders first.")
-@click.option("--json", "as_json", is_flag=True, help="Print {batch, jobs, ...} as JSON.")
+@click.option("--force", is_flag=True, help="Render every job, even those whose image already exists.")
+@click.option("--dry-run", is_flag=True, help="Print the expansion and an ETA; write and enqueue nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print {batch, jobs, to_render, reused, ...} as JSON.")
 @click.pass_obj
-def submit_cmd(state: State, prompt, file, key, priority, as_json, **options):
+def submit_cmd(state: State, prompt, file, key, priority, force, dry_run, as_json, **options):
     """Validate, expand and enqueue a batch (workers render it: see `farm up`)."""
     check_key(key)
     planned = _plan(state, prompt=prompt, file=file, priority=priority, **options)
     for message in planned.warnings:
         warn(message)
+    if dry_run:
+        report = estimate(state.ledger, planned, force=force)
+        if as_json:
+            emit_json(report)
+        else:
+            click.echo(f"{report['jobs']} jobs ({report['to_render']} to render, {report['reused']} reused); "
+                       f"axes {report['axes']}; {report['prompts']} prompt(s), models {', '.join(report['models'])}, "
+                       f"recipes {', '.join(report['recipes'])}; ETA {report['eta']} on {report['workers']} worker(s)")
+        return
     publisher = _publisher(state)
     try:
         result = submit(state.ledger, publisher, planned, micro_batch=state.config.micro_batch, key=key,
-                        submitter=_submitter())
+                        submitter=_submitter(), force=force)
     finally:
         publisher.close()
     if as_json:
         emit_json(result.as_dict())
     else:
         verb = "submitted" if result.created else "exists (same key)"
-        click.echo(f"batch {result.batch}: {result.jobs} jobs {verb}, base seed {result.base_seed}")
+        click.echo(f"batch {result.batch}: {result.jobs} jobs {verb} ({result.to_render} to render, "
+                   f"{result.reused} reused), base seed {result.base_seed}")
 
 
 def _counts(state: State, batch: str) -> dict[str, int]:

@@ -49,6 +49,7 @@ class NewBatch:
     id: str
     created: bool  # False: an idempotency key returned an existing batch
     job_ids: list[int]
+    to_render: list[int] | None = None  # None: all of them
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -176,12 +177,16 @@ class Ledger:
     def create_batch(
         self, *, specs: list[JobSpec], spec: dict, request_digest: str, base_seed: int,
         priority: int = 0, submitter: str = "", idempotency_key: str | None = None,
+        axes: list[dict] | None = None, reuse: dict[int, tuple[int, dict]] | None = None,
     ) -> NewBatch:
         """Write a batch and all its jobs in one transaction (all or nothing).
 
+        ``reuse`` maps a job index to (job id, artifact) of an earlier job with the same digest:
+        that job is recorded as succeeded from the stored image, without rendering.
         With an idempotency key, the same key returns the existing batch; the same key with a
         different request is a conflict.
         """
+        reuse = reuse or {}
         if idempotency_key:
             existing = self._batch_for_key(idempotency_key, request_digest)
             if existing:
@@ -204,21 +209,24 @@ class Ledger:
                         model=j.model, model_revision=j.model_revision, family=j.family, recipe=j.recipe,
                         scheduler=j.scheduler, scheduler_config=j.scheduler_config,
                         adapters=[{"name": a.name, "weight": a.weight, "role": a.role} for a in j.adapters],
-                        digest=j.digest, state=states.QUEUED, priority=priority, attempts=0,
-                        created_at=now, queued_at=now,
+                        digest=j.digest, state=states.SUCCEEDED if i in reuse else states.QUEUED,
+                        priority=priority, attempts=0, axes=(axes[i] if axes else {}),
+                        reused_from=reuse[i][0] if i in reuse else None,
+                        created_at=now, queued_at=now, finished_at=now if i in reuse else None,
                     )
                     for i, j in enumerate(specs)
                 ]
                 s.add_all(jobs)
                 s.flush()
                 ids = [job.id for job in jobs]
+                s.add_all(Artifact(job_id=ids[i], created_at=now, **artifact) for i, (_, artifact) in reuse.items())
         except IntegrityError:
             if idempotency_key:  # a concurrent submission with the same key won the race
                 existing = self._batch_for_key(idempotency_key, request_digest)
                 if existing:
                     return existing
             raise
-        return NewBatch(batch_id, True, ids)
+        return NewBatch(batch_id, True, ids, [ids[i] for i in range(len(ids)) if i not in reuse])
 
     def _batch_for_key(self, key: str, request_digest: str) -> NewBatch | None:
         with self.session() as s:
@@ -254,6 +262,95 @@ class Ledger:
         with self.session() as s:
             s.execute(update(Job).where(Job.id.in_(ids)).values(enqueued_at=self.clock()))
 
+    def reusable(self, digests: Iterable[str]) -> dict[str, tuple[int, dict]]:
+        """For each digest with a stored image: (the earliest such job, its artifact fields)."""
+        wanted = list(dict.fromkeys(digests))
+        found: dict[str, tuple[int, dict]] = {}
+        with self.session() as s:
+            for start in range(0, len(wanted), 500):
+                rows = s.execute(
+                    select(Job.digest, Job.id, Artifact).join(Artifact, Artifact.job_id == Job.id)
+                    .where(Job.digest.in_(wanted[start:start + 500]), Job.state == states.SUCCEEDED)
+                    .order_by(Job.id)
+                ).all()
+                for digest, job_id, a in rows:
+                    found.setdefault(digest, (job_id, {
+                        "store_url": a.store_url, "key": a.key, "sha256": a.sha256, "bytes": a.bytes,
+                        "width": a.width, "height": a.height, "content_type": a.content_type}))
+        return found
+
+    def history_ms(self, *, model: str, recipe: str, width: int, height: int, steps: int) -> float | None:
+        """Median recorded time per image (total ms) of rendered jobs with these settings."""
+        with self.session() as s:
+            totals = sorted(s.scalars(
+                select(Attempt.total_ms).join(Job, Job.id == Attempt.job_id)
+                .where(Job.model == model, Job.recipe == recipe, Job.width == width, Job.height == height,
+                       Job.steps == steps, Attempt.outcome == "succeeded", Attempt.total_ms.is_not(None))
+                .order_by(Attempt.id.desc()).limit(200)))
+        return totals[len(totals) // 2] if totals else None
+
+    def active_workers(self, within_s: float = 60.0) -> int:
+        cutoff = self.clock() - timedelta(seconds=within_s)
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(Worker)
+                            .where(Worker.state == "active", Worker.last_heartbeat >= cutoff)) or 0
+
+    def batches(self, limit: int = 50) -> list[dict]:
+        with self.session() as s:
+            batches = list(s.scalars(select(Batch).order_by(Batch.created_at.desc()).limit(limit)))
+            ids = [b.id for b in batches]
+            counts: dict[str, dict[str, int]] = {i: {st: 0 for st in states.STATES} for i in ids}
+            for batch_id, state, n in s.execute(select(Job.batch_id, Job.state, func.count())
+                                                .where(Job.batch_id.in_(ids)).group_by(Job.batch_id, Job.state)):
+                counts[batch_id][state] = n
+        return [{"batch": b.id, "created_at": b.created_at.isoformat(), "state": b.state, "priority": b.priority,
+                 "model": b.model, "recipe": b.recipe, "jobs": b.job_count, "counts": counts[b.id],
+                 "done": sum(counts[b.id][t] for t in states.TERMINAL)} for b in batches]
+
+    # -- control --------------------------------------------------------------------------------
+    def cancel(self, batch_id: str, *, running: bool = False) -> int:
+        """Cancel a batch's queued jobs (and running ones with ``running``); returns how many."""
+        self.get_batch(batch_id)
+        sources, target = states.transition("cancel")
+        allowed = sources if running else sources - {states.RUNNING}
+        with self.session() as s:
+            result = s.execute(update(Job).where(Job.batch_id == batch_id, Job.state.in_(allowed))
+                               .values(state=target, finished_at=self.clock(), last_error="cancelled"))
+            return result.rowcount
+
+    def retry(self, batch_id: str, *, failed_only: bool = False) -> list[int]:
+        """Move failed (and, unless ``failed_only``, cancelled) jobs back to queued; their next
+        claim opens a new attempt after the old ones. Returns the job ids to publish."""
+        self.get_batch(batch_id)
+        sources, target = states.transition("retry")
+        allowed = {states.FAILED} if failed_only else sources
+        now = self.clock()
+        with self.session() as s:
+            ids = list(s.scalars(select(Job.id).where(Job.batch_id == batch_id, Job.state.in_(allowed))
+                                 .order_by(Job.id)))
+            if ids:
+                s.execute(update(Job).where(Job.id.in_(ids), Job.state.in_(allowed)).values(
+                    state=target, queued_at=now, enqueued_at=None, current_attempt=None, started_at=None,
+                    finished_at=None))
+        return ids
+
+    def set_batch_state(self, batch_id: str, state: str) -> list[int]:
+        """Pause (workers skip its jobs) or resume (returns the queued job ids to publish again)."""
+        self.get_batch(batch_id)
+        with self.session() as s:
+            s.execute(update(Batch).where(Batch.id == batch_id).values(state=state))
+            if state != "active":
+                return []
+            return list(s.scalars(select(Job.id).where(Job.batch_id == batch_id, Job.state == states.QUEUED)
+                                  .order_by(Job.id)))
+
+    def still_running(self, tokens: Iterable[str]) -> bool:
+        """Whether any of these attempts still owns a running job (a cancel or a newer attempt
+        takes it away)."""
+        with self.session() as s:
+            return bool(s.scalar(select(func.count()).select_from(Job).where(
+                Job.current_attempt.in_(list(tokens)), Job.state == states.RUNNING)))
+
     # -- jobs -----------------------------------------------------------------------------------
     def list_jobs(self, batch_id: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict]:
         """Jobs with their latest attempt's timings and their artifact key, oldest first."""
@@ -282,6 +379,7 @@ class Ledger:
             "steps": job.steps, "guidance": job.guidance, "width": job.width, "height": job.height,
             "model": job.model, "recipe": job.recipe, "scheduler": job.scheduler,
             "adapters": job.adapters, "digest": job.digest, "attempts": job.attempts,
+            "axes": job.axes or {}, "reused_from": job.reused_from,
             "last_error": job.last_error,
             "worker": attempt.worker if attempt else None,
             "device": attempt.device if attempt else None,
@@ -312,9 +410,10 @@ class Ledger:
         with self.session() as s:
             for job_id in job_ids:
                 token = secrets.token_hex(16)
+                active = select(Batch.id).where(Batch.state == "active")  # a paused batch's jobs wait
                 result = s.execute(
                     update(Job)
-                    .where(Job.id == job_id, Job.state.in_(sources))
+                    .where(Job.id == job_id, Job.state.in_(sources), Job.batch_id.in_(active))
                     .values(state=target, attempts=Job.attempts + 1, current_attempt=token,
                             started_at=now, finished_at=None)
                 )

@@ -91,6 +91,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     current_attempt: Mapped[str | None] = mapped_column(String(32))  # fencing token of the live attempt
     last_error: Mapped[str | None] = mapped_column(Text)
+    axes: Mapped[dict] = mapped_column(JSON, default=dict)  # the sweep cell this job is (for contact sheets)
+    reused_from: Mapped[int | None] = mapped_column(BigInteger)  # satisfied by this job's artifact, not rendered
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime())
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # message published
@@ -112,6 +114,7 @@ class Attempt(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="running")
     error: Mapped[str | None] = mapped_column(Text)
     batch_size: Mapped[int | None] = mapped_column(Integer)  # images in the pipeline call
+    environment: Mapped[dict | None] = mapped_column(JSON)  # library versions, device, adapter sha256s
     # per-stage timings in ms; a micro-batch's shared stages are divided among its images
     queue_wait_ms: Mapped[float | None] = mapped_column(Float)
     model_load_ms: Mapped[float | None] = mapped_column(Float)
