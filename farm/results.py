@@ -1,4 +1,5 @@
-"""Fetching a batch's images out of the store, verified against the ledger's sha256."""
+"""Reading a batch's images out of the store, verified against the ledger's sha256; choosing
+contact-sheet axes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from farm.errors import InfrastructureError
+from farm.errors import InfrastructureError, InputError
 from farm.ledger import Ledger
 from farm.storage import open_store
 
@@ -16,27 +17,67 @@ def output_name(index: int, seed: int) -> str:
     return f"{index:05d}-{seed}.png"
 
 
-def fetch_batch(ledger: Ledger, batch_id: str, out_dir: Path, *, s3_endpoint_url: str | None = None) -> list[Path]:
-    """Copy every stored image of a batch into ``out_dir``; return the paths in job order."""
+class ArtifactReader:
+    """Reads artifacts from whichever store each was written to, checking its sha256."""
+
+    def __init__(self, s3_endpoint_url: str | None = None):
+        self.s3_endpoint_url = s3_endpoint_url
+        self.stores: dict[str, object] = {}
+
+    def read(self, store_url: str, key: str, sha256: str) -> bytes:
+        store = self.stores.get(store_url)
+        if store is None:
+            store = self.stores[store_url] = open_store(store_url, s3_endpoint_url=self.s3_endpoint_url)
+        data = store.get(key)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256:
+            raise InfrastructureError(f"{key}: stored object does not match the ledger "
+                                      f"(sha256 {digest[:12]} != {sha256[:12]})")
+        return data
+
+
+def fetch_batch(ledger: Ledger, batch_id: str, out_dir: Path, *,
+                s3_endpoint_url: str | None = None) -> list[tuple[int, Path]]:
+    """Copy every stored image of a batch into ``out_dir``; (job id, path) in job order."""
     rows = ledger.artifacts(batch_id)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stores: dict[str, object] = {}
+    reader = ArtifactReader(s3_endpoint_url)
     paths = []
     for job, artifact in rows:
-        store = stores.get(artifact.store_url)
-        if store is None:
-            store = stores[artifact.store_url] = open_store(artifact.store_url, s3_endpoint_url=s3_endpoint_url)
-        data = store.get(artifact.key)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != artifact.sha256:
-            raise InfrastructureError(
-                f"{artifact.key}: stored object does not match the ledger (sha256 {digest[:12]} != "
-                f"{artifact.sha256[:12]})"
-            )
+        data = reader.read(artifact.store_url, artifact.key, artifact.sha256)
         target = out_dir / output_name(job.index, job.seed)
         fd, tmp = tempfile.mkstemp(prefix=".part-", dir=out_dir)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, target)
-        paths.append(target)
+        paths.append((job.id, target))
     return paths
+
+
+def _label(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def sheet_cells(jobs: list[dict], columns: str | None = None, rows: str | None = None) -> tuple[list, str, str]:
+    """(column label, row label, job) per job with an image, and the axes used.
+
+    By default the first axis that varies across the batch gives the columns and every other
+    varying axis together gives the rows (e.g. steps 1..8 across, seeds down).
+    """
+    done = [j for j in jobs if j.get("artifact")]
+    if not done:
+        raise InputError("batch", "has no stored images yet")
+    names = list(dict.fromkeys(k for j in done for k in (j.get("axes") or {})))
+    varying = [n for n in names if len({_label(j["axes"].get(n)) for j in done}) > 1]
+    for option, axis in (("cols", columns), ("rows", rows)):
+        if axis is not None and axis not in names:
+            raise InputError(option, f"{axis!r} is not an axis of this batch (axes: {', '.join(names) or 'none'})")
+    columns = columns or (varying[0] if varying else (names[0] if names else None))
+    row_axes = [rows] if rows else [n for n in varying if n != columns]
+    cells = []
+    for job in done:
+        axes = job.get("axes") or {}
+        column = f"{columns}={_label(axes.get(columns))}" if columns else f"job {job['id']}"
+        row = ", ".join(f"{n}={_label(axes.get(n))}" for n in row_axes) or "-"
+        cells.append((column, row, job))
+    return cells, columns or "-", "+".join(row_axes) or "-"

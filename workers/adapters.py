@@ -97,6 +97,7 @@ class AdapterSet:
         self.fused: tuple[str, float] | None = None  # (accelerator, weight) folded into the base weights
         self._originals: dict[tuple[str, str], object] = {}  # (component, module) -> original weight
         self.stats = {"loads_disk": 0, "loads_host": 0, "evictions": 0, "fuses": 0, "unfuses": 0}
+        self.digests: dict[str, str | None] = {}  # sha256 of each adapter's weight file, for the record
 
     # -- loading and eviction -------------------------------------------------------------------
     def _load(self, name: str) -> None:
@@ -109,14 +110,19 @@ class AdapterSet:
             path = _weight_file(location, weight_name)
             self.stats["loads_disk"] += 1
             if path is not None:
-                from safetensors.torch import load_file
+                import hashlib
 
-                state = load_file(str(path))
+                data = path.read_bytes()
+                self.digests[name] = hashlib.sha256(data).hexdigest()
+                from safetensors.torch import load as load_bytes
+
+                state = load_bytes(data)
                 self.host.put(name, state)
                 self.pipe.load_lora_weights(dict(state), adapter_name=name)
             else:
                 kwargs = {"weight_name": weight_name} if weight_name else {}
                 self.pipe.load_lora_weights(location.path, adapter_name=name, **kwargs)
+                self.digests.setdefault(name, None)  # a hub file: diffusers resolved it
         self.loaded[name] = self._adapter_bytes(name)
 
     def _adapter_bytes(self, name: str) -> int:

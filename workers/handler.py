@@ -75,11 +75,29 @@ class Handler:
                               rendered=summary["succeeded"])
         return summary
 
+    def _stop_check(self, tokens: list[str], interval: float = 0.5):
+        """Polls the ledger at most every ``interval`` s: is any of these jobs still ours to render?"""
+        last = {"at": time.monotonic(), "running": True}
+
+        def should_stop() -> bool:
+            now = time.monotonic()
+            if now - last["at"] >= interval:
+                last["at"], last["running"] = now, self.ledger.still_running(tokens)
+            return not last["running"]
+
+        return should_stop
+
     def _render_group(self, jobs: list, claims: dict[int, ClaimedJob]) -> tuple[int, int]:
+        from workers.runner import Interrupted
+
         started = time.perf_counter()
         self.ledger.heartbeat(self.worker, current_job=jobs[0].id)
+        tokens = [claims[j.id].token for j in jobs]
         try:
-            rendered = self.runner.render(jobs)
+            rendered = self.runner.render(jobs, should_stop=self._stop_check(tokens))
+        except Interrupted as exc:
+            self.ledger.close_attempts(tokens, outcome="cancelled", error=str(exc))
+            return 0, 0
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the jobs
             if isinstance(exc, FarmError):
                 error = str(exc)
@@ -95,7 +113,7 @@ class Handler:
         per_image = {k: v / n for k, v in rendered.timings.items()}  # shared stages, amortised
         futures = [
             self.pool.submit(self._store_one, job, pixels, claims[job.id], per_image, shared_ms / n,
-                             rendered.batch_size, rendered.scheduler)
+                             rendered.batch_size, rendered.scheduler, rendered.environment or {})
             for job, pixels in zip(jobs, rendered.pixels)
         ]
         results = [f.result() for f in futures]
@@ -103,10 +121,12 @@ class Handler:
         return ok, n - ok
 
     def _store_one(self, job, pixels, claim: ClaimedJob, timings: dict, render_ms: float,
-                   batch_size: int, scheduler: str) -> bool:
+                   batch_size: int, scheduler: str, environment: dict) -> bool:
         try:
             record = job_record(job, worker=self.worker, device=self.device, versions=self.versions)
             record["scheduler"] = record["scheduler"] or scheduler  # "model default" made concrete
+            environment = {**environment, "versions": self.versions, "device_name": self.device}
+            record["environment"] = environment
             started = time.perf_counter()
             png = encode_png(pixels, a1111_parameters(record), job_record_json(record))
             encoded = time.perf_counter()
@@ -122,7 +142,7 @@ class Handler:
             artifact = {"store_url": self.store.url, "key": key, "sha256": digest, "bytes": len(png),
                         "width": job.width, "height": job.height, "content_type": "image/png"}
             return self.ledger.complete(job.id, claim.token, artifact=artifact, timings=timings,
-                                        batch_size=batch_size)
+                                        batch_size=batch_size, environment=environment)
         except Exception as exc:  # noqa: BLE001
             error = str(exc) if isinstance(exc, (FarmError, InputError)) else f"{type(exc).__name__}: {exc}"
             log.error("storing job %s failed: %s", job.id, error)

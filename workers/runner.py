@@ -22,12 +22,17 @@ from workers.adapters import AdapterSet, HostStateDicts
 from workers.sources import Location, resolve
 
 
+class Interrupted(Exception):
+    """The jobs of a pipeline call were cancelled; it stopped at a step boundary."""
+
+
 @dataclass
 class Rendered:
     pixels: list  # HxWx3 uint8 numpy arrays, in job order
     timings: dict[str, float]  # ms for the whole call, per stage
     batch_size: int  # rows in the pipeline call (padding included)
     scheduler: str = ""  # the scheduler class that ran (a recipe may keep the model's own)
+    environment: dict | None = None  # what else shaped the pixels: adapter sha256s, fusing, device
 
 
 @dataclass
@@ -45,6 +50,16 @@ def family_module(family: str) -> ModuleType:
         if family in module.FAMILIES:
             return module
     raise InputError("model", f"no pipeline for the {family!r} family")
+
+
+def _stop_check(should_stop: Callable[[], bool]):
+    """A step-end callback that interrupts the pipeline when its jobs were cancelled."""
+    def callback(_pipe, step, _timestep, callback_kwargs):
+        if should_stop():
+            raise Interrupted(f"cancelled at step {step + 1}")
+        return callback_kwargs
+
+    return callback
 
 
 class Runner:
@@ -140,7 +155,7 @@ class Runner:
         if self.is_cuda:
             self.torch.cuda.synchronize(self.device)
 
-    def render(self, jobs: list) -> Rendered:
+    def render(self, jobs: list, should_stop: Callable[[], bool] | None = None) -> Rendered:
         """Render jobs that share a group key in one pipeline call. ``jobs`` have the ledger's job
         fields (prompt, negative_prompt, seed, steps, guidance, width, height, model, scheduler,
         scheduler_config, adapters)."""
@@ -179,7 +194,8 @@ class Runner:
             # the pipeline's own denoising loop (scheduler, guidance, size conditioning), to latents
             latents = pipe(**embeds, generator=generators, num_inference_steps=first.steps,
                            guidance_scale=first.guidance, width=first.width, height=first.height,
-                           output_type="latent", return_dict=False)[0]
+                           output_type="latent", return_dict=False,
+                           callback_on_step_end=_stop_check(should_stop) if should_stop else None)[0]
             self._sync()
             timings["denoise_ms"] = (time.perf_counter() - started) * 1000
 
@@ -189,4 +205,10 @@ class Runner:
             pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
             pixels = pixels[: len(jobs)].permute(0, 2, 3, 1).contiguous().cpu().numpy()
             timings["vae_decode_ms"] = (time.perf_counter() - started) * 1000
-        return Rendered([pixels[i] for i in range(len(jobs))], timings, rows, type(pipe.scheduler).__name__)
+        environment = {
+            "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "batch_bucket": self.bucket,
+            "fused": resident.adapters.fused is not None,
+            "adapter_sha256": {name: resident.adapters.digests.get(name) for name, _ in stack},
+        }
+        return Rendered([pixels[i] for i in range(len(jobs))], timings, rows, type(pipe.scheduler).__name__,
+                        environment)

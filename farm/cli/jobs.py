@@ -259,14 +259,55 @@ def results_group():
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def results_get(state: State, batch, out, as_json):
-    """Copy a batch's images (verified by sha256) into a directory."""
+    """Copy a batch's images (verified by sha256) into a directory, with an index.html gallery."""
+    paths = _fetch_with_gallery(state, batch, Path(out))
+    if as_json:
+        emit_json({"batch": batch, "outputs": [str(p) for p in paths], "gallery": str(Path(out) / "index.html")})
+    else:
+        click.echo(f"{len(paths)} images written to {out} (gallery: {Path(out) / 'index.html'})")
+
+
+def _fetch_with_gallery(state: State, batch: str, out: Path) -> list[Path]:
+    from farm.gallery import gallery_html
     from farm.results import fetch_batch
 
-    paths = fetch_batch(state.ledger, batch, Path(out), s3_endpoint_url=state.config.s3_endpoint_url)
+    fetched = fetch_batch(state.ledger, batch, out, s3_endpoint_url=state.config.s3_endpoint_url)
+    rows = {r["id"]: r for r in state.ledger.list_jobs(batch)}
+    page = gallery_html(batch, [(path.name, rows[job_id]) for job_id, path in fetched])
+    (out / "index.html").write_text(page, encoding="utf-8")
+    return [path for _, path in fetched]
+
+
+@results_group.command("sheet")
+@click.argument("batch")
+@click.option("--out", "-o", "out", required=True, help="PNG file to write.")
+@click.option("--cols", default=None, help="Axis across (default: the first axis that varies).")
+@click.option("--rows", default=None, help="Axis down (default: every other varying axis).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def results_sheet(state: State, batch, out, cols, rows, as_json):
+    """A contact sheet: the batch as a grid labelled with its axis values."""
+    from farm.results import ArtifactReader, sheet_cells
+
+    info = state.ledger.get_batch(batch)
+    jobs = state.ledger.list_jobs(batch)
+    cells, column_axis, row_axis = sheet_cells(jobs, cols, rows)
+    reader = ArtifactReader(state.config.s3_endpoint_url)
+    images = [(c, r, reader.read(j["store_url"], j["artifact"], j["sha256"])) for c, r, j in cells]
+    from workers.sheets import contact_sheet  # draws with PIL: only the workers package may
+
+    first = cells[0][2]
+    title = f"batch {batch}  {first['prompt'][:60]}  {info.model}/{info.recipe}"
+    data, grid = contact_sheet(images, title)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_bytes(data)
+    report = {"batch": batch, "out": out, "columns": len(grid.columns), "rows": len(grid.rows),
+              "column_axis": column_axis, "row_axis": row_axis, "size": list(grid.size)}
     if as_json:
-        emit_json({"batch": batch, "outputs": [str(p) for p in paths]})
+        emit_json(report)
     else:
-        click.echo(f"{len(paths)} images written to {out}")
+        click.echo(f"{out}: {len(grid.columns)} x {len(grid.rows)} grid ({column_axis} across, {row_axis} down), "
+                   f"{grid.size[0]}x{grid.size[1]} px")
 
 
 @cli.command("run")
@@ -285,7 +326,6 @@ def run_cmd(state: State, prompt, file, out, workers, devices, timeout, as_json,
     """Render a batch end to end: start the farm if needed, submit, wait, fetch, stop."""
     from farm import localfarm
     from farm.progress import watch as follow
-    from farm.results import fetch_batch
 
     planned = _plan(state, prompt=prompt, file=file, **options)  # all validation before anything starts
     device_list = localfarm.parse_devices(devices, workers)
@@ -306,7 +346,7 @@ def run_cmd(state: State, prompt, file, out, workers, devices, timeout, as_json,
         stream = click.get_text_stream("stderr")
         counts = follow(lambda: _counts(state, result.batch), result.jobs, stream=stream, timeout=timeout)
         elapsed = time.monotonic() - began
-        paths = fetch_batch(state.ledger, result.batch, Path(out), s3_endpoint_url=state.config.s3_endpoint_url)
+        paths = _fetch_with_gallery(state, result.batch, Path(out))
     finally:
         if started_here:
             localfarm.down(state.config)
@@ -328,3 +368,25 @@ def run_cmd(state: State, prompt, file, out, workers, devices, timeout, as_json,
             warn(f"{payload['unfinished']} jobs unfinished after {timeout:g}s")
         return 1
     return 0
+
+
+@cli.command("replay")
+@click.argument("job", type=int)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def replay_cmd(state: State, job, device, as_json):
+    """Re-render a job from its record and print the largest pixel difference to the stored image."""
+    if device not in ("cpu", "cuda"):
+        raise InputError("device", f"{device!r} is not cpu or cuda")
+    from workers.replay import replay  # renders: only the workers package imports torch
+
+    report = replay(state.ledger, job, model_cache=state.config.model_cache, device=device,
+                    s3_endpoint_url=state.config.s3_endpoint_url)
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(f"job {job}: largest pixel difference {report['max_difference']} "
+                   f"({report['differing_values']} of {report['values']} values differ) on {report['device']}")
+        for note in report["notes"]:
+            warn(note)

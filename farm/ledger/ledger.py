@@ -344,6 +344,12 @@ class Ledger:
             return list(s.scalars(select(Job.id).where(Job.batch_id == batch_id, Job.state == states.QUEUED)
                                   .order_by(Job.id)))
 
+    def close_attempts(self, tokens: Iterable[str], *, outcome: str, error: str | None = None) -> None:
+        """Record how attempts ended when their jobs were taken away (cancelled, superseded)."""
+        with self.session() as s:
+            s.execute(update(Attempt).where(Attempt.token.in_(list(tokens)), Attempt.outcome == "running")
+                      .values(outcome=outcome, error=error, finished_at=self.clock()))
+
     def still_running(self, tokens: Iterable[str]) -> bool:
         """Whether any of these attempts still owns a running job (a cancel or a newer attempt
         takes it away)."""
@@ -385,6 +391,7 @@ class Ledger:
             "device": attempt.device if attempt else None,
             "timings": {f[:-3]: getattr(attempt, f) for f in TIMING_FIELDS} if attempt else {},
             "batch_size": attempt.batch_size if attempt else None,
+            "environment": attempt.environment if attempt else None,
             "artifact": artifact.key if artifact else None,
             "sha256": artifact.sha256 if artifact else None,
             "store_url": artifact.store_url if artifact else None,
@@ -428,7 +435,8 @@ class Ledger:
         return claimed
 
     def _finish(self, event: str, job_id: int, token: str, *, outcome: str, error: str | None,
-                timings: dict | None, batch_size: int | None, artifact: dict | None) -> bool:
+                timings: dict | None, batch_size: int | None, artifact: dict | None,
+                environment: dict | None = None) -> bool:
         """Apply a terminal transition if ``token`` still owns the job; False if it does not."""
         now = self.clock()
         sources, target = states.transition(event)
@@ -449,6 +457,8 @@ class Ledger:
                           .values(outcome="superseded", finished_at=now))
                 return False
             attempt_values = {"outcome": outcome, "finished_at": now, "error": error, "batch_size": batch_size}
+            if environment is not None:
+                attempt_values["environment"] = environment
             for name, value in (timings or {}).items():
                 if name in TIMING_FIELDS:
                     attempt_values[name] = value
@@ -461,9 +471,10 @@ class Ledger:
                 s.add(Artifact(job_id=job_id, created_at=now, **artifact))
         return True
 
-    def complete(self, job_id: int, token: str, *, artifact: dict, timings: dict, batch_size: int) -> bool:
+    def complete(self, job_id: int, token: str, *, artifact: dict, timings: dict, batch_size: int,
+                 environment: dict | None = None) -> bool:
         return self._finish("succeed", job_id, token, outcome="succeeded", error=None,
-                            timings=timings, batch_size=batch_size, artifact=artifact)
+                            timings=timings, batch_size=batch_size, artifact=artifact, environment=environment)
 
     def fail(self, job_id: int, token: str, *, error: str, timings: dict | None = None,
              batch_size: int | None = None) -> bool:

@@ -1,0 +1,42 @@
+"""A static HTML gallery of a batch: each image with its parameters. Pure: rows in, HTML out."""
+
+from __future__ import annotations
+
+import html
+
+
+def gallery_html(batch: str, items: list[tuple[str, dict]]) -> str:
+    """``items``: (image file name relative to the page, job row from the ledger)."""
+    cards = []
+    for filename, job in items:
+        adapters = ", ".join(f"{a['name']} {a['weight']:g}" for a in job.get("adapters") or []) or "none"
+        axes = ", ".join(f"{k}={v}" for k, v in (job.get("axes") or {}).items())
+        facts = [
+            ("seed", job["seed"]), ("steps", job["steps"]), ("guidance", f"{job['guidance']:g}"),
+            ("size", f"{job['width']}x{job['height']}"), ("model", job["model"]), ("recipe", job["recipe"]),
+            ("scheduler", job.get("scheduler") or "model default"), ("LoRAs", adapters),
+        ]
+        if axes:
+            facts.append(("axes", axes))
+        if job.get("negative_prompt"):
+            facts.append(("negative", job["negative_prompt"]))
+        if job.get("reused_from"):
+            facts.append(("reused from job", job["reused_from"]))
+        rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+        cards.append(
+            f'<figure><a href="{html.escape(filename)}"><img src="{html.escape(filename)}" loading="lazy" '
+            f'alt="{html.escape(job["prompt"])}"></a><figcaption><p>{html.escape(job["prompt"])}</p>'
+            f"<table>{rows}</table></figcaption></figure>"
+        )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>batch {html.escape(batch)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1rem; background: #fafafa; }}
+main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 1rem; }}
+figure {{ margin: 0; background: white; padding: .5rem; border: 1px solid #ddd; }}
+img {{ width: 100%; image-rendering: pixelated; }}
+table {{ font-size: .75rem; border-collapse: collapse; }} th {{ text-align: left; padding-right: .5rem; color: #555; }}
+</style></head>
+<body><h1>batch {html.escape(batch)}</h1><p>{len(items)} images</p>
+<main>{''.join(cards)}</main></body></html>
+"""

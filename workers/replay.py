@@ -1,0 +1,50 @@
+"""Re-rendering a job from its ledger record and comparing with the stored image."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from farm.errors import NotFound
+from farm.ledger import Ledger
+from farm.results import ArtifactReader
+
+
+def replay(ledger: Ledger, job_id: int, *, model_cache: Path, device: str = "cpu",
+           s3_endpoint_url: str | None = None) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    from workers.runner import Runner
+    from workers.runtime import library_versions
+
+    [row] = [r for r in ledger.list_jobs() if r["id"] == job_id] or [None]
+    if row is None:
+        raise NotFound(f"no job {job_id}")
+    source = row
+    if row["reused_from"]:  # its image was rendered by an earlier job with the same digest
+        source = next(r for r in ledger.list_jobs() if r["id"] == row["reused_from"])
+    if not row["artifact"]:
+        raise NotFound(f"job {job_id} has no stored image to compare with (state {row['state']})")
+    [job] = ledger.load_jobs([job_id])
+    environment = source.get("environment") or {}
+    runner = Runner(device=device, model_cache=model_cache, catalog=ledger.catalog, s3_endpoint_url=s3_endpoint_url,
+                    fuse=bool(environment.get("fused")), bucket=environment.get("batch_bucket"))
+    rendered = runner.render([job])
+    stored = ArtifactReader(s3_endpoint_url).read(row["store_url"], row["artifact"], row["sha256"])
+    before = np.asarray(Image.open(io.BytesIO(stored)).convert("RGB")).astype(int)
+    after = rendered.pixels[0].astype(int)
+    difference = np.abs(before - after)
+    notes = []
+    versions = library_versions()
+    for package, version in (environment.get("versions") or {}).items():
+        if versions.get(package) != version:
+            notes.append(f"{package} {version} then, {versions.get(package)} now")
+    for name, digest in (environment.get("adapter_sha256") or {}).items():
+        now = (rendered.environment or {}).get("adapter_sha256", {}).get(name)
+        if digest and now and digest != now:
+            notes.append(f"adapter {name} changed (sha256 {digest[:12]} then, {now[:12]} now)")
+    if environment.get("device") and environment["device"] != str(runner.device):
+        notes.append(f"rendered on {environment['device']}, replayed on {runner.device}")
+    return {"job": job_id, "max_difference": int(difference.max()), "differing_values": int((difference > 0).sum()),
+            "values": int(difference.size), "device": str(runner.device), "notes": notes}
