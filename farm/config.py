@@ -35,6 +35,8 @@ class Config:
     max_adapter_mb: int  # ... and their bytes
     host_lora_mb: int  # LoRA state dicts kept in host RAM for re-attach
     queue: str
+    aging_s: int  # a queued job waiting this long moves up one priority level
+    maintenance_s: int  # how often a worker runs fleet maintenance (when it holds the lease)
     visibility_timeout: int  # seconds before Redis redelivers an unacked message
     job_time_limit: int  # seconds a micro-batch may run
 
@@ -110,6 +112,8 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     if not queue.replace("-", "").replace(".", "").replace("_", "").isalnum():
         raise ConfigError("FARM_QUEUE", f"queue names use letters, digits, '.', '_' and '-', got {queue!r}")
     visibility = _int(env, "FARM_VISIBILITY_TIMEOUT", 3600, 10, 7 * 24 * 3600)
+    aging = _int(env, "FARM_AGING_S", 300, 1, 7 * 24 * 3600)
+    maintenance = _int(env, "FARM_MAINTENANCE_S", 10, 1, 3600)
     time_limit = _int(env, "FARM_JOB_TIME_LIMIT", 900, 1, 24 * 3600)
     if time_limit >= visibility:
         raise ConfigError(
@@ -122,5 +126,6 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         s3_endpoint_url=s3_endpoint, model_cache=model_cache, default_model=default_model,
         micro_batch=micro_batch, batch_bucket=batch_bucket, max_resident_models=max_models,
         fuse_accelerator=fuse, max_adapters=max_adapters, max_adapter_mb=max_adapter_mb, host_lora_mb=host_lora_mb,
-        queue=queue, visibility_timeout=visibility, job_time_limit=time_limit,
+        queue=queue, aging_s=aging, maintenance_s=maintenance, visibility_timeout=visibility,
+        job_time_limit=time_limit,
     )

@@ -116,15 +116,6 @@ def stop_redis(cfg: Config, timeout: float = 15.0) -> bool:
 
 
 # -- worker processes -------------------------------------------------------------------------
-# Hugging Face libraries print progress bars and advice on every load; a worker's log should
-# show jobs, not that.
-QUIET_LIBRARIES = {
-    "TRANSFORMERS_VERBOSITY": "error",
-    "DIFFUSERS_VERBOSITY": "error",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
 @dataclass(frozen=True)
 class WorkerSlot:
     name: str
@@ -162,7 +153,7 @@ def worker_slots(cfg: Config, devices: list[str], broker_url: str, prefix: str =
     threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
     slots, cpu_index = [], 0
     for device in devices:
-        env = {"FARM_BROKER_URL": broker_url, "FARM_HOME": str(cfg.home), **QUIET_LIBRARIES}
+        env = {"FARM_BROKER_URL": broker_url, "FARM_HOME": str(cfg.home)}
         if device == "cpu":
             label = f"cpu{cpu_index}"
             cpu_index += 1

@@ -158,19 +158,19 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
     return result
 
 
-def republish(ledger, publisher: Publishes, job_ids: list[int], *, micro_batch: int, priority: int = 0) -> int:
-    """Publish jobs again (after retry or resume), grouped into micro-batches like a submission."""
+def republish(ledger, publisher: Publishes, job_ids: list[int], *, micro_batch: int) -> int:
+    """Publish jobs again (after a retry, a resume or a promotion), grouped into micro-batches
+    like a submission, each at its job's priority."""
     from farm.spec import group_key
 
     jobs = ledger.load_jobs(job_ids)
     groups: dict[tuple, list[int]] = {}
-    models: dict[tuple, str] = {}
     for job in jobs:
-        key = group_key(job)
-        groups.setdefault(key, []).append(job.id)
-        models[key] = job.model
-    messages = [(models[k], ids[i:i + micro_batch]) for k, ids in groups.items() for i in range(0, len(ids), micro_batch)]
-    sent = publisher.publish(messages, priority=priority) if messages else 0
+        groups.setdefault((job.priority, job.model, group_key(job)), []).append(job.id)
+    sent = 0
+    for (priority, model, _), ids in groups.items():
+        sent += publisher.publish([(model, ids[i:i + micro_batch]) for i in range(0, len(ids), micro_batch)],
+                                  priority=priority)
     ledger.mark_enqueued([j.id for j in jobs])
     return sent
 

@@ -72,7 +72,7 @@ class Handler:
             summary["failed"] += failed
         self.ledger.heartbeat(self.worker, resident_models=self.runner.resident_models(),
                               resident_adapters=self.runner.resident_adapters(),
-                              rendered=summary["succeeded"])
+                              rendered=summary["succeeded"], current_job=None)
         return summary
 
     def _stop_check(self, tokens: list[str], interval: float = 0.5):

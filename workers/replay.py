@@ -15,9 +15,11 @@ def replay(ledger: Ledger, job_id: int, *, model_cache: Path, device: str = "cpu
     import numpy as np
     from PIL import Image
 
+    from workers.quiet import quiet_libraries
     from workers.runner import Runner
     from workers.runtime import library_versions
 
+    quiet_libraries()
     [row] = [r for r in ledger.list_jobs() if r["id"] == job_id] or [None]
     if row is None:
         raise NotFound(f"no job {job_id}")

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 from celery import signals
@@ -69,15 +70,12 @@ def library_versions() -> dict:
 
 def build(config: Config, name: str, device: str) -> Runtime:
     import torch
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
 
     from workers.handler import Handler
+    from workers.quiet import quiet_libraries
     from workers.runner import Runner
 
-    for library in (diffusers_logging, transformers_logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
+    quiet_libraries()
     threads = int(os.environ.get("FARM_TORCH_THREADS") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
@@ -101,13 +99,28 @@ def build(config: Config, name: str, device: str) -> Runtime:
 
 
 def _heartbeat(runtime: Runtime) -> None:
-    while not runtime.stop.wait(HEARTBEAT_S):
+    """Heartbeats, and fleet maintenance when this worker holds the lease for it."""
+    from farm import maintenance
+    from farm.dispatch import Publisher
+    from farm.localfarm import broker_url_for
+
+    config = runtime.config
+    publisher = None
+    interval = min(HEARTBEAT_S, config.maintenance_s)
+    last_beat = 0.0
+    while not runtime.stop.wait(interval):
         try:
-            runtime.ledger.heartbeat(runtime.name, resident_models=runtime.runner.resident_models(),
-                                     resident_adapters=runtime.runner.resident_adapters(),
-                                     current_job=None)
-        except Exception as exc:  # noqa: BLE001 - a missed heartbeat must not kill the worker
-            log.warning("heartbeat failed: %s", exc)
+            if time.monotonic() - last_beat >= HEARTBEAT_S:
+                runtime.ledger.heartbeat(runtime.name, resident_models=runtime.runner.resident_models(),
+                                         resident_adapters=runtime.runner.resident_adapters())
+                last_beat = time.monotonic()
+            publisher = publisher or Publisher(config, broker_url_for(config))
+            done = maintenance.tick(runtime.ledger, publisher, holder=runtime.name, period_s=config.maintenance_s,
+                                    aging_s=config.aging_s, micro_batch=config.micro_batch)
+            if done and any(done.values()):
+                log.info("maintenance: %s", done)
+        except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the worker
+            log.warning("heartbeat/maintenance failed: %s", exc)
 
 
 def current() -> Runtime:

@@ -15,8 +15,7 @@ def _republish(state: State, batch: str, job_ids: list[int]) -> int:
         return 0
     publisher = _publisher(state)
     try:
-        return republish(state.ledger, publisher, job_ids, micro_batch=state.config.micro_batch,
-                         priority=state.ledger.get_batch(batch).priority)
+        return republish(state.ledger, publisher, job_ids, micro_batch=state.config.micro_batch)
     finally:
         publisher.close()
 

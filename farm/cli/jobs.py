@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import getpass
 import random
 import time
@@ -379,6 +380,10 @@ def replay_cmd(state: State, job, device, as_json):
     """Re-render a job from its record and print the largest pixel difference to the stored image."""
     if device not in ("cpu", "cuda"):
         raise InputError("device", f"{device!r} is not cpu or cuda")
+    from workers.quiet import QUIET_ENV
+
+    for key, value in QUIET_ENV.items():  # before transformers is imported, or it prints anyway
+        os.environ.setdefault(key, value)
     from workers.replay import replay  # renders: only the workers package imports torch
 
     report = replay(state.ledger, job, model_cache=state.config.model_cache, device=device,

@@ -25,7 +25,7 @@ from farm import states
 from farm.errors import ConflictError, InfrastructureError, NotFound
 from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, AdapterEntry, ModelEntry
 from farm.ledger.models import (
-    TIMING_FIELDS, Artifact, Attempt, Batch, Job, RegisteredAdapter, RegisteredModel, Worker,
+    TIMING_FIELDS, Artifact, Attempt, Batch, Job, Lock, RegisteredAdapter, RegisteredModel, Worker,
 )
 from farm.spec import Catalog, JobSpec
 
@@ -350,6 +350,41 @@ class Ledger:
             s.execute(update(Attempt).where(Attempt.token.in_(list(tokens)), Attempt.outcome == "running")
                       .values(outcome=outcome, error=error, finished_at=self.clock()))
 
+    def acquire_lock(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew a named lease; False while another holder's lease is live."""
+        now = self.clock()
+        expires = now + timedelta(seconds=ttl_s)
+        with self.session() as s:
+            taken = s.execute(update(Lock).where(Lock.name == name, (Lock.expires_at < now) | (Lock.holder == holder))
+                              .values(holder=holder, expires_at=expires)).rowcount
+            if taken:
+                return True
+        try:
+            with self.session() as s:
+                if s.get(Lock, name) is not None:
+                    return False
+                s.add(Lock(name=name, holder=holder, expires_at=expires))
+            return True
+        except IntegrityError:
+            return False  # another process inserted it first
+
+    def waiting_too_long(self, enqueued_before: datetime, limit: int = 1000) -> list[int]:
+        """Queued jobs of active batches whose message has waited since ``enqueued_before`` and
+        that are not at the top priority yet (candidates for aging)."""
+        from farm.dispatch import MAX_PRIORITY
+
+        with self.session() as s:
+            return list(s.scalars(
+                select(Job.id).join(Batch, Batch.id == Job.batch_id)
+                .where(Job.state == states.QUEUED, Job.enqueued_at < enqueued_before, Job.priority < MAX_PRIORITY,
+                       Batch.state == "active")
+                .order_by(Job.id).limit(limit)))
+
+    def promote(self, job_ids: list[int]) -> None:
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id.in_(job_ids), Job.state == states.QUEUED)
+                      .values(priority=Job.priority + 1))
+
     def still_running(self, tokens: Iterable[str]) -> bool:
         """Whether any of these attempts still owns a running job (a cancel or a newer attempt
         takes it away)."""
@@ -554,9 +589,12 @@ class Ledger:
                 worker.images_rendered = 0
 
     def heartbeat(self, name: str, *, resident_models: list | None = None,
-                  resident_adapters: list | None = None, current_job: int | None = None,
+                  resident_adapters: list | None = None, current_job: int | None | object = ...,
                   rendered: int = 0, error: str | None = None, state: str | None = None) -> None:
-        values: dict = {"last_heartbeat": self.clock(), "current_job": current_job}
+        """Record that a worker is alive; fields left out keep their values."""
+        values: dict = {"last_heartbeat": self.clock()}
+        if current_job is not ...:
+            values["current_job"] = current_job
         if resident_models is not None:
             values["resident_models"] = resident_models
         if resident_adapters is not None:
