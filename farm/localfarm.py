@@ -147,13 +147,17 @@ def parse_devices(devices: str | None, workers: int | None) -> list[str]:
     return result
 
 
-def worker_slots(cfg: Config, devices: list[str], broker_url: str, prefix: str = "farm") -> list[WorkerSlot]:
+def worker_slots(cfg: Config, devices: list[str], broker_url: str, prefix: str = "farm",
+                 serve_all_models: bool = False) -> list[WorkerSlot]:
+    """One slot per device. ``serve_all_models``: the workers also start consuming the queues of
+    models registered after they started."""
     host = socket.gethostname()
     cpu_workers = devices.count("cpu")
     threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
     slots, cpu_index = [], 0
     for device in devices:
-        env = {"FARM_BROKER_URL": broker_url, "FARM_HOME": str(cfg.home)}
+        env = {"FARM_BROKER_URL": broker_url, "FARM_HOME": str(cfg.home),
+               "FARM_SERVE_ALL_MODELS": "1" if serve_all_models else ""}
         if device == "cpu":
             label = f"cpu{cpu_index}"
             cpu_index += 1

@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from workers.app import app, config
 
+    queues = args.queues or f"{config.queue}.{config.default_model}"
+    os.environ["FARM_QUEUES"] = queues  # what it consumes from the start
     app.worker_main([
         "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
-        "--queues", args.queues or f"{config.queue}.{config.default_model}", "--hostname", args.name,
+        "--queues", queues, "--hostname", args.name,
         "--without-gossip", "--without-mingle", "--loglevel", args.loglevel,
     ])
 

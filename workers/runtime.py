@@ -98,6 +98,18 @@ def build(config: Config, name: str, device: str) -> Runtime:
     return runtime
 
 
+def follow_new_models(runtime: Runtime, app, serving: set[str]) -> set[str]:
+    """A worker that serves every model starts consuming the queue of each newly registered one.
+    The request goes through Celery's remote control, so the consumer thread applies it."""
+    from farm.dispatch import model_queue
+
+    wanted = {model_queue(runtime.config.queue, m) for m in runtime.ledger.catalog().models}
+    for queue in sorted(wanted - serving):
+        app.control.add_consumer(queue, destination=[runtime.name], reply=False)
+        log.info("now consuming %s", queue)
+    return serving | wanted
+
+
 def _heartbeat(runtime: Runtime) -> None:
     """Heartbeats, and fleet maintenance when this worker holds the lease for it."""
     from farm import maintenance
@@ -106,6 +118,8 @@ def _heartbeat(runtime: Runtime) -> None:
 
     config = runtime.config
     publisher = None
+    serve_all = os.environ.get("FARM_SERVE_ALL_MODELS") == "1"
+    serving: set[str] = set(os.environ.get("FARM_QUEUES", "").split(",")) - {""}
     interval = min(HEARTBEAT_S, config.maintenance_s)
     last_beat = 0.0
     while not runtime.stop.wait(interval):
@@ -119,6 +133,10 @@ def _heartbeat(runtime: Runtime) -> None:
                                     aging_s=config.aging_s, micro_batch=config.micro_batch)
             if done and any(done.values()):
                 log.info("maintenance: %s", done)
+            if serve_all and runtime.consumer is not None:
+                from workers.app import app
+
+                serving = follow_new_models(runtime, app, serving)
         except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the worker
             log.warning("heartbeat/maintenance failed: %s", exc)
 

@@ -43,7 +43,8 @@ def worker_cmd(state: State, devices, workers, models, name_prefix):
     state.ledger  # noqa: B018 - migrate a fresh SQLite ledger once, before the workers race to
     queues = _model_queues(state, models)
     broker = localfarm.ensure_redis(state.config)
-    slots = localfarm.worker_slots(state.config, device_list, broker, prefix=name_prefix)
+    slots = localfarm.worker_slots(state.config, device_list, broker, prefix=name_prefix,
+                                   serve_all_models=models is None)
     click.echo(f"starting {len(slots)} worker(s): {', '.join(s.name for s in slots)}", err=True)
     return localfarm.supervise(slots, queues=queues)
 

@@ -280,14 +280,19 @@ class Ledger:
         return found
 
     def history_ms(self, *, model: str, recipe: str, width: int, height: int, steps: int) -> float | None:
-        """Median recorded time per image (total ms) of rendered jobs with these settings."""
+        """Median recorded time per image (total ms) of rendered jobs with these settings; from the
+        same model, recipe and size at other step counts, scaled by steps, when there is none."""
         with self.session() as s:
-            totals = sorted(s.scalars(
-                select(Attempt.total_ms).join(Job, Job.id == Attempt.job_id)
+            rows = s.execute(
+                select(Attempt.total_ms, Job.steps).join(Job, Job.id == Attempt.job_id)
                 .where(Job.model == model, Job.recipe == recipe, Job.width == width, Job.height == height,
-                       Job.steps == steps, Attempt.outcome == "succeeded", Attempt.total_ms.is_not(None))
-                .order_by(Attempt.id.desc()).limit(200)))
-        return totals[len(totals) // 2] if totals else None
+                       Attempt.outcome == "succeeded", Attempt.total_ms.is_not(None))
+                .order_by(Attempt.id.desc()).limit(500)).all()
+        exact = sorted(total for total, n in rows if n == steps)
+        if exact:
+            return exact[len(exact) // 2]
+        per_step = sorted(total / max(1, n) for total, n in rows)
+        return per_step[len(per_step) // 2] * steps if per_step else None
 
     def active_workers(self, within_s: float = 60.0) -> int:
         cutoff = self.clock() - timedelta(seconds=within_s)
