@@ -192,8 +192,9 @@ def submit_cmd(state: State, prompt, file, key, priority, force, dry_run, as_jso
         emit_json(result.as_dict())
     else:
         verb = "submitted" if result.created else "exists (same key)"
+        seeds = "" if "seed" in planned.sweep.fields else f", base seed {result.base_seed}"
         click.echo(f"batch {result.batch}: {result.jobs} jobs {verb} ({result.to_render} to render, "
-                   f"{result.reused} reused), base seed {result.base_seed}")
+                   f"{result.reused} reused){seeds}")
 
 
 def _counts(state: State, batch: str) -> dict[str, int]:
