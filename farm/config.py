@@ -37,6 +37,11 @@ class Config:
     queue: str
     aging_s: int  # a queued job waiting this long moves up one priority level
     maintenance_s: int  # how often a worker runs fleet maintenance (when it holds the lease)
+    lease_s: int  # a claim lives this long unless the worker renews it (it does, every lease/3)
+    max_attempts: int  # executions of a job before it is failed for good
+    retry_backoff_s: int  # first retry delay; doubles with each attempt
+    quarantine_s: int  # a worker that keeps failing one model leaves it alone this long
+    renderer: str  # "diffusion", or "sleep:SECONDS" (fault tests, no torch)
     visibility_timeout: int  # seconds before Redis redelivers an unacked message
     job_time_limit: int  # seconds a micro-batch may run
 
@@ -113,8 +118,23 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         raise ConfigError("FARM_QUEUE", f"queue names use letters, digits, '.', '_' and '-', got {queue!r}")
     visibility = _int(env, "FARM_VISIBILITY_TIMEOUT", 3600, 10, 7 * 24 * 3600)
     aging = _int(env, "FARM_AGING_S", 300, 1, 7 * 24 * 3600)
+    lease = _int(env, "FARM_LEASE_S", 60, 3, 24 * 3600)
+    max_attempts = _int(env, "FARM_MAX_ATTEMPTS", 3, 1, 100)
+    backoff = _int(env, "FARM_RETRY_BACKOFF_S", 5, 0, 3600)
+    quarantine = _int(env, "FARM_QUARANTINE_S", 300, 1, 7 * 24 * 3600)
+    renderer = env.get("FARM_RENDERER") or "diffusion"
+    if renderer != "diffusion":
+        kind, _, seconds = renderer.partition(":")
+        try:
+            ok = kind == "sleep" and 0 <= float(seconds or 0) <= 3600
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError("FARM_RENDERER", f"expected diffusion or sleep:SECONDS, got {renderer!r}")
     maintenance = _int(env, "FARM_MAINTENANCE_S", 10, 1, 3600)
     time_limit = _int(env, "FARM_JOB_TIME_LIMIT", 900, 1, 24 * 3600)
+    if lease >= visibility:
+        raise ConfigError("FARM_LEASE_S", f"{lease}s must stay below FARM_VISIBILITY_TIMEOUT ({visibility}s)")
     if time_limit >= visibility:
         raise ConfigError(
             "FARM_JOB_TIME_LIMIT",
@@ -126,6 +146,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         s3_endpoint_url=s3_endpoint, model_cache=model_cache, default_model=default_model,
         micro_batch=micro_batch, batch_bucket=batch_bucket, max_resident_models=max_models,
         fuse_accelerator=fuse, max_adapters=max_adapters, max_adapter_mb=max_adapter_mb, host_lora_mb=host_lora_mb,
-        queue=queue, aging_s=aging, maintenance_s=maintenance, visibility_timeout=visibility,
+        queue=queue, aging_s=aging, maintenance_s=maintenance, lease_s=lease, max_attempts=max_attempts,
+        retry_backoff_s=backoff, quarantine_s=quarantine, renderer=renderer, visibility_timeout=visibility,
         job_time_limit=time_limit,
     )

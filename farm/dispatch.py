@@ -98,5 +98,39 @@ class Publisher:
             raise InfrastructureError(f"cannot publish to the broker: {exc}") from None
         return sent
 
+    def job_ids_in_broker(self) -> set[int]:
+        """Every job id some message in the broker still carries: waiting in a queue (any
+        priority level) or delivered but not acked yet. Read through kombu's own Redis client."""
+        import base64
+        import json
+
+        ids: set[int] = set()
+
+        def collect(raw) -> None:
+            try:
+                message = json.loads(raw)
+                if isinstance(message, list):  # the unacked hash holds [message, exchange, routing key]
+                    message = message[0]
+                body = message["body"]
+                if message.get("properties", {}).get("body_encoding") == "base64":
+                    body = base64.b64decode(body)
+                args = json.loads(body)[0]
+                ids.update(int(i) for i in args[0])
+            except (ValueError, KeyError, IndexError, TypeError):
+                pass  # not a farm message
+
+        try:
+            with self.app.connection_for_read() as connection:
+                client = connection.default_channel.client
+                for key in client.scan_iter(match=f"{self.cfg.queue}.*", count=500):
+                    if client.type(key) == b"list":
+                        for raw in client.lrange(key, 0, -1):
+                            collect(raw)
+                for raw in client.hvals("unacked"):
+                    collect(raw)
+        except Exception as exc:  # noqa: BLE001 - transport errors come in many types
+            raise InfrastructureError(f"cannot read the broker: {exc}") from None
+        return ids
+
     def close(self) -> None:
         self.app.close()

@@ -177,7 +177,18 @@ def _spawn(slot: WorkerSlot, queues: str | None) -> subprocess.Popen:
     if queues:
         command += ["--queues", queues]
     env = {**os.environ, **slot.env, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(command, env=env)  # logs go where the supervisor's go
+    # logs go where the supervisor's go; a worker dies with its supervisor (no orphans consuming)
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when its parent dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_backoff: float = 2.0,
@@ -189,6 +200,7 @@ def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_bac
     """
     procs: dict[int, subprocess.Popen] = {}
     restarts: dict[int, float] = {}
+    finished: set[int] = set()
     stopping = {"count": 0}
 
     def _signal(signum, _frame):
@@ -204,13 +216,17 @@ def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_bac
     if on_ready:
         on_ready([p.pid for p in procs.values()])
     while True:
-        if stopping["count"]:
+        if stopping["count"] or len(finished) == len(procs):
             if all(p.poll() is not None for p in procs.values()):
                 return 0
             time.sleep(0.1)
             continue
         for i, proc in list(procs.items()):
-            if proc.poll() is None:
+            if proc.poll() is None or i in finished:
+                continue
+            if proc.returncode == 0:  # drained (`farm workers drain`) or stopped cleanly: stays down
+                finished.add(i)
+                print(f"[farm] worker {slots[i].name} stopped", file=sys.stderr, flush=True)
                 continue
             # died without being asked to: restart, with a backoff against crash loops
             due = restarts.get(i, 0.0)

@@ -1,20 +1,26 @@
 """Handling one message: claim the jobs, render them, store the images, record the outcome.
 
-The claim is a conditional ledger update, so a duplicate delivery renders nothing twice. Images
-are encoded and uploaded on a small thread pool (PNG encoding releases the GIL), and each job's
-completion is a compare-and-set on its attempt's fencing token.
+- The claim is a conditional ledger update with a fencing token and a lease, so a duplicate
+  delivery renders nothing twice; the lease is renewed while the micro-batch renders.
+- Completion is a compare-and-set on the token: a superseded attempt changes nothing.
+- Failures are classified: bad input fails the job at once; anything else (store, network, device,
+  time limit) is retried with exponential backoff until the job has used up its attempts; running
+  out of memory splits the micro-batch first.
+- Images are encoded and uploaded on a small thread pool (PNG encoding releases the GIL).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from farm.errors import FarmError, InputError
+from farm.errors import FarmError, InputError, NotFound
 from farm.ledger import ClaimedJob, Ledger
 from farm.metadata import a1111_parameters, job_record_json
 from farm.spec import group_key
@@ -22,6 +28,7 @@ from farm.storage import Store, artifact_key
 from workers.imaging import encode_png
 
 log = logging.getLogger("farm.worker")
+QUARANTINE_AFTER = 3  # consecutive failed micro-batches of one model
 
 
 def job_record(job, *, worker: str, device: str, versions: dict) -> dict:
@@ -41,9 +48,22 @@ def _ms_between(later: datetime, earlier: datetime | None) -> float | None:
     return None if earlier is None else max(0.0, (later - earlier).total_seconds() * 1000)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc)
+
+
+def time_limit_s(job, rows: int, base_s: float) -> float:
+    """A micro-batch's time limit: ``base_s`` for one 512x512 image at 4 steps, scaled by steps,
+    pixels and rows (never under 30 s: loading a model is part of the first call)."""
+    scale = (job.steps / 4) * (job.width * job.height / (512 * 512)) * rows
+    return max(30.0, base_s * scale)
+
+
 class Handler:
-    def __init__(self, *, ledger: Ledger, store: Store, runner, worker: str, device: str,
-                 versions: dict, lease_s: float, io_threads: int = 2):
+    def __init__(self, *, ledger: Ledger, store: Store, runner, worker: str, device: str, versions: dict,
+                 lease_s: float, time_limit_s: float = 900, max_attempts: int = 3, retry_backoff_s: float = 5,
+                 publisher=None, micro_batch: int = 8, draining: threading.Event | None = None,
+                 on_quarantine=None, io_threads: int = 2):
         self.ledger = ledger
         self.store = store
         self.runner = runner
@@ -51,63 +71,107 @@ class Handler:
         self.device = device
         self.versions = versions
         self.lease_s = lease_s
+        self.base_time_limit = time_limit_s
+        self.max_attempts = max_attempts
+        self.retry_backoff_s = retry_backoff_s
+        self.publisher = publisher  # republishes drained jobs at once (else maintenance does)
+        self.micro_batch = micro_batch
+        self.draining = draining or threading.Event()
+        self.on_quarantine = on_quarantine
+        self.model_failures: dict[str, int] = {}
+        self.current: dict[int, ClaimedJob] = {}  # what this worker renders right now
         self.pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="farm-io")
 
+    # -- the message ----------------------------------------------------------------------------
     def handle(self, job_ids: list[int]) -> dict:
         """Render the jobs of one message; returns counts of what happened to them."""
-        summary = {"claimed": 0, "succeeded": 0, "failed": 0, "skipped": 0}
+        summary = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "skipped": 0}
+        if self.draining.is_set():
+            summary["skipped"] = len(job_ids)  # acked unclaimed: the ledger keeps them queued
+            return summary
         claims = {c.job_id: c for c in self.ledger.claim(job_ids, worker=self.worker, device=self.device,
                                                          lease_s=self.lease_s)}
         summary["claimed"] = len(claims)
         summary["skipped"] = len(job_ids) - len(claims)
         if not claims:
             return summary
-        jobs = self.ledger.load_jobs(claims)
-        groups: dict[tuple, list] = {}
-        for job in jobs:  # a message holds one group; split defensively if it does not
-            groups.setdefault(group_key(job), []).append(job)
-        for group in groups.values():
-            ok, failed = self._render_group(group, claims)
-            summary["succeeded"] += ok
-            summary["failed"] += failed
+        self.current = dict(claims)
+        renewed = threading.Event()
+        renewer = threading.Thread(target=self._renew_leases, args=([c.token for c in claims.values()], renewed),
+                                   daemon=True)
+        renewer.start()
+        try:
+            jobs = self.ledger.load_jobs(claims)
+            groups: dict[tuple, list] = {}
+            for job in jobs:  # a message holds one group; split defensively if it does not
+                groups.setdefault(group_key(job), []).append(job)
+            for group in groups.values():
+                for outcome, count in self._render_group(group, claims).items():
+                    summary[outcome] += count
+        finally:
+            self.current = {}
+            renewed.set()
+            renewer.join()
         self.ledger.heartbeat(self.worker, resident_models=self.runner.resident_models(),
                               resident_adapters=self.runner.resident_adapters(),
                               rendered=summary["succeeded"], current_job=None)
         return summary
 
-    def _stop_check(self, tokens: list[str], interval: float = 0.5):
-        """Polls the ledger at most every ``interval`` s: is any of these jobs still ours to render?"""
+    def _renew_leases(self, tokens: list[str], done: threading.Event) -> None:
+        """Keep this worker's claims alive while it renders: every lease/3 seconds."""
+        while not done.wait(max(0.5, self.lease_s / 3)):
+            try:
+                self.ledger.renew_leases(tokens, self.lease_s)
+            except Exception as exc:  # noqa: BLE001 - if it keeps failing, the reaper hands the jobs on
+                log.warning("lease renewal failed: %s", exc)
+
+    # -- rendering ------------------------------------------------------------------------------
+    def _stop_check(self, tokens: list[str], deadline: float, interval: float = 0.5):
+        """A reason to stop at the next step: the worker drains, the time limit passed, or the
+        jobs are no longer ours (cancelled). The ledger is polled at most every ``interval`` s."""
         last = {"at": time.monotonic(), "running": True}
 
-        def should_stop() -> bool:
+        def should_stop() -> str | None:
+            if self.draining.is_set():
+                return "draining"
             now = time.monotonic()
+            if now > deadline:
+                return "timeout"
             if now - last["at"] >= interval:
                 last["at"], last["running"] = now, self.ledger.still_running(tokens)
-            return not last["running"]
+            return None if last["running"] else "cancelled"
 
         return should_stop
 
-    def _render_group(self, jobs: list, claims: dict[int, ClaimedJob]) -> tuple[int, int]:
+    def _render_group(self, jobs: list, claims: dict[int, ClaimedJob]) -> dict:
         from workers.runner import Interrupted
 
+        counts = {"succeeded": 0, "failed": 0, "retried": 0}
         started = time.perf_counter()
         self.ledger.heartbeat(self.worker, current_job=jobs[0].id)
         tokens = [claims[j.id].token for j in jobs]
+        limit = time_limit_s(jobs[0], len(jobs), self.base_time_limit)
+        # a render stuck where no step callback runs (a hung kernel, a wedged load) ends the process:
+        # the supervisor restarts it and the reaper hands the jobs on
+        watchdog = threading.Timer(limit * 2 + 60, lambda: os._exit(70))
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            rendered = self.runner.render(jobs, should_stop=self._stop_check(tokens))
+            rendered = self.runner.render(jobs, should_stop=self._stop_check(tokens, time.monotonic() + limit))
         except Interrupted as exc:
-            self.ledger.close_attempts(tokens, outcome="cancelled", error=str(exc))
-            return 0, 0
-        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the jobs
-            if isinstance(exc, FarmError):
-                error = str(exc)
-            else:
-                error = f"{type(exc).__name__}: {exc}"
-                log.error("render failed for jobs %s\n%s", [j.id for j in jobs], traceback.format_exc())
-            for job in jobs:
-                self.ledger.fail(job.id, claims[job.id].token, error=error)
-            self.ledger.heartbeat(self.worker, error=error)
-            return 0, len(jobs)
+            return self._interrupted(jobs, claims, exc, counts)
+        except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded on the jobs
+            if is_out_of_memory(exc) and len(jobs) > 1:
+                log.warning("out of memory with %d images; splitting the micro-batch", len(jobs))
+                half = len(jobs) // 2
+                for part in (jobs[:half], jobs[half:]):
+                    for outcome, count in self._render_group(part, claims).items():
+                        counts[outcome] += count
+                return counts
+            return self._failed(jobs, claims, exc, counts)
+        finally:
+            watchdog.cancel()
+        self.model_failures.pop(jobs[0].model, None)
         shared_ms = (time.perf_counter() - started) * 1000
         n = len(jobs)
         per_image = {k: v / n for k, v in rendered.timings.items()}  # shared stages, amortised
@@ -116,12 +180,75 @@ class Handler:
                              rendered.batch_size, rendered.scheduler, rendered.environment or {})
             for job, pixels in zip(jobs, rendered.pixels)
         ]
-        results = [f.result() for f in futures]
-        ok = sum(results)
-        return ok, n - ok
+        for future in futures:
+            counts[future.result()] += 1
+        return counts
 
+    def _interrupted(self, jobs, claims, exc, counts: dict) -> dict:
+        tokens = [claims[j.id].token for j in jobs]
+        if exc.reason == "cancelled":
+            self.ledger.close_attempts(tokens, outcome="cancelled", error=str(exc))
+            return counts
+        if exc.reason == "draining":  # not the job's fault: back to the queue, no attempt used up
+            requeued = [j.id for j in jobs if self.ledger.requeue(j.id, claims[j.id].token, error=str(exc),
+                                                                   outcome="drained")]
+            self._publish_now(requeued)
+            counts["retried"] += len(requeued)
+            return counts
+        return self._failed(jobs, claims, TimeoutError(f"time limit: {exc}"), counts, outcome="timeout")
+
+    def _failed(self, jobs, claims, exc, counts: dict, outcome: str = "retry") -> dict:
+        if isinstance(exc, (InputError, NotFound)):
+            error = str(exc)  # bad input: retrying cannot help
+            for job in jobs:
+                self.ledger.fail(job.id, claims[job.id].token, error=error)
+            counts["failed"] += len(jobs)
+            self.ledger.heartbeat(self.worker, error=error)
+            return counts
+        error = str(exc) if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}"
+        log.error("render failed for jobs %s: %s\n%s", [j.id for j in jobs], error, traceback.format_exc())
+        for job in jobs:
+            counts[self._retry_or_fail(job, claims[job.id], error, outcome)] += 1
+        self.ledger.heartbeat(self.worker, error=error)
+        model = jobs[0].model
+        self.model_failures[model] = self.model_failures.get(model, 0) + 1
+        if self.model_failures[model] >= QUARANTINE_AFTER and self.on_quarantine:
+            self.model_failures.pop(model)
+            self.on_quarantine(model)
+        return counts
+
+    def _retry_or_fail(self, job, claim: ClaimedJob, error: str, outcome: str = "retry") -> str:
+        """Back to the queue after an exponential backoff, or failed once attempts are used up.
+        Every attempt keeps its own error."""
+        failures = self.ledger.failures(job.id) + 1
+        if failures >= self.max_attempts:
+            self.ledger.fail_attempt(job.id, claim.token, error=f"{error} (attempt {failures} of {self.max_attempts})",
+                                     outcome=outcome)
+            return "failed"
+        delay = self.retry_backoff_s * 2 ** (failures - 1)
+        self.ledger.requeue(job.id, claim.token, error=error, outcome=outcome, delay_s=delay)
+        return "retried"
+
+    def _publish_now(self, job_ids: list[int]) -> None:
+        if not job_ids or self.publisher is None:
+            return
+        from farm.producer import republish
+
+        try:
+            republish(self.ledger, self.publisher, job_ids, micro_batch=self.micro_batch)
+        except Exception as exc:  # noqa: BLE001 - the reconciler publishes them later
+            log.warning("could not republish %s now: %s", job_ids, exc)
+
+    def requeue_current(self, reason: str) -> None:
+        """Hand back whatever this worker is rendering (a second stop signal: leave at once)."""
+        claims = dict(self.current)
+        requeued = [job_id for job_id, c in claims.items()
+                    if self.ledger.requeue(job_id, c.token, error=reason, outcome="drained")]
+        self._publish_now(requeued)
+
+    # -- storing --------------------------------------------------------------------------------
     def _store_one(self, job, pixels, claim: ClaimedJob, timings: dict, render_ms: float,
-                   batch_size: int, scheduler: str, environment: dict) -> bool:
+                   batch_size: int, scheduler: str, environment: dict) -> str:
         try:
             record = job_record(job, worker=self.worker, device=self.device, versions=self.versions)
             record["scheduler"] = record["scheduler"] or scheduler  # "model default" made concrete
@@ -141,13 +268,13 @@ class Handler:
             timings["total_ms"] = render_ms + (uploaded - started) * 1000
             artifact = {"store_url": self.store.url, "key": key, "sha256": digest, "bytes": len(png),
                         "width": job.width, "height": job.height, "content_type": "image/png"}
-            return self.ledger.complete(job.id, claim.token, artifact=artifact, timings=timings,
+            done = self.ledger.complete(job.id, claim.token, artifact=artifact, timings=timings,
                                         batch_size=batch_size, environment=environment)
-        except Exception as exc:  # noqa: BLE001
-            error = str(exc) if isinstance(exc, (FarmError, InputError)) else f"{type(exc).__name__}: {exc}"
+            return "succeeded" if done else "skipped"
+        except Exception as exc:  # noqa: BLE001 - a store or ledger fault: retry the job
+            error = str(exc) if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}"
             log.error("storing job %s failed: %s", job.id, error)
-            self.ledger.fail(job.id, claim.token, error=error)
-            return False
+            return self._retry_or_fail(job, claim, error)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

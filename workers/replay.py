@@ -20,12 +20,12 @@ def replay(ledger: Ledger, job_id: int, *, model_cache: Path, device: str = "cpu
     from workers.runtime import library_versions
 
     quiet_libraries()
-    [row] = [r for r in ledger.list_jobs() if r["id"] == job_id] or [None]
+    [row] = ledger.list_jobs(job_id=job_id) or [None]
     if row is None:
         raise NotFound(f"no job {job_id}")
     source = row
     if row["reused_from"]:  # its image was rendered by an earlier job with the same digest
-        source = next(r for r in ledger.list_jobs() if r["id"] == row["reused_from"])
+        [source] = ledger.list_jobs(job_id=row["reused_from"])
     if not row["artifact"]:
         raise NotFound(f"job {job_id} has no stored image to compare with (state {row['state']})")
     [job] = ledger.load_jobs([job_id])

@@ -23,7 +23,12 @@ from workers.sources import Location, resolve
 
 
 class Interrupted(Exception):
-    """The jobs of a pipeline call were cancelled; it stopped at a step boundary."""
+    """A pipeline call stopped at a step boundary: its jobs were cancelled ("cancelled"), the
+    worker is draining ("draining"), or the call ran past its time limit ("timeout")."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -52,11 +57,12 @@ def family_module(family: str) -> ModuleType:
     raise InputError("model", f"no pipeline for the {family!r} family")
 
 
-def _stop_check(should_stop: Callable[[], bool]):
-    """A step-end callback that interrupts the pipeline when its jobs were cancelled."""
+def _stop_check(should_stop: Callable[[], str | None]):
+    """A step-end callback that interrupts the pipeline when ``should_stop`` gives a reason."""
     def callback(_pipe, step, _timestep, callback_kwargs):
-        if should_stop():
-            raise Interrupted(f"cancelled at step {step + 1}")
+        reason = should_stop()
+        if reason:
+            raise Interrupted(f"{reason} at step {step + 1}", reason)
         return callback_kwargs
 
     return callback
@@ -155,7 +161,7 @@ class Runner:
         if self.is_cuda:
             self.torch.cuda.synchronize(self.device)
 
-    def render(self, jobs: list, should_stop: Callable[[], bool] | None = None) -> Rendered:
+    def render(self, jobs: list, should_stop: Callable[[], str | None] | None = None) -> Rendered:
         """Render jobs that share a group key in one pipeline call. ``jobs`` have the ledger's job
         fields (prompt, negative_prompt, seed, steps, guidance, width, height, model, scheduler,
         scheduler_config, adapters)."""

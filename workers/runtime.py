@@ -1,7 +1,12 @@
-"""What a worker process holds while it runs: ledger, store, runner, handler, heartbeat.
+"""What a worker process holds while it runs: ledger, store, renderer, handler, heartbeat.
 
 Built once when the Celery worker starts (``worker_init``), in the process that renders, so torch
-and CUDA are initialised after any fork, never before.
+and CUDA are initialised after any fork, never before. A background thread sends heartbeats, runs
+fleet maintenance when this worker holds the lease, follows newly registered models, lifts model
+quarantines, and notices a remote drain (`farm workers drain NAME`).
+
+Stopping: the first SIGTERM (or a drain) lets the current micro-batch stop at its next step and go
+back to the queue, and takes no new job; a second signal hands back what is running and exits at once.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from celery import signals
 
 from farm.config import Config, load_config
+from farm.dispatch import model_queue
 from farm.ledger import Ledger
 from farm.storage import open_store
 
@@ -32,7 +38,99 @@ class Runtime:
     handler: object
     runner: object
     stop: threading.Event
+    draining: threading.Event
     consumer: object = None  # the Celery consumer, to reorder the queues it polls
+    quarantined: dict = field(default_factory=dict)  # model -> monotonic time it may come back
+    signals_seen: int = 0
+
+
+_runtime: Runtime | None = None
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("torch", "diffusers", "transformers", "peft"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def make_renderer(config: Config, device: str, ledger: Ledger):
+    """(renderer, GPU name): the diffusion runner, or the sleep renderer for fault tests and queue
+    benchmarks (which never loads torch)."""
+    if config.renderer.startswith("sleep"):
+        from workers.sleeper import SleepRenderer
+
+        return SleepRenderer(float(config.renderer.partition(":")[2] or 0)), None
+    import torch
+
+    from workers.quiet import quiet_libraries
+    from workers.runner import Runner
+
+    quiet_libraries()
+    threads = int(os.environ.get("FARM_TORCH_THREADS") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch_device = "cuda" if device.startswith("cuda") else "cpu"
+    gpu_name = torch.cuda.get_device_name(0) if torch_device == "cuda" else None
+    runner = Runner(device=torch_device, model_cache=config.model_cache, max_models=config.max_resident_models,
+                    bucket=config.batch_bucket, catalog=ledger.catalog, s3_endpoint_url=config.s3_endpoint_url,
+                    fuse=config.fuse_accelerator, max_adapters=config.max_adapters,
+                    max_adapter_bytes=config.max_adapter_mb << 20, host_lora_bytes=config.host_lora_mb << 20)
+    return runner, gpu_name
+
+
+def build(config: Config, name: str, device: str) -> Runtime:
+    from farm.dispatch import Publisher
+    from farm.localfarm import broker_url_for
+    from workers.handler import Handler
+
+    ledger = Ledger(config.database_url)
+    store = open_store(config.store_url, s3_endpoint_url=config.s3_endpoint_url)
+    renderer, gpu_name = make_renderer(config, device, ledger)
+    versions = library_versions()
+    ledger.register_worker(name=name, host=socket.gethostname(), pid=os.getpid(), device=device,
+                           gpu_name=gpu_name, versions=versions)
+    draining = threading.Event()
+    runtime_ref: dict = {}
+    handler = Handler(ledger=ledger, store=store, runner=renderer, worker=name, device=device, versions=versions,
+                      lease_s=config.lease_s, time_limit_s=config.job_time_limit, max_attempts=config.max_attempts,
+                      retry_backoff_s=config.retry_backoff_s, publisher=Publisher(config, broker_url_for(config)),
+                      micro_batch=config.micro_batch, draining=draining,
+                      on_quarantine=lambda model: quarantine(runtime_ref["runtime"], model))
+    runtime = Runtime(config, name, device, ledger, handler, renderer, threading.Event(), draining)
+    runtime_ref["runtime"] = runtime
+    threading.Thread(target=_background, args=(runtime,), name="farm-heartbeat", daemon=True).start()
+    return runtime
+
+
+# -- queues ------------------------------------------------------------------------------------
+def _control(runtime: Runtime, command: str, queue: str) -> None:
+    """Ask this worker's own consumer (through Celery's remote control, so the consumer thread
+    applies it) to start or stop consuming a queue."""
+    from workers.app import app
+
+    getattr(app.control, command)(queue, destination=[runtime.name], reply=False)
+
+
+def quarantine(runtime: Runtime, model: str) -> None:
+    """Keep away from a model this worker keeps failing: stop consuming its queue for a while."""
+    runtime.quarantined[model] = time.monotonic() + runtime.config.quarantine_s
+    _control(runtime, "cancel_consumer", model_queue(runtime.config.queue, model))
+    log.warning("quarantined model %s for %ss after repeated failures", model, runtime.config.quarantine_s)
+    runtime.ledger.heartbeat(runtime.name, error=f"quarantined model {model} after repeated failures")
+
+
+def lift_quarantines(runtime: Runtime) -> None:
+    for model, until in list(runtime.quarantined.items()):
+        if time.monotonic() >= until:
+            del runtime.quarantined[model]
+            _control(runtime, "add_consumer", model_queue(runtime.config.queue, model))
+            log.info("model %s is out of quarantine", model)
 
 
 def prefer_resident_models(runtime: Runtime) -> None:
@@ -53,65 +151,32 @@ def prefer_resident_models(runtime: Runtime) -> None:
     items[:] = preferred_queue_order(items, runtime.config.queue, runtime.runner.resident_models())
 
 
-_runtime: Runtime | None = None
-
-
-def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in ("torch", "diffusers", "transformers", "peft"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
-def build(config: Config, name: str, device: str) -> Runtime:
-    import torch
-
-    from workers.handler import Handler
-    from workers.quiet import quiet_libraries
-    from workers.runner import Runner
-
-    quiet_libraries()
-    threads = int(os.environ.get("FARM_TORCH_THREADS") or 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    torch_device = "cuda" if device.startswith("cuda") else "cpu"
-    gpu_name = torch.cuda.get_device_name(0) if torch_device == "cuda" else None
-    ledger = Ledger(config.database_url)
-    store = open_store(config.store_url, s3_endpoint_url=config.s3_endpoint_url)
-    runner = Runner(device=torch_device, model_cache=config.model_cache, max_models=config.max_resident_models,
-                    bucket=config.batch_bucket, catalog=ledger.catalog, s3_endpoint_url=config.s3_endpoint_url,
-                    fuse=config.fuse_accelerator, max_adapters=config.max_adapters,
-                    max_adapter_bytes=config.max_adapter_mb << 20, host_lora_bytes=config.host_lora_mb << 20)
-    versions = library_versions()
-    ledger.register_worker(name=name, host=socket.gethostname(), pid=os.getpid(), device=device,
-                           gpu_name=gpu_name, versions=versions)
-    handler = Handler(ledger=ledger, store=store, runner=runner, worker=name, device=device,
-                      versions=versions, lease_s=config.job_time_limit)
-    stop = threading.Event()
-    runtime = Runtime(config, name, device, ledger, handler, runner, stop)
-    threading.Thread(target=_heartbeat, args=(runtime,), name="farm-heartbeat", daemon=True).start()
-    return runtime
-
-
-def follow_new_models(runtime: Runtime, app, serving: set[str]) -> set[str]:
-    """A worker that serves every model starts consuming the queue of each newly registered one.
-    The request goes through Celery's remote control, so the consumer thread applies it."""
-    from farm.dispatch import model_queue
-
+def follow_new_models(runtime: Runtime, serving: set[str]) -> set[str]:
+    """A worker that serves every model starts consuming the queue of each newly registered one."""
     wanted = {model_queue(runtime.config.queue, m) for m in runtime.ledger.catalog().models}
     for queue in sorted(wanted - serving):
-        app.control.add_consumer(queue, destination=[runtime.name], reply=False)
+        _control(runtime, "add_consumer", queue)
         log.info("now consuming %s", queue)
     return serving | wanted
 
 
-def _heartbeat(runtime: Runtime) -> None:
-    """Heartbeats, and fleet maintenance when this worker holds the lease for it."""
+# -- stopping ----------------------------------------------------------------------------------
+def drain(runtime: Runtime, why: str) -> None:
+    """Take no new job; the current micro-batch stops at its next step and goes back to the queue."""
+    if runtime.draining.is_set():
+        return
+    runtime.draining.set()
+    log.warning("draining (%s)", why)
+    try:
+        runtime.ledger.heartbeat(runtime.name, state="draining")
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# -- the background thread ---------------------------------------------------------------------
+def _background(runtime: Runtime) -> None:
+    """Heartbeats, fleet maintenance (when this worker holds the lease), new models, quarantines,
+    remote drains."""
     from farm import maintenance
     from farm.dispatch import Publisher
     from farm.localfarm import broker_url_for
@@ -128,15 +193,19 @@ def _heartbeat(runtime: Runtime) -> None:
                 runtime.ledger.heartbeat(runtime.name, resident_models=runtime.runner.resident_models(),
                                          resident_adapters=runtime.runner.resident_adapters())
                 last_beat = time.monotonic()
-            publisher = publisher or Publisher(config, broker_url_for(config))
-            done = maintenance.tick(runtime.ledger, publisher, holder=runtime.name, period_s=config.maintenance_s,
-                                    aging_s=config.aging_s, micro_batch=config.micro_batch)
-            if done and any(done.values()):
-                log.info("maintenance: %s", done)
-            if serve_all and runtime.consumer is not None:
+            if not runtime.draining.is_set() and runtime.ledger.worker_state(runtime.name) == "draining":
+                drain(runtime, "farm workers drain")
                 from workers.app import app
 
-                serving = follow_new_models(runtime, app, serving)
+                app.control.shutdown(destination=[runtime.name])  # warm: after the current message
+            publisher = publisher or Publisher(config, broker_url_for(config))
+            done = maintenance.tick(runtime.ledger, publisher, config, holder=runtime.name)
+            if done and any(done.values()):
+                log.info("maintenance: %s", done)
+            if runtime.consumer is not None:
+                lift_quarantines(runtime)
+                if serve_all:
+                    serving = follow_new_models(runtime, serving)
         except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the worker
             log.warning("heartbeat/maintenance failed: %s", exc)
 
@@ -160,6 +229,22 @@ def _on_worker_init(**_kwargs) -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(sender=None, **_kwargs) -> None:
     current().consumer = sender
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(sig=None, how=None, **_kwargs) -> None:
+    if _runtime is None:
+        return
+    _runtime.signals_seen += 1
+    if _runtime.signals_seen == 1 and how != "Cold":
+        drain(_runtime, f"signal {sig}")
+        return
+    # a second signal (or a cold shutdown): hand back what is running and leave now
+    try:
+        _runtime.handler.requeue_current(f"worker stopped at once ({sig})")
+        _runtime.ledger.heartbeat(_runtime.name, state="stopped", current_job=None)
+    finally:
+        os._exit(1)
 
 
 @signals.worker_shutdown.connect

@@ -109,4 +109,4 @@ def main() -> None:
 
 
 # the commands register themselves on ``cli``
-from farm.cli import control, jobs, ops, registry  # noqa: E402,F401
+from farm.cli import control, fleet, jobs, ops, registry  # noqa: E402,F401

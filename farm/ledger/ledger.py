@@ -398,10 +398,13 @@ class Ledger:
                 Job.current_attempt.in_(list(tokens)), Job.state == states.RUNNING)))
 
     # -- jobs -----------------------------------------------------------------------------------
-    def list_jobs(self, batch_id: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict]:
+    def list_jobs(self, batch_id: str | None = None, state: str | None = None, limit: int | None = None,
+                  job_id: int | None = None) -> list[dict]:
         """Jobs with their latest attempt's timings and their artifact key, oldest first."""
         with self.session() as s:
             query = select(Job).order_by(Job.id)
+            if job_id is not None:
+                query = query.where(Job.id == job_id)
             if batch_id:
                 query = query.where(Job.batch_id == batch_id)
             if state:
@@ -476,7 +479,7 @@ class Ledger:
 
     def _finish(self, event: str, job_id: int, token: str, *, outcome: str, error: str | None,
                 timings: dict | None, batch_size: int | None, artifact: dict | None,
-                environment: dict | None = None) -> bool:
+                environment: dict | None = None, not_before: datetime | None = None) -> bool:
         """Apply a terminal transition if ``token`` still owns the job; False if it does not."""
         now = self.clock()
         sources, target = states.transition(event)
@@ -485,7 +488,8 @@ class Ledger:
             if error is not None:
                 values["last_error"] = error[:4000]
             if target == states.QUEUED:
-                values.update(queued_at=now, current_attempt=None, started_at=None, enqueued_at=None)
+                values.update(queued_at=now, current_attempt=None, started_at=None, enqueued_at=None,
+                              not_before=not_before)
             result = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state.in_(sources), Job.current_attempt == token)
@@ -521,10 +525,48 @@ class Ledger:
         return self._finish("fail", job_id, token, outcome="failed", error=error,
                             timings=timings, batch_size=batch_size, artifact=None)
 
-    def requeue(self, job_id: int, token: str, *, error: str) -> bool:
-        """Give a running job back to the queue (the caller re-publishes it)."""
-        return self._finish("requeue", job_id, token, outcome="requeued", error=error,
-                            timings=None, batch_size=None, artifact=None)
+    def requeue(self, job_id: int, token: str, *, error: str, outcome: str = "requeued",
+                delay_s: float = 0.0) -> bool:
+        """Give a running job back to the queue. It is published again by the caller or, after
+        ``delay_s`` (a retry's backoff), by the fleet's maintenance."""
+        not_before = self.clock() + timedelta(seconds=delay_s) if delay_s else None
+        return self._finish("requeue", job_id, token, outcome=outcome, error=error, timings=None,
+                            batch_size=None, artifact=None, not_before=not_before)
+
+    def fail_attempt(self, job_id: int, token: str, *, error: str, outcome: str) -> bool:
+        """Fail a job for good, recording how its last attempt ended (failed, lost, ...)."""
+        return self._finish("fail", job_id, token, outcome=outcome, error=error, timings=None, batch_size=None,
+                            artifact=None)
+
+    def failures(self, job_id: int) -> int:
+        """Attempts of a job that ended badly (a drained or cancelled attempt does not count)."""
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(Attempt).where(
+                Attempt.job_id == job_id, Attempt.outcome.in_(("failed", "retry", "lost", "timeout")))) or 0
+
+    def renew_leases(self, tokens: Iterable[str], lease_s: float) -> int:
+        with self.session() as s:
+            return s.execute(update(Attempt).where(Attempt.token.in_(list(tokens)), Attempt.outcome == "running")
+                             .values(lease_expires_at=self.clock() + timedelta(seconds=lease_s))).rowcount
+
+    def expired_leases(self, limit: int = 1000) -> list[tuple[int, str]]:
+        """(job id, token) of running jobs whose live attempt's lease has lapsed."""
+        with self.session() as s:
+            return [(j, t) for j, t in s.execute(
+                select(Job.id, Job.current_attempt).join(Attempt, Attempt.token == Job.current_attempt)
+                .where(Job.state == states.RUNNING, Attempt.lease_expires_at < self.clock()).limit(limit))]
+
+    def publish_candidates(self, enqueued_before: datetime, limit: int = 5000) -> list[tuple[int, bool]]:
+        """(job id, ever published) of queued jobs of active batches that are due (no backoff
+        pending) and were never published or published before ``enqueued_before``."""
+        now = self.clock()
+        with self.session() as s:
+            return [(j, e is not None) for j, e in s.execute(
+                select(Job.id, Job.enqueued_at).join(Batch, Batch.id == Job.batch_id)
+                .where(Job.state == states.QUEUED, Batch.state == "active",
+                       (Job.not_before.is_(None)) | (Job.not_before <= now),
+                       (Job.enqueued_at.is_(None)) | (Job.enqueued_at < enqueued_before))
+                .order_by(Job.id).limit(limit))]
 
     def artifacts(self, batch_id: str) -> list[tuple[Job, Artifact]]:
         self.get_batch(batch_id)
@@ -612,6 +654,15 @@ class Ledger:
             values["state"] = state
         with self.session() as s:
             s.execute(update(Worker).where(Worker.name == name).values(**values))
+
+    def worker_state(self, name: str) -> str | None:
+        with self.session() as s:
+            return s.scalar(select(Worker.state).where(Worker.name == name))
+
+    def set_worker_state(self, name: str, state: str) -> None:
+        with self.session() as s:
+            if s.execute(update(Worker).where(Worker.name == name).values(state=state)).rowcount != 1:
+                raise NotFound(f"no worker {name!r} (see `farm workers`)")
 
     def workers(self) -> list[Worker]:
         with self.session() as s:

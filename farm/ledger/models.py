@@ -96,6 +96,7 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime())
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # message published
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a retry's backoff: publish after this
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

@@ -37,16 +37,25 @@ class S3Store:
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        import base64
+        import hashlib
+
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # the server checks it on write
         try:
             self.client.put_object(
                 Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type,
-                Metadata=metadata or {},
+                Metadata=metadata or {}, ContentMD5=md5,
             )
         except (BotoCoreError, ClientError) as exc:
             raise InfrastructureError(f"upload of {key} to {self.url} failed: {exc}") from None
 
     def get(self, key: str) -> bytes:
         return self.get_raw(self._key(key))
+
+    def presigned_get(self, key: str, expires_s: int) -> str:
+        """A URL that allows GET of one object, nothing else, for ``expires_s`` seconds."""
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=int(expires_s))
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

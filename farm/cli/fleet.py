@@ -1,0 +1,113 @@
+"""Fleet commands: workers (list, drain), reap, reconcile, results url."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+import click
+
+from farm.cli import State, cli, emit_json
+from farm.errors import InputError
+
+MAX_URL_EXPIRY_S = 7 * 24 * 3600  # S3's own ceiling for presigned URLs
+
+
+def parse_duration(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text or "")
+    if not match:
+        raise InputError("expires", f"expected a duration such as 15m, 2h or 900, got {text!r}")
+    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if not 1 <= seconds <= MAX_URL_EXPIRY_S:
+        raise InputError("expires", f"{text} is outside 1s..7d")
+    return seconds
+
+
+@cli.group("workers", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def workers_group(ctx, as_json):
+    """The fleet: every worker that has registered in the ledger."""
+    if ctx.invoked_subcommand is not None:
+        return
+    state: State = ctx.obj
+    now = datetime.now(timezone.utc)
+    rows = [{"name": w.name, "host": w.host, "device": w.device, "gpu": w.gpu_name, "state": w.state,
+             "heartbeat_age_s": round((now - w.last_heartbeat).total_seconds(), 1),
+             "resident_models": w.resident_models, "resident_adapters": w.resident_adapters,
+             "current_job": w.current_job, "images_rendered": w.images_rendered, "last_error": w.last_error}
+            for w in state.ledger.workers()]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<32} {r['state']:<9} {r['device']:<7} beat {r['heartbeat_age_s']:>6}s ago  "
+                   f"{r['images_rendered']:>6} images  models {','.join(r['resident_models']) or '-'}")
+
+
+@workers_group.command("drain")
+@click.argument("name")
+@click.pass_obj
+def workers_drain(state: State, name):
+    """Ask a worker to hand back its current micro-batch, take no new job, and stop."""
+    state.ledger.set_worker_state(name, "draining")
+    click.echo(f"worker {name}: draining (it notices within its heartbeat interval)")
+
+
+@cli.command("reap")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def reap_cmd(state: State, as_json):
+    """Return jobs whose worker's lease lapsed to the queue (or fail them after max attempts)."""
+    from farm.cli.jobs import _publisher
+    from farm.maintenance import reap
+
+    publisher = _publisher(state)
+    try:
+        done = reap(state.ledger, publisher, max_attempts=state.config.max_attempts,
+                    micro_batch=state.config.micro_batch)
+    finally:
+        publisher.close()
+    emit_json(done) if as_json else click.echo(f"reaped: {done['requeued']} requeued, {done['failed']} failed")
+
+
+@cli.command("reconcile")
+@click.option("--grace", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+              help="Leave jobs published less than this many seconds ago alone.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def reconcile_cmd(state: State, grace, as_json):
+    """Publish queued jobs that no message in the broker carries."""
+    from farm.cli.jobs import _publisher
+    from farm.maintenance import reconcile
+
+    publisher = _publisher(state)
+    try:
+        done = reconcile(state.ledger, publisher, grace_s=grace, micro_batch=state.config.micro_batch)
+    finally:
+        publisher.close()
+    emit_json(done) if as_json else click.echo(f"reconciled: {done['republished']} jobs published again")
+
+
+@cli.command("url")
+@click.argument("job", type=int)
+@click.option("--expires", default="15m", show_default=True, help="How long the link works (at most 7d).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def url_cmd(state: State, job, expires, as_json):
+    """A GET-only presigned URL for a job's image (s3:// stores)."""
+    from farm.storage import open_store
+
+    seconds = parse_duration(expires)
+    [row] = state.ledger.list_jobs(job_id=job) or [None]
+    if row is None:
+        from farm.errors import NotFound
+
+        raise NotFound(f"no job {job}")
+    if not row["artifact"]:
+        raise InputError("job", f"job {job} has no stored image (state {row['state']})")
+    store = open_store(row["store_url"], s3_endpoint_url=state.config.s3_endpoint_url)
+    if not hasattr(store, "presigned_get"):
+        raise InputError("store", f"{row['store_url']} is a local store; presigned URLs need an s3:// store")
+    link = store.presigned_get(row["artifact"], seconds)
+    emit_json({"job": job, "url": link, "expires_s": seconds}) if as_json else click.echo(link)

@@ -1,0 +1,48 @@
+"""A renderer that sleeps instead of running a model: for fault tests and queue benchmarks.
+
+It never imports torch, so a worker using it starts in about a second. It honours the same
+contract as the diffusion runner: one call per micro-batch, interruptible between "steps", pixels
+that depend only on each job's seed. A prompt containing ``POISON`` kills the process mid-render,
+as a job that crashes its worker would.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from workers.runner import Interrupted, Rendered
+
+STEP_S = 0.02
+
+
+class SleepRenderer:
+    def __init__(self, seconds_per_image: float):
+        self.seconds = seconds_per_image
+
+    def render(self, jobs: list, should_stop: Callable[[], str | None] | None = None) -> Rendered:
+        import numpy as np
+
+        deadline = time.monotonic() + self.seconds * len(jobs)
+        step = 0
+        while True:
+            if any("POISON" in j.prompt for j in jobs) and step >= 2:
+                os._exit(86)  # a job that takes its worker down with it
+            reason = should_stop() if should_stop else None
+            if reason:
+                raise Interrupted(f"{reason} at step {step + 1}", reason)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(STEP_S, remaining))
+            step += 1
+        pixels = [np.full((j.height, j.width, 3), j.seed % 251, dtype=np.uint8) for j in jobs]
+        return Rendered(pixels, {"denoise_ms": self.seconds * len(jobs) * 1000}, len(jobs), "sleep",
+                        {"device": "cpu", "renderer": f"sleep:{self.seconds:g}"})
+
+    def resident_models(self) -> list[str]:
+        return []
+
+    def resident_adapters(self) -> list[str]:
+        return []
