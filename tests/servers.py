@@ -66,13 +66,13 @@ class RedisServer:
 
 
 def start_redis(directory: Path, *, tcp: bool = True, password: str | None = None,
-                appendonly: bool = False) -> RedisServer:
+                appendonly: bool = False, port: int | None = None) -> RedisServer:
     directory.mkdir(parents=True, exist_ok=True)
     args = [redis_server_binary(), "--dir", str(directory), "--save", "",
             "--appendonly", "yes" if appendonly else "no", "--daemonize", "no"]
-    port = sock = None
+    sock = None
     if tcp:
-        port = free_port()
+        port = port or free_port()
         args += ["--port", str(port), "--bind", "127.0.0.1"]
     else:
         sock = str(Path(tempfile.mkdtemp(prefix="r", dir="/tmp")) / "redis.sock")

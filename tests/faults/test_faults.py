@@ -1,0 +1,233 @@
+"""Fault injection with real worker processes, a real Redis and the S3 server: no job lost, none
+rendered twice. Timings are randomised (the seed is printed so a failure can be replayed).
+The figures each test prints (-s) are the ones the closing notes report."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests import servers
+from tests.faults.harness import ROOT, FaultFarm, FlakyS3Proxy, SilentProxy, kill_randomly
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.workers]
+SEED = int(os.environ.get("FARM_FAULT_SEED") or random.SystemRandom().randrange(10**6))
+
+
+def report(name: str, **figures) -> None:
+    print(f"\nFAULTS {name} seed={SEED} " + json.dumps(figures, sort_keys=True))
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = servers.start_redis(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fault_farm(tmp_path, redis):
+    farms = []
+
+    def make(**kwargs):
+        farm = FaultFarm(tmp_path, redis.url, **kwargs)
+        farms.append(farm)
+        return farm
+
+    yield make
+    for farm in farms:
+        farm.close()
+
+
+def test_kill_9_worker_processes_mid_job(fault_farm):
+    farm = fault_farm(seconds=0.3, workers=2)
+    farm.start()
+    batch = farm.submit("kill the renderer", 40)["batch"]
+    rng = random.Random(SEED)
+    kills = kill_randomly(farm.worker_pids, 20, rng, between=(0.3, 1.0))
+    started = time.monotonic()
+    farm.wait_done(batch, 40, timeout=240)
+    audit = farm.audit(batch)
+    report("kill9_worker", faults=len(kills), recovery_s=round(time.monotonic() - started, 1), **audit)
+    assert len(kills) == 20
+    assert (audit["lost"], audit["duplicate_outputs"], audit["artifacts"]) == (0, 0, 40)
+
+
+def test_kill_9_the_supervisor_and_restart_it(fault_farm):
+    farm = fault_farm(seconds=0.3, workers=2)
+    farm.start()
+    batch = farm.submit("kill the supervisor", 40)["batch"]
+    rng = random.Random(SEED + 1)
+    kills = 0
+    for _ in range(20):
+        time.sleep(rng.uniform(0.5, 1.5))
+        farm.supervisor.send_signal(signal.SIGKILL)  # its workers die with it (PR_SET_PDEATHSIG)
+        farm.supervisor.wait()
+        kills += 1
+        servers.wait_until(lambda: not farm.worker_pids(), 10, what="orphans to die")
+        farm.start()  # what a fleet's restart policy does
+    started = time.monotonic()
+    farm.wait_done(batch, 40, timeout=240)
+    audit = farm.audit(batch)
+    report("kill9_supervisor", faults=kills, recovery_s=round(time.monotonic() - started, 1), **audit)
+    assert (audit["lost"], audit["duplicate_outputs"], audit["artifacts"]) == (0, 0, 40)
+
+
+def test_sigterm_mid_job_requeues_within_seconds(fault_farm):
+    farm = fault_farm(seconds=5.0, workers=1)
+    farm.start()
+    batch = farm.submit("long job", 1)["batch"]
+    servers.wait_until(lambda: farm.counts(batch).get("running"), 30, what="the job to start")
+    time.sleep(random.Random(SEED).uniform(0.2, 2.0))
+    signalled = time.monotonic()
+    assert farm.stop(signal.SIGTERM, timeout=30) == 0
+    state = servers.wait_until(lambda: next(iter(set(farm.counts(batch)) - {"running"}), None), 10,
+                               what="the job to be requeued or done")
+    requeued_after = time.monotonic() - signalled
+    farm.start()
+    farm.wait_done(batch, 1, timeout=60)
+    audit = farm.audit(batch)
+    outcomes = [o for (o,) in farm.sql("select outcome from attempts order by id")]
+    report("sigterm", state_after_signal=state, requeued_after_s=round(requeued_after, 2), outcomes=outcomes, **audit)
+    assert state in ("queued", "succeeded") and requeued_after < 10
+    assert (audit["lost"], audit["duplicate_outputs"]) == (0, 0)
+
+
+@pytest.mark.parametrize("fault", ["restart", "flush"])
+def test_redis_killed_or_flushed_during_a_200_job_burst(tmp_path, fault):
+    port = servers.free_port()
+    redis = servers.start_redis(tmp_path / "redis", port=port)
+    farm = FaultFarm(tmp_path, redis.url, seconds=0.02, workers=2)
+    try:
+        farm.start()
+        batch = farm.submit("burst", 200)["batch"]
+        servers.wait_until(lambda: farm.counts(batch).get("succeeded", 0) >= 40, 60, what="the burst to get going")
+        faulted = time.monotonic()
+        if fault == "restart":
+            redis.proc.send_signal(signal.SIGKILL)  # no persistence: every queued message is gone
+            redis.proc.wait()
+            time.sleep(random.Random(SEED).uniform(0.5, 2.0))
+            redis = servers.start_redis(tmp_path / "redis2", port=port)
+        else:
+            redis.client().flushall()
+        farm.wait_done(batch, 200, timeout=240)
+        audit = farm.audit(batch)
+        report(f"redis_{fault}", recovery_s=round(time.monotonic() - faulted, 1), **audit)
+        assert (audit["lost"], audit["duplicate_outputs"], audit["artifacts"]) == (0, 0, 200)
+    finally:
+        farm.close()
+        redis.stop()
+
+
+def test_a_broker_connection_silent_for_60s(tmp_path, redis):
+    proxy = SilentProxy(redis.port)
+    farm = FaultFarm(tmp_path, f"redis://127.0.0.1:{proxy.port}/0", seconds=0.05, workers=1)
+    try:
+        farm.start()
+        batch = farm.submit("half-open", 60)["batch"]
+        servers.wait_until(lambda: farm.counts(batch).get("succeeded", 0) >= 10, 60, what="consuming to start")
+        proxy.silent.set()
+        before = farm.counts(batch).get("succeeded", 0)
+        time.sleep(60)
+        proxy.silent.clear()
+        resumed = time.monotonic()
+        farm.wait_done(batch, 60, timeout=180)
+        audit = farm.audit(batch)
+        report("silent_60s", done_before_silence=before, recovery_s=round(time.monotonic() - resumed, 1), **audit)
+        assert (audit["lost"], audit["duplicate_outputs"]) == (0, 0)
+    finally:
+        farm.close()
+        proxy.close()
+
+
+def test_a_poison_job_runs_max_attempts_then_fails(fault_farm):
+    farm = fault_farm(seconds=0.2, workers=2)
+    farm.start()
+    good = farm.submit("fine", 10)["batch"]
+    poison = farm.submit("POISON pill", 1)["batch"]
+    farm.wait_done(poison, 1, timeout=180)
+    farm.wait_done(good, 10, timeout=120)
+    [(state, error)] = farm.sql("select state, last_error from jobs where batch_id = :b", b=poison)
+    executions = farm.sql("select count(*) from attempts a join jobs j on j.id = a.job_id where j.batch_id = :b",
+                          b=poison)[0][0]
+    audit = farm.audit(good)
+    report("poison", executions=executions, state=state, error=error, others=audit)
+    assert (state, executions) == ("failed", 3) and "worker lost 3 times" in error
+    assert (audit["lost"], audit["duplicate_outputs"]) == (0, 0)
+
+
+def test_a_job_longer_than_the_visibility_timeout_renders_once(fault_farm):
+    farm = fault_farm(seconds=25.0, workers=2, extra={"FARM_VISIBILITY_TIMEOUT": "10", "FARM_JOB_TIME_LIMIT": "9",
+                                                        "FARM_LEASE_S": "6"})
+    farm.start()
+    batch = farm.submit("longer than the visibility timeout", 1)["batch"]
+    farm.wait_done(batch, 1, timeout=120)
+    audit = farm.audit(batch)
+    log = (farm.tmp / "workers.log").read_text(errors="replace")
+    redelivered = log.count("'skipped': 1")
+    report("visibility", redelivered_and_skipped=redelivered, **audit)
+    assert (audit["lost"], audit["duplicate_outputs"], audit["extra_executions"]) == (0, 0, 0)
+
+
+def test_uploads_through_an_s3_proxy_failing_30_percent(fault_farm, s3_server, s3_bucket):
+    proxy = FlakyS3Proxy(s3_server.endpoint, 0.3, seed=SEED)
+    try:
+        farm = fault_farm(seconds=0.02, workers=2, extra={
+            "FARM_STORE_URL": f"s3://{s3_bucket}/flaky", "FARM_S3_ENDPOINT_URL": proxy.endpoint,
+            "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"})
+        farm.start()
+        batch = farm.submit("flaky storage", 40)["batch"]
+        farm.wait_done(batch, 40, timeout=180)
+        audit = farm.audit(batch)
+        client = s3_server.client()
+        mismatched = 0
+        import hashlib
+
+        for key, sha in farm.sql("select key, sha256 from artifacts"):
+            data = client.get_object(Bucket=s3_bucket, Key=f"flaky/{key}")["Body"].read()
+            mismatched += hashlib.sha256(data).hexdigest() != sha
+        report("s3_30pct", proxy=proxy.stats, mismatched=mismatched, **audit)
+        assert proxy.stats["failed"] > 0
+        assert (audit["lost"], audit["duplicate_outputs"], audit["artifacts"], mismatched) == (0, 0, 40, 0)
+    finally:
+        proxy.close()
+
+
+def test_one_idempotency_key_submitted_100_times_concurrently(fault_farm):
+    farm = fault_farm(seconds=0.02, workers=2)
+    script = ("import json, random, sys\n"
+              "from farm.cli.jobs import _plan, _publisher\nfrom farm.cli import State\nfrom farm.config import load_config\n"
+              "from farm.producer import submit\nfrom concurrent.futures import ThreadPoolExecutor\n"
+              "def one(_):\n"
+              "    state = State(load_config())\n"
+              "    planned = _plan(state, prompt='same key', file=None, variants=4, seed=7, seeds=None, model=None,\n"
+              "                    recipe=None, steps=None, guidance=None, size=None, negative=None, adapters=())\n"
+              "    pub = _publisher(state)\n"
+              "    try:\n"
+              "        return submit(state.ledger, pub, planned, micro_batch=1, key='k-100').batch\n"
+              "    finally:\n"
+              "        pub.close(); state.close()\n"
+              "with ThreadPoolExecutor(25) as pool:\n"
+              "    print(json.dumps(sorted(set(pool.map(one, range(50))))))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=farm.env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    batches = set()
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
+        batches |= set(json.loads(out))
+    [batch] = batches
+    farm.start()
+    farm.wait_done(batch, 4, timeout=60)
+    audit = farm.audit(batch)
+    report("idempotency_100", submissions=100, batches=len(batches), **audit)
+    assert farm.sql("select count(*) from batches")[0][0] == 1
+    assert (audit["jobs"], audit["lost"], audit["duplicate_outputs"], audit["extra_executions"]) == (4, 0, 0, 0)
