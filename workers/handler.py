@@ -212,7 +212,8 @@ class Handler:
         self.ledger.heartbeat(self.worker, error=error)
         model = jobs[0].model
         self.model_failures[model] = self.model_failures.get(model, 0) + 1
-        if self.model_failures[model] >= QUARANTINE_AFTER and self.on_quarantine:
+        # kept away from the model only where another worker can take it over
+        if self.model_failures[model] >= QUARANTINE_AFTER and self.on_quarantine and self.ledger.active_workers() > 1:
             self.model_failures.pop(model)
             self.on_quarantine(model)
         return counts

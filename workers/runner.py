@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from pathlib import Path
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -123,6 +124,9 @@ class Runner:
             self._unload(next(iter(self.resident)))
         family = family_module(entry.family)
         location = self._resolve(entry)
+        if not (location.single_file or location.is_hub or (Path(location.path) / "model_index.json").exists()):
+            raise InputError("model", f"{model}: {location.path} is not a diffusers model directory "
+                                      "(no model_index.json)")
         pipe = family.load(location.path, single_file=location.single_file, revision=entry.revision,
                            dtype=self.dtype, cache_dir=str(self.model_cache / "hub"))
         pipe.to(self.device)
