@@ -7,6 +7,7 @@ and Redis is transport. JSON is the only serializer; there is no result backend.
 
 from __future__ import annotations
 
+import threading
 from typing import Iterable
 
 from farm.config import Config
@@ -66,11 +67,16 @@ def celery_settings(cfg: Config, broker_url: str) -> dict:
     }
 
 
-def make_celery(cfg: Config, broker_url: str, main: str = "farm"):
-    from celery import Celery
+_CELERY_IMPORT = threading.Lock()
 
-    app = Celery(main, set_as_current=False)
-    app.conf.update(celery_settings(cfg, broker_url))
+
+def make_celery(cfg: Config, broker_url: str, main: str = "farm"):
+    # celery's lazy top-level module is not safe to import from several threads at once
+    with _CELERY_IMPORT:
+        from celery import Celery
+
+        app = Celery(main, set_as_current=False)
+        app.conf.update(celery_settings(cfg, broker_url))
     return app
 
 
