@@ -138,5 +138,15 @@ class Publisher:
             raise InfrastructureError(f"cannot read the broker: {exc}") from None
         return ids
 
+    def waiting(self, queues) -> int:
+        """Messages waiting in these queues, every priority level counted."""
+        try:
+            with self.app.connection_for_read() as connection:
+                client = connection.default_channel.client
+                keys = [q if level == 0 else f"{q}:{level}" for q in queues for level in range(MAX_PRIORITY + 1)]
+                return sum(client.llen(k) for k in keys)
+        except Exception as exc:  # noqa: BLE001
+            raise InfrastructureError(f"cannot read the broker: {exc}") from None
+
     def close(self) -> None:
         self.app.close()

@@ -80,12 +80,14 @@ class Handler:
         self.on_quarantine = on_quarantine
         self.model_failures: dict[str, int] = {}
         self.current: dict[int, ClaimedJob] = {}  # what this worker renders right now
+        self.last_activity = time.monotonic()  # the last message this worker took or finished
         self.pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="farm-io")
 
     # -- the message ----------------------------------------------------------------------------
     def handle(self, job_ids: list[int]) -> dict:
         """Render the jobs of one message; returns counts of what happened to them."""
         summary = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "skipped": 0}
+        self.last_activity = time.monotonic()
         if self.draining.is_set():
             summary["skipped"] = len(job_ids)  # acked unclaimed: the ledger keeps them queued
             return summary
@@ -110,6 +112,7 @@ class Handler:
                     summary[outcome] += count
         finally:
             self.current = {}
+            self.last_activity = time.monotonic()
             renewed.set()
             renewer.join()
         self.ledger.heartbeat(self.worker, resident_models=self.runner.resident_models(),

@@ -173,6 +173,23 @@ def drain(runtime: Runtime, why: str) -> None:
         pass
 
 
+# -- liveness ----------------------------------------------------------------------------------
+STUCK_AFTER_S = 45.0
+
+
+def consumer_is_stuck(runtime: Runtime, publisher, serving: set[str]) -> bool:
+    """Work waits in this worker's queues, yet it has taken nothing for a while and renders nothing.
+
+    A Celery consumer whose broker connection went half-open can stop consuming for good (it
+    timed out mid-ack and never resubscribed). A healthy idle worker with prefetch 1 always has a
+    BRPOP outstanding, so waiting messages would reach it at once.
+    """
+    handler = runtime.handler
+    if runtime.draining.is_set() or handler.current or time.monotonic() - handler.last_activity < STUCK_AFTER_S:
+        return False
+    return publisher.waiting(sorted(serving)) > 0
+
+
 # -- the background thread ---------------------------------------------------------------------
 def _background(runtime: Runtime) -> None:
     """Heartbeats, fleet maintenance (when this worker holds the lease), new models, quarantines,
@@ -206,6 +223,11 @@ def _background(runtime: Runtime) -> None:
                 lift_quarantines(runtime)
                 if serve_all:
                     serving = follow_new_models(runtime, serving)
+                held_off = {model_queue(config.queue, m) for m in runtime.quarantined}
+                if consumer_is_stuck(runtime, publisher, serving - held_off):
+                    log.error("messages are waiting but this worker has consumed nothing for %ss: its broker "
+                              "connection is wedged; exiting so it is restarted with a fresh one", STUCK_AFTER_S)
+                    os._exit(75)
         except Exception as exc:  # noqa: BLE001 - a missed beat must not kill the worker
             log.warning("heartbeat/maintenance failed: %s", exc)
 
