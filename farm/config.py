@@ -42,6 +42,7 @@ class Config:
     retry_backoff_s: int  # first retry delay; doubles with each attempt
     quarantine_s: int  # a worker that keeps failing one model leaves it alone this long
     renderer: str  # "diffusion", or "sleep:SECONDS" (fault tests, no torch)
+    redis_tls: dict  # rediss:// settings: CA file, client certificate and key (FARM_REDIS_*_FILE)
     visibility_timeout: int  # seconds before Redis redelivers an unacked message
     job_time_limit: int  # seconds a micro-batch may run
 
@@ -71,8 +72,30 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
     return value
 
 
+def redact_url(url: str | None) -> str | None:
+    """A URL with its password replaced, for anything printed or logged."""
+    if not url:
+        return url
+    parsed = urlparse(url)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+        return parsed._replace(netloc=netloc).geturl()
+    return url
+
+
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    """A value from NAME, or read from the file NAME_FILE (Docker/Kubernetes secrets)."""
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE", f"cannot read {path}: {exc.strerror}") from None
+    return env.get(name)
+
+
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
-    raw = env.get(name)
+    raw = _secret(env, name)
     if raw is None or raw == "":
         return None
     scheme = urlparse(raw).scheme
@@ -113,6 +136,12 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     max_adapters = _int(env, "FARM_MAX_ADAPTERS", 8, 1, 256)
     max_adapter_mb = _int(env, "FARM_MAX_ADAPTER_MB", 2048, 1, 1 << 20)
     host_lora_mb = _int(env, "FARM_HOST_LORA_MB", 4096, 0, 1 << 20)
+    redis_tls = {}
+    for variable, key in (("FARM_REDIS_CA_FILE", "ca"), ("FARM_REDIS_CERT_FILE", "cert"), ("FARM_REDIS_KEY_FILE", "key")):
+        if env.get(variable):
+            if not Path(env[variable]).is_file():
+                raise ConfigError(variable, f"no such file: {env[variable]}")
+            redis_tls[key] = env[variable]
     queue = env.get("FARM_QUEUE") or "farm"
     if not queue.replace("-", "").replace(".", "").replace("_", "").isalnum():
         raise ConfigError("FARM_QUEUE", f"queue names use letters, digits, '.', '_' and '-', got {queue!r}")
@@ -147,6 +176,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         micro_batch=micro_batch, batch_bucket=batch_bucket, max_resident_models=max_models,
         fuse_accelerator=fuse, max_adapters=max_adapters, max_adapter_mb=max_adapter_mb, host_lora_mb=host_lora_mb,
         queue=queue, aging_s=aging, maintenance_s=maintenance, lease_s=lease, max_attempts=max_attempts,
-        retry_backoff_s=backoff, quarantine_s=quarantine, renderer=renderer, visibility_timeout=visibility,
+        retry_backoff_s=backoff, quarantine_s=quarantine, renderer=renderer, redis_tls=redis_tls,
+        visibility_timeout=visibility,
         job_time_limit=time_limit,
     )

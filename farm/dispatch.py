@@ -34,8 +34,26 @@ def broker_priority(priority: int) -> int:
     return MAX_PRIORITY - max(0, min(MAX_PRIORITY, priority))
 
 
+def tls_settings(cfg: Config, broker_url: str) -> dict | None:
+    """For rediss:// brokers: verify the server against FARM_REDIS_CA_FILE (or the system CAs),
+    with an optional client certificate."""
+    if not broker_url.startswith("rediss://"):
+        return None
+    import ssl
+
+    settings = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if cfg.redis_tls.get("ca"):
+        settings["ssl_ca_certs"] = cfg.redis_tls["ca"]
+    if cfg.redis_tls.get("cert"):
+        settings["ssl_certfile"] = cfg.redis_tls["cert"]
+    if cfg.redis_tls.get("key"):
+        settings["ssl_keyfile"] = cfg.redis_tls["key"]
+    return settings
+
+
 def celery_settings(cfg: Config, broker_url: str) -> dict:
     return {
+        "broker_use_ssl": tls_settings(cfg, broker_url),
         "broker_url": broker_url,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {

@@ -120,8 +120,12 @@ class AdapterSet:
                 self.host.put(name, state)
                 self.pipe.load_lora_weights(dict(state), adapter_name=name)
             else:
+                if weight_name and not weight_name.endswith(".safetensors"):
+                    from farm.errors import InputError
+
+                    raise InputError("adapter", f"{name}: only .safetensors LoRA files are loaded, not {weight_name}")
                 kwargs = {"weight_name": weight_name} if weight_name else {}
-                self.pipe.load_lora_weights(location.path, adapter_name=name, **kwargs)
+                self.pipe.load_lora_weights(location.path, adapter_name=name, use_safetensors=True, **kwargs)
                 self.digests.setdefault(name, None)  # a hub file: diffusers resolved it
         self.loaded[name] = self._adapter_bytes(name)
 

@@ -62,7 +62,10 @@ def up_cmd(state: State, devices, workers, models, as_json):
     device_list = _devices(devices, workers)
     state.ledger  # noqa: B018
     _model_queues(state, models)  # refuse unknown models here, not in the background
+    from farm.config import redact_url
+
     info = localfarm.up(state.config, device_list, models=models)
+    info["broker"] = redact_url(info["broker"])  # a password never reaches the terminal or a log
     if as_json:
         emit_json(info)
     elif info["started"]:

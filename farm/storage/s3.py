@@ -22,6 +22,7 @@ class S3Store:
             endpoint_url=endpoint_url,
             config=Config(
                 retries={"mode": "standard", "max_attempts": 8},
+                signature_version="s3v4",  # presigned URLs carry X-Amz-Expires; every S3 server speaks it
                 # non-AWS servers (MinIO, R2, older moto) reject the newer default checksums
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",

@@ -34,6 +34,7 @@ class FaultFarm:
         env.update(extra or {})
         self.env = env
         self.supervisor: subprocess.Popen | None = None
+        tmp.mkdir(parents=True, exist_ok=True)
         self.log = open(tmp / "workers.log", "ab")
         self.engine = None
 
