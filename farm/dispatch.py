@@ -122,11 +122,15 @@ class Publisher:
             raise InfrastructureError(f"cannot publish to the broker: {exc}") from None
         return sent
 
-    def job_ids_in_broker(self) -> set[int]:
+    def job_ids_in_broker(self, stale_after_s: float = 30.0) -> set[int]:
         """Every job id some message in the broker still carries: waiting in a queue (any
-        priority level) or delivered but not acked yet. Read through kombu's own Redis client."""
+        priority level) or delivered and not acked for less than ``stale_after_s``. A delivery
+        older than that whose job was never claimed went to a worker that died before claiming it
+        (a live worker claims at once, and holds one message at a time); Redis would only restore
+        it after the visibility timeout. Read through kombu's own Redis client."""
         import base64
         import json
+        import time
 
         ids: set[int] = set()
 
@@ -150,8 +154,10 @@ class Publisher:
                     if client.type(key) == b"list":
                         for raw in client.lrange(key, 0, -1):
                             collect(raw)
-                for raw in client.hvals("unacked"):
-                    collect(raw)
+                fresh = set(client.zrangebyscore("unacked_index", time.time() - stale_after_s, "+inf"))
+                for tag, raw in client.hgetall("unacked").items():
+                    if tag in fresh:
+                        collect(raw)
         except Exception as exc:  # noqa: BLE001 - transport errors come in many types
             raise InfrastructureError(f"cannot read the broker: {exc}") from None
         return ids

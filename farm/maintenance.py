@@ -41,7 +41,8 @@ def reconcile(ledger, publisher, *, grace_s: float, micro_batch: int) -> dict:
     candidates = ledger.publish_candidates(ledger.clock() - timedelta(seconds=grace_s))
     if not candidates:
         return {"republished": 0}
-    present = publisher.job_ids_in_broker() if any(published for _, published in candidates) else set()
+    present = (publisher.job_ids_in_broker(stale_after_s=max(grace_s, 5.0))
+               if any(published for _, published in candidates) else set())
     missing = [job_id for job_id, _ in candidates if job_id not in present]
     if missing:
         republish(ledger, publisher, missing, micro_batch=micro_batch)
