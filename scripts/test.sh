@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
-exec .venv/bin/python -m pytest "$@"
+# two processes (this machine's cores); each test file stays on one of them, in order
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -106,7 +106,8 @@ def test_a_hub_model_goes_through_the_real_loader_and_fails_clearly_offline(farm
     """sd15 is a hub id: the worker calls from_pretrained for real; with no hub it fails the jobs
     with the loader's reason instead of hanging, and `farm run` exits 1 saying why."""
     result = farm("run", "--model", "sd15", "--variants", "2", "--size", "64x64", "a lighthouse",
-                  "--out", str(tmp_path / "out"), "--json", env={**farm_env, "HF_HUB_OFFLINE": "1"}, check=False)
+                  "--out", str(tmp_path / "out"), "--json", check=False,
+                  env={**farm_env, "HF_HUB_OFFLINE": "1", "FARM_RETRY_BACKOFF_S": "1", "FARM_MAINTENANCE_S": "1"})
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert (report["failed"], report["succeeded"]) == (2, 0)
