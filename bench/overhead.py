@@ -1,0 +1,114 @@
+"""Per-job overhead of the farm at zero backlog: queue + ledger + storage, with a renderer that
+does nothing (FARM_RENDERER=sleep:0, no torch).
+
+Jobs are submitted one at a time through the producer API (no CLI start-up in the numbers) and
+each is waited for before the next. Per job: the ledger's created_at -> finished_at (publish, Redis,
+claim, render(0), PNG encode, store write, completion commit), and the client-side round trip.
+
+    .venv/bin/python bench/overhead.py [--jobs 300] [--database sqlite|postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "overhead.json"))
+    args = parser.parse_args()
+
+    from farm.config import load_config
+    from farm.dispatch import Publisher
+    from farm.ledger import Ledger
+    from farm.localfarm import ensure_redis, stop_redis
+    from farm.producer import plan, submit
+    from farm.spec import Catalog, JobRequest
+    from farm.variants import PromptRow
+
+    work = Path(tempfile.mkdtemp(prefix="farm-overhead-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env.update(FARM_HOME=str(work / "home"), FARM_RENDERER="sleep:0", FARM_QUEUE="overhead")
+    pg = None
+    if args.database == "postgres":
+        import pgserver
+
+        pg = pgserver.get_server(str(work / "pg"), cleanup_mode="stop")
+        env["FARM_DATABASE_URL"] = pg.get_uri()
+        subprocess.run([sys.executable, "-m", "farm.cli", "db", "upgrade"], env=env, cwd=ROOT, check=True,
+                       capture_output=True)
+    cfg = load_config(env)
+    ledger = Ledger(cfg.database_url)
+    broker = ensure_redis(cfg)
+    env["FARM_BROKER_URL"] = broker
+    worker = subprocess.Popen([sys.executable, "-m", "farm.cli", "worker", "--workers", "1", "--models", "tiny-sd"],
+                              env=env, cwd=ROOT, stdout=open(work / "worker.log", "wb"), stderr=subprocess.STDOUT)
+    publisher = Publisher(load_config(env), broker)
+    rng = random.Random(0)
+    server_ms, client_ms, stages = [], [], {"queue_wait": [], "image_encode": [], "upload": [], "total": []}
+    try:
+        while not ledger.workers():
+            time.sleep(0.1)
+        for i in range(args.jobs + 20):  # the first 20 warm up the worker's connections
+            planned = plan([PromptRow(JobRequest(prompt=f"overhead {i}"))], JobRequest(), variants=1, seed=i,
+                           catalog=Catalog(), default_model="tiny-sd", rng=rng)
+            started = time.perf_counter()
+            batch = submit(ledger, publisher, planned, micro_batch=1).batch
+            while ledger.batch_counts(batch)["succeeded"] < 1:
+                time.sleep(0.0005)
+            elapsed = (time.perf_counter() - started) * 1000
+            if i < 20:
+                continue
+            [job] = ledger.list_jobs(batch)
+            created = job["created_at"]
+            from datetime import datetime
+
+            server_ms.append((datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(created))
+                             .total_seconds() * 1000)
+            client_ms.append(elapsed)
+            for stage in stages:
+                stages[stage].append(job["timings"][stage] or 0.0)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        publisher.close()
+        ledger.close()
+        stop_redis(cfg)
+        if pg is not None:
+            pg.cleanup()
+    result = {
+        "benchmark": "overhead", "renderer": "sleep:0 (no model)", "database": args.database, "jobs": args.jobs,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "ledger_created_to_finished_ms": {"p50": round(statistics.median(server_ms), 2),
+                                          "p99": round(percentile(server_ms, 0.99), 2)},
+        "client_submit_to_seen_done_ms": {"p50": round(statistics.median(client_ms), 2),
+                                          "p99": round(percentile(client_ms, 0.99), 2)},
+        "stages_ms_p50": {k: round(statistics.median(v), 3) for k, v in stages.items()},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
