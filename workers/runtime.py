@@ -203,12 +203,12 @@ def _background(runtime: Runtime) -> None:
     serve_all = os.environ.get("FARM_SERVE_ALL_MODELS") == "1"
     serving: set[str] = set(os.environ.get("FARM_QUEUES", "").split(",")) - {""}
     interval = min(HEARTBEAT_S, config.maintenance_s)
+    heartbeat_s = min(HEARTBEAT_S, config.maintenance_s * 2)
     last_beat = 0.0
     while not runtime.stop.wait(interval):
         try:
-            if time.monotonic() - last_beat >= HEARTBEAT_S:
-                runtime.ledger.heartbeat(runtime.name, resident_models=runtime.runner.resident_models(),
-                                         resident_adapters=runtime.runner.resident_adapters())
+            if time.monotonic() - last_beat >= heartbeat_s:
+                runtime.handler.report_status()
                 last_beat = time.monotonic()
             if not runtime.draining.is_set() and runtime.ledger.worker_state(runtime.name) == "draining":
                 drain(runtime, "farm workers drain")
@@ -275,6 +275,7 @@ def _on_worker_shutdown(**_kwargs) -> None:
         _runtime.stop.set()
         try:
             _runtime.handler.close()
+            _runtime.handler.report_status()
             _runtime.ledger.heartbeat(_runtime.name, state="stopped", current_job=None)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not record the shutdown: %s", exc)
