@@ -66,24 +66,12 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    try:
-        import matplotlib
+    from bench.plotting import save_lines
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for label, curve in curves.items():
-            ax.plot([p["micro_batch"] for p in curve], [p["images_per_s"] for p in curve], marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("micro-batch size")
-        ax.set_ylabel("images/s (render only)")
-        ax.set_title(f"{args.model} {args.size}px, 4 steps, {args.device}")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(Path(args.out).with_suffix(".png"))
-    except ImportError:
-        print("matplotlib not installed: no plot")
+    save_lines(Path(args.out).with_suffix(".png"),
+               {label: ([p["micro_batch"] for p in c], [p["images_per_s"] for p in c]) for label, c in curves.items()},
+               xlabel="micro-batch size", ylabel="images/s (render only)",
+               title=f"{args.model} {args.size}px, 4 steps, {args.device}")
     print(json.dumps(result, indent=2))
 
 

@@ -104,25 +104,12 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    try:
-        import matplotlib
+    from bench.plotting import save_lines
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([p["workers"] for p in points], [p["efficiency"] for p in points], marker="o")
-        ax.axhline(0.9, color="grey", linestyle="--", label="target 0.9")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("worker processes")
-        ax.set_ylabel("efficiency = tput(N) / (N x tput(1))")
-        ax.set_ylim(0, 1.1)
-        ax.set_title(f"scaling, sleep {args.sleep}s per image, PostgreSQL + Redis")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(Path(args.out).with_suffix(".png"))
-    except ImportError:
-        print("matplotlib not installed: no plot (pip install matplotlib)")
+    save_lines(Path(args.out).with_suffix(".png"),
+               {"efficiency": ([p["workers"] for p in points], [p["efficiency"] for p in points])},
+               xlabel="worker processes", ylabel="efficiency = tput(N) / (N x tput(1))", target=0.9, ylim=(0, 1.1),
+               title=f"scaling, sleep {args.sleep}s per image, PostgreSQL + Redis")
     print(json.dumps(result, indent=2))
 
 
