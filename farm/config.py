@@ -27,10 +27,13 @@ class Config:
     model_cache: Path
     default_model: str
     micro_batch: int  # most images in one Celery message / one pipeline call
+    micro_batch_rules: tuple  # (family, min longer side, size): per family and resolution
+
     # pipeline calls run at batch sizes that are multiples of this (None: 4 on CPU, 1 on CUDA)
     batch_bucket: int | None
     max_resident_models: int
     fuse_accelerator: bool | None  # None: on for CUDA, off for CPU
+    compile_unet: bool  # torch.compile the UNet on CUDA (FARM_COMPILE=1)
     max_adapters: int  # LoRAs loaded into one pipeline at once
     max_adapter_mb: int  # ... and their bytes
     host_lora_mb: int  # LoRA state dicts kept in host RAM for re-attach
@@ -54,6 +57,13 @@ class Config:
     @property
     def uses_embedded_broker(self) -> bool:
         return self.broker_url is None
+
+    def micro_batch_for(self, family: str, width: int, height: int) -> int:
+        """How many images share a pipeline call: the most specific FARM_MICRO_BATCH_SIZES rule for
+        the family whose side threshold the image reaches, else FARM_MICRO_BATCH."""
+        side = max(width, height)
+        fitting = [r for r in self.micro_batch_rules if r[0] == family and side >= r[1]]
+        return max(fitting, key=lambda r: r[1])[2] if fitting else self.micro_batch
 
     def with_overrides(self, **changes) -> "Config":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -127,6 +137,20 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     model_cache = Path(env.get("FARM_MODEL_CACHE") or home / "models").expanduser()
     default_model = env.get("FARM_DEFAULT_MODEL") or DEFAULT_MODEL
     micro_batch = _int(env, "FARM_MICRO_BATCH", 8, 1, 64)
+    rules = []
+    for item in (env.get("FARM_MICRO_BATCH_SIZES") or "").replace(" ", "").split(","):
+        if not item:
+            continue
+        try:
+            target, size = item.split("=")
+            family, _, side = target.partition("@")
+            rule = (family, int(side or 0), int(size))
+        except ValueError:
+            raise ConfigError("FARM_MICRO_BATCH_SIZES", f"expected FAMILY@SIDE=SIZE items such as sdxl@1024=4, "
+                                                        f"got {item!r}") from None
+        if not 1 <= rule[2] <= 64:
+            raise ConfigError("FARM_MICRO_BATCH_SIZES", f"size {rule[2]} is outside 1..64")
+        rules.append(rule)
     batch_bucket = _int(env, "FARM_BATCH_BUCKET", 0, 0, 64) or None
     max_models = _int(env, "FARM_MAX_RESIDENT_MODELS", 2, 1, 16)
     fuse_raw = (env.get("FARM_FUSE_ACCELERATOR") or "auto").lower()
@@ -134,6 +158,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         raise ConfigError("FARM_FUSE_ACCELERATOR", f"expected auto, on or off, got {fuse_raw!r}")
     fuse = None if fuse_raw == "auto" else fuse_raw == "on"
     max_adapters = _int(env, "FARM_MAX_ADAPTERS", 8, 1, 256)
+    compile_unet = _int(env, "FARM_COMPILE", 0, 0, 1) == 1
     max_adapter_mb = _int(env, "FARM_MAX_ADAPTER_MB", 2048, 1, 1 << 20)
     host_lora_mb = _int(env, "FARM_HOST_LORA_MB", 4096, 0, 1 << 20)
     redis_tls = {}
@@ -173,8 +198,8 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     return Config(
         home=home, database_url=database_url, broker_url=broker_url, store_url=store_url,
         s3_endpoint_url=s3_endpoint, model_cache=model_cache, default_model=default_model,
-        micro_batch=micro_batch, batch_bucket=batch_bucket, max_resident_models=max_models,
-        fuse_accelerator=fuse, max_adapters=max_adapters, max_adapter_mb=max_adapter_mb, host_lora_mb=host_lora_mb,
+        micro_batch=micro_batch, micro_batch_rules=tuple(rules), batch_bucket=batch_bucket, max_resident_models=max_models,
+        fuse_accelerator=fuse, compile_unet=compile_unet, max_adapters=max_adapters, max_adapter_mb=max_adapter_mb, host_lora_mb=host_lora_mb,
         queue=queue, aging_s=aging, maintenance_s=maintenance, lease_s=lease, max_attempts=max_attempts,
         retry_backoff_s=backoff, quarantine_s=quarantine, renderer=renderer, redis_tls=redis_tls,
         visibility_timeout=visibility,

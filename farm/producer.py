@@ -43,16 +43,22 @@ class SubmitResult:
                 "warnings": self.warnings}
 
 
-def micro_batches(specs: list[JobSpec], job_ids: list[int], size: int) -> list[tuple[str, list[int]]]:
+def micro_batches(specs: list[JobSpec], job_ids: list[int], size) -> list[tuple[str, list[int]]]:
     """Group jobs with identical settings (prompts and seeds may differ), in submission order,
-    into chunks of at most ``size``: each chunk is one message and one pipeline call.
-    Returns (model, job ids) pairs: the model names the queue."""
+    into chunks of at most ``size`` (a number, or a function of the group's first spec, so large
+    SDXL images travel in smaller micro-batches than small SD1.5 ones): each chunk is one message
+    and one pipeline call. Returns (model, job ids) pairs: the model names the queue."""
+    size_of = size if callable(size) else (lambda _spec: size)
     groups: dict[tuple, list[int]] = {}
-    models: dict[tuple, str] = {}
+    firsts: dict[tuple, JobSpec] = {}
     for spec, job_id in zip(specs, job_ids):
         groups.setdefault(spec.group_key, []).append(job_id)
-        models[spec.group_key] = spec.model
-    return [(models[key], ids[i:i + size]) for key, ids in groups.items() for i in range(0, len(ids), size)]
+        firsts.setdefault(spec.group_key, spec)
+    out = []
+    for key, ids in groups.items():
+        n = max(1, size_of(firsts[key]))
+        out += [(firsts[key].model, ids[i:i + n]) for i in range(0, len(ids), n)]
+    return out
 
 
 def request_digest(rows: list[PromptRow], defaults: JobRequest, variants: int, seed: int | None,

@@ -44,3 +44,14 @@ def test_adapter_cache_settings():
     assert load_config({}, cwd=Path("/tmp")).fuse_accelerator is None
     with pytest.raises(ConfigError, match="^FARM_FUSE_ACCELERATOR: "):
         load_config({"FARM_FUSE_ACCELERATOR": "sometimes"}, cwd=Path("/tmp"))
+
+
+def test_micro_batch_sizes_per_family_and_resolution():
+    cfg = load_config({"FARM_MICRO_BATCH": "8", "FARM_MICRO_BATCH_SIZES": "sdxl@1024=2, sdxl@512=4,sd15=16"},
+                      cwd=Path("/tmp"))
+    assert cfg.micro_batch_for("sdxl", 1024, 1024) == 2
+    assert cfg.micro_batch_for("sdxl", 768, 512) == 4
+    assert cfg.micro_batch_for("sdxl", 256, 256) == 8
+    assert cfg.micro_batch_for("sd15", 64, 64) == 16
+    with pytest.raises(ConfigError, match="^FARM_MICRO_BATCH_SIZES: "):
+        load_config({"FARM_MICRO_BATCH_SIZES": "sdxl=lots"}, cwd=Path("/tmp"))

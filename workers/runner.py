@@ -73,7 +73,7 @@ class Runner:
     def __init__(self, *, device: str, model_cache, max_models: int = 2, bucket: int | None = None,
                  catalog: Callable[[], Catalog] = Catalog, s3_endpoint_url: str | None = None,
                  fuse: bool | None = None, max_adapters: int = 8, max_adapter_bytes: int = 2 << 30,
-                 host_lora_bytes: int = 4 << 30):
+                 host_lora_bytes: int = 4 << 30, compile: bool = False):
         import torch
 
         self.torch = torch
@@ -90,6 +90,7 @@ class Runner:
         # fusing changes the arithmetic (W + BA once, instead of x@W + x@A@B every step), so it is
         # on by default only where bit-exact equality with the plain path is not promised anyway
         self.fuse = self.is_cuda if fuse is None else fuse
+        self.compile = compile  # opt-in torch.compile of the UNet (CUDA only; warms up per shape)
         self.max_adapters = max_adapters
         self.max_adapter_bytes = max_adapter_bytes
         self.host_loras = HostStateDicts(host_lora_bytes)  # shared by every resident pipeline
@@ -130,6 +131,13 @@ class Runner:
         pipe = family.load(location.path, single_file=location.single_file, revision=entry.revision,
                            dtype=self.dtype, cache_dir=str(self.model_cache / "hub"))
         pipe.to(self.device)
+        if self.is_cuda:  # NHWC convolutions run on the tensor cores without layout shuffles
+            import torch
+
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+            if self.compile:
+                pipe.unet = torch.compile(pipe.unet, dynamic=False)  # one graph per batch shape
         pipe.set_progress_bar_config(disable=True)
         scheduler = pipe.scheduler
         adapters = AdapterSet(pipe, self._locate_adapter, max_loaded=self.max_adapters,

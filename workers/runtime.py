@@ -80,7 +80,8 @@ def make_renderer(config: Config, device: str, ledger: Ledger):
     runner = Runner(device=torch_device, model_cache=config.model_cache, max_models=config.max_resident_models,
                     bucket=config.batch_bucket, catalog=ledger.catalog, s3_endpoint_url=config.s3_endpoint_url,
                     fuse=config.fuse_accelerator, max_adapters=config.max_adapters,
-                    max_adapter_bytes=config.max_adapter_mb << 20, host_lora_bytes=config.host_lora_mb << 20)
+                    max_adapter_bytes=config.max_adapter_mb << 20, host_lora_bytes=config.host_lora_mb << 20,
+                    compile=config.compile_unet)
     return runner, gpu_name
 
 

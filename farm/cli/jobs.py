@@ -150,6 +150,11 @@ def _publisher(state: State):
     return Publisher(state.config, ensure_redis(state.config))
 
 
+def _sizer(state: State):
+    """Micro-batch size per job family and resolution (FARM_MICRO_BATCH_SIZES, FARM_MICRO_BATCH)."""
+    return lambda spec: state.config.micro_batch_for(spec.family, spec.width, spec.height)
+
+
 def _submitter() -> str:
     try:
         return getpass.getuser()
@@ -184,7 +189,7 @@ def submit_cmd(state: State, prompt, file, key, priority, force, dry_run, as_jso
         return
     publisher = _publisher(state)
     try:
-        result = submit(state.ledger, publisher, planned, micro_batch=state.config.micro_batch, key=key,
+        result = submit(state.ledger, publisher, planned, micro_batch=_sizer(state), key=key,
                         submitter=_submitter(), force=force)
     finally:
         publisher.close()
@@ -341,8 +346,7 @@ def run_cmd(state: State, prompt, file, out, workers, devices, timeout, as_json,
             localfarm.up(state.config, device_list)
         publisher = _publisher(state)
         try:
-            result = submit(state.ledger, publisher, planned, micro_batch=state.config.micro_batch,
-                            submitter=_submitter())
+            result = submit(state.ledger, publisher, planned, micro_batch=_sizer(state), submitter=_submitter())
         finally:
             publisher.close()
         stream = click.get_text_stream("stderr")
