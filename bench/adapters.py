@@ -111,6 +111,14 @@ def main() -> None:
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    from bench.plotting import save_lines
+
+    save_lines(Path(args.out).with_suffix(".png"),
+               {label: ([int(n) for n in points], [p["median_ms"] for p in points.values()])
+                for label, points in curve.items()},
+               xlabel="adapters loaded into the pipeline", ylabel="one set_adapters call (ms, median)",
+               title=f"set_adapters cost, {args.model} (switch: resident {results['switch']['resident']['median_ms']} ms, "
+                     f"RAM {results['switch']['host_ram']['median_ms']} ms, disk {results['switch']['disk']['median_ms']} ms)")
     print(json.dumps(results, indent=2))
 
 

@@ -111,6 +111,13 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    from bench.plotting import save_lines
+
+    rounds = list(range(1, args.rounds + 1))
+    save_lines(Path(args.out).with_suffix(".png"), {"farm (submit -> workers -> store -> ledger)": (rounds, farm_rates),
+                                                     "plain loop (one pipe() per image)": (rounds, loop_rates)},
+               xlabel="round (alternating, same machine)", ylabel="images/s", log_x=False,
+               title=f"tiny-sd, 4 steps, 64 px: farm / loop = {result['ratio_farm_over_loop']}")
     print(json.dumps(result, indent=2))
 
 

@@ -107,6 +107,13 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    from bench.plotting import save_lines
+
+    ordered = sorted(server_ms)
+    save_lines(Path(args.out).with_suffix(".png"),
+               {"ledger created -> finished": ([100 * (i + 1) / len(ordered) for i in range(len(ordered))], ordered)},
+               xlabel="percentile of jobs", ylabel="ms per job (no-op renderer)", log_x=False, target=5.0,
+               title=f"per-job overhead, {args.database}, zero backlog")
     print(json.dumps(result, indent=2))
 
 

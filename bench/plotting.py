@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def save_lines(path: Path, series: dict[str, tuple[list, list]], *, xlabel: str, ylabel: str, title: str,
-               target: float | None = None, ylim: tuple | None = None) -> bool:
+               target: float | None = None, ylim: tuple | None = None, log_x: bool = True) -> bool:
     """``series``: label -> (xs, ys). Returns False when matplotlib is not installed."""
     try:
         import matplotlib
@@ -21,7 +21,8 @@ def save_lines(path: Path, series: dict[str, tuple[list, list]], *, xlabel: str,
         ax.plot(xs, ys, marker="o", label=label)
     if target is not None:
         ax.axhline(target, color="grey", linestyle="--", label=f"target {target:g}")
-    ax.set_xscale("log", base=2)
+    if log_x:
+        ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if ylim:
