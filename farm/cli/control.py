@@ -8,16 +8,13 @@ from farm.cli import State, cli, emit_json
 
 
 def _republish(state: State, batch: str, job_ids: list[int]) -> int:
-    from farm.cli.jobs import _publisher
+    from farm.cli.jobs import publishing
     from farm.producer import republish
 
     if not job_ids:
         return 0
-    publisher = _publisher(state)
-    try:
+    with publishing(state) as publisher:
         return republish(state.ledger, publisher, job_ids, micro_batch=state.config.micro_batch)
-    finally:
-        publisher.close()
 
 
 @cli.group("batches")

@@ -59,15 +59,12 @@ def workers_drain(state: State, name):
 @click.pass_obj
 def reap_cmd(state: State, as_json):
     """Return jobs whose worker's lease lapsed to the queue (or fail them after max attempts)."""
-    from farm.cli.jobs import _publisher
+    from farm.cli.jobs import publishing
     from farm.maintenance import reap
 
-    publisher = _publisher(state)
-    try:
+    with publishing(state) as publisher:
         done = reap(state.ledger, publisher, max_attempts=state.config.max_attempts,
                     micro_batch=state.config.micro_batch)
-    finally:
-        publisher.close()
     emit_json(done) if as_json else click.echo(f"reaped: {done['requeued']} requeued, {done['failed']} failed")
 
 
@@ -78,14 +75,11 @@ def reap_cmd(state: State, as_json):
 @click.pass_obj
 def reconcile_cmd(state: State, grace, as_json):
     """Publish queued jobs that no message in the broker carries."""
-    from farm.cli.jobs import _publisher
+    from farm.cli.jobs import publishing
     from farm.maintenance import reconcile
 
-    publisher = _publisher(state)
-    try:
+    with publishing(state) as publisher:
         done = reconcile(state.ledger, publisher, grace_s=grace, micro_batch=state.config.micro_batch)
-    finally:
-        publisher.close()
     emit_json(done) if as_json else click.echo(f"reconciled: {done['republished']} jobs published again")
 
 

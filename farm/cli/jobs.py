@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 import os
 import getpass
 import random
@@ -150,6 +151,16 @@ def _publisher(state: State):
     return Publisher(state.config, ensure_redis(state.config))
 
 
+@contextmanager
+def publishing(state: State):
+    """A publisher to the farm's broker (the private Redis is started if it is the broker)."""
+    publisher = _publisher(state)
+    try:
+        yield publisher
+    finally:
+        publisher.close()
+
+
 def _sizer(state: State):
     """Micro-batch size per job family and resolution (FARM_MICRO_BATCH_SIZES, FARM_MICRO_BATCH)."""
     return lambda spec: state.config.micro_batch_for(spec.family, spec.width, spec.height)
@@ -187,12 +198,9 @@ def submit_cmd(state: State, prompt, file, key, priority, force, dry_run, as_jso
                        f"axes {report['axes']}; {report['prompts']} prompt(s), models {', '.join(report['models'])}, "
                        f"recipes {', '.join(report['recipes'])}; ETA {report['eta']} on {report['workers']} worker(s)")
         return
-    publisher = _publisher(state)
-    try:
+    with publishing(state) as publisher:
         result = submit(state.ledger, publisher, planned, micro_batch=_sizer(state), key=key,
                         submitter=_submitter(), force=force)
-    finally:
-        publisher.close()
     if as_json:
         emit_json(result.as_dict())
     else:
@@ -344,11 +352,8 @@ def run_cmd(state: State, prompt, file, out, workers, devices, timeout, as_json,
     try:
         if started_here:
             localfarm.up(state.config, device_list)
-        publisher = _publisher(state)
-        try:
+        with publishing(state) as publisher:
             result = submit(state.ledger, publisher, planned, micro_batch=_sizer(state), submitter=_submitter())
-        finally:
-            publisher.close()
         stream = click.get_text_stream("stderr")
         counts = follow(lambda: _counts(state, result.batch), result.jobs, stream=stream, timeout=timeout)
         elapsed = time.monotonic() - began
