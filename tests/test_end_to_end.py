@@ -264,9 +264,14 @@ def test_a_batch_mixing_two_styles_with_lcm_lora_records_each_jobs_weights(fleet
 
 @pytest.mark.slow
 def test_workers_report_what_they_hold(fleet):
-    workers = fleet["ledger"].workers()
-    held = [m for w in workers for m in w.resident_models]
-    assert "tiny-sd" in held and any(a.startswith("tiny-sd/") for w in workers for a in w.resident_adapters)
+    """Workers report what they hold with their heartbeat (every 10 s), not after every message."""
+    def reported():
+        workers = fleet["ledger"].workers()
+        held = [m for w in workers for m in w.resident_models]
+        return "tiny-sd" in held and any(a.startswith("tiny-sd/") for w in workers for a in w.resident_adapters)
+
+    servers.wait_until(reported, 30, interval=0.5, what="workers to report tiny-sd and its adapters")
+    assert sum(w.images_rendered for w in fleet["ledger"].workers()) > 0
 
 
 @pytest.mark.slow
