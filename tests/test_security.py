@@ -190,7 +190,7 @@ def test_presigned_urls_are_get_only_and_bounded(tmp_path, s3_server, s3_bucket,
         "store_url": store.url, "key": "batches/b/00000-1.png", "sha256": "0" * 64, "bytes": 9, "width": 64,
         "height": 64, "content_type": "image/png"}, timings={}, batch_size=1)
     runner = CliRunner()
-    result = runner.invoke(cli, ["url", str(claim.job_id), "--expires", "15m", "--json"])
+    result = runner.invoke(cli, ["results", "url", str(claim.job_id), "--expires", "15m", "--json"])
     assert result.exit_code == 0, result.stderr
     link = json.loads(result.stdout)["url"]
     assert "X-Amz-Expires=900" in link
@@ -204,6 +204,6 @@ def test_presigned_urls_are_get_only_and_bounded(tmp_path, s3_server, s3_bucket,
                                                    "Key": "p/batches/b/00000-1.png"}, ExpiresIn=900)
     assert signed["X-Amz-Signature"] != parse_qs(urlparse(put_link).query)["X-Amz-Signature"]
     assert signed["X-Amz-SignedHeaders"] == ["host"]
-    too_long = runner.invoke(cli, ["url", str(claim.job_id), "--expires", "30d"])
+    too_long = runner.invoke(cli, ["results", "url", str(claim.job_id), "--expires", "30d"])
     assert too_long.exit_code == 2 and "outside 1s..7d" in too_long.stderr
     ledger.close()

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import click
 
 from farm.cli import State, cli, emit_json
+from farm.cli.jobs import results_group
 from farm.errors import InputError
 
 MAX_URL_EXPIRY_S = 7 * 24 * 3600  # S3's own ceiling for presigned URLs
@@ -83,7 +84,7 @@ def reconcile_cmd(state: State, grace, as_json):
     emit_json(done) if as_json else click.echo(f"reconciled: {done['republished']} jobs published again")
 
 
-@cli.command("url")
+@results_group.command("url")
 @click.argument("job", type=int)
 @click.option("--expires", default="15m", show_default=True, help="How long the link works (at most 7d).")
 @click.option("--json", "as_json", is_flag=True)
