@@ -41,6 +41,7 @@ class Runtime:
     draining: threading.Event
     consumer: object = None  # the Celery consumer, to reorder the queues it polls
     quarantined: dict = field(default_factory=dict)  # model -> monotonic time it may come back
+    cordoned: bool = False
     signals_seen: int = 0
 
 
@@ -161,6 +162,14 @@ def follow_new_models(runtime: Runtime, serving: set[str]) -> set[str]:
     return serving | wanted
 
 
+def set_cordoned(runtime: Runtime, cordoned: bool, serving: set[str]) -> None:
+    """Cordoned: stop taking messages (what runs finishes) until uncordoned; the worker stays up."""
+    for queue in sorted(serving):
+        _control(runtime, "cancel_consumer" if cordoned else "add_consumer", queue)
+    runtime.cordoned = cordoned
+    log.warning("cordoned: taking no new work" if cordoned else "uncordoned: taking work again")
+
+
 # -- stopping ----------------------------------------------------------------------------------
 def drain(runtime: Runtime, why: str) -> None:
     """Take no new job; the current micro-batch stops at its next step and goes back to the queue."""
@@ -211,7 +220,10 @@ def _background(runtime: Runtime) -> None:
             if time.monotonic() - last_beat >= heartbeat_s:
                 runtime.handler.report_status()
                 last_beat = time.monotonic()
-            if not runtime.draining.is_set() and runtime.ledger.worker_state(runtime.name) == "draining":
+            state = runtime.ledger.worker_state(runtime.name)
+            if state in ("cordoned", "active") and (state == "cordoned") != runtime.cordoned and runtime.consumer:
+                set_cordoned(runtime, state == "cordoned", serving)
+            if not runtime.draining.is_set() and state == "draining":
                 drain(runtime, "farm workers drain")
                 from workers.app import app
 

@@ -55,6 +55,24 @@ def workers_drain(state: State, name):
     click.echo(f"worker {name}: draining (it notices within its heartbeat interval)")
 
 
+@workers_group.command("cordon")
+@click.argument("name")
+@click.pass_obj
+def workers_cordon(state: State, name):
+    """Stop a worker taking new work (it finishes what it renders and stays up)."""
+    state.ledger.set_worker_state(name, "cordoned")
+    click.echo(f"worker {name}: cordoned")
+
+
+@workers_group.command("uncordon")
+@click.argument("name")
+@click.pass_obj
+def workers_uncordon(state: State, name):
+    """Let a cordoned worker take work again."""
+    state.ledger.set_worker_state(name, "active")
+    click.echo(f"worker {name}: active")
+
+
 @cli.command("reap")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj

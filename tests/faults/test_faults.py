@@ -250,3 +250,24 @@ def test_one_idempotency_key_submitted_100_times_concurrently(fault_farm):
     report("idempotency_100", submissions=100, batches=len(batches), **audit)
     assert farm.sql("select count(*) from batches")[0][0] == 1
     assert (audit["jobs"], audit["lost"], audit["duplicate_outputs"], audit["extra_executions"]) == (4, 0, 0, 0)
+
+
+def test_cordon_and_drain_a_worker_remotely(fault_farm):
+    farm = fault_farm(seconds=0.1, workers=1)
+    farm.start()
+    [(name,)] = servers.wait_until(lambda: farm.sql("select name from workers"), 30, what="the worker to register")
+    farm.cli("workers", "cordon", name)
+    time.sleep(3)  # the worker notices within its maintenance interval (1 s here)
+    batch = farm.submit("wait while cordoned", 3)["batch"]
+    time.sleep(4)
+    assert farm.counts(batch) == {"queued": 3}
+    farm.cli("workers", "uncordon", name)
+    farm.wait_done(batch, 3, timeout=60)
+    slow = farm.submit("drain me", 1, 9, "--model", "tiny-sd")["batch"]
+    servers.wait_until(lambda: farm.counts(slow), 10, what="the job")
+    farm.cli("workers", "drain", name)
+    servers.wait_until(lambda: farm.supervisor.poll() is not None or not farm.worker_pids(), 60,
+                       what="the drained worker to stop")
+    assert farm.sql("select state from workers")[0][0] in ("draining", "stopped")
+    audit = farm.audit(batch)
+    assert (audit["lost"], audit["duplicate_outputs"]) == (0, 0)
