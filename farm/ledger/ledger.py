@@ -664,6 +664,17 @@ class Ledger:
         with self.session() as s:
             s.execute(update(Worker).where(Worker.name == name).values(**values))
 
+    def attempt_rows(self, since: datetime) -> list[dict]:
+        """Finished attempts since ``since``, with their job's model and recipe, for stats."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Attempt, Job.model, Job.recipe).join(Job, Job.id == Attempt.job_id)
+                .where(Attempt.finished_at >= since, Attempt.outcome != "running")
+                .order_by(Attempt.finished_at)).all()
+        return [{"outcome": a.outcome, "finished_at": a.finished_at, "started_at": a.started_at, "model": model,
+                 "recipe": recipe, "device": a.device, "worker": a.worker, "batch_size": a.batch_size,
+                 **{f[:-3]: getattr(a, f) for f in TIMING_FIELDS}} for a, model, recipe in rows]
+
     def worker_state(self, name: str) -> str | None:
         with self.session() as s:
             return s.scalar(select(Worker.state).where(Worker.name == name))
