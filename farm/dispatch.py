@@ -81,7 +81,9 @@ def celery_settings(cfg: Config, broker_url: str) -> dict:
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "worker_send_task_events": False,
+        # task events let Flower (and `celery events`) show workers and tasks live
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
     }
 
 

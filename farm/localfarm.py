@@ -155,7 +155,8 @@ def worker_slots(cfg: Config, devices: list[str], broker_url: str, prefix: str =
     cpu_workers = devices.count("cpu")
     threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
     slots, cpu_index = [], 0
-    for device in devices:
+    metrics_base = int(os.environ.get("FARM_METRICS_PORT") or 0)  # worker i serves base + i
+    for index, device in enumerate(devices):
         env = {"FARM_BROKER_URL": broker_url, "FARM_HOME": str(cfg.home),
                "FARM_SERVE_ALL_MODELS": "1" if serve_all_models else ""}
         if device == "cpu":
@@ -168,6 +169,8 @@ def worker_slots(cfg: Config, devices: list[str], broker_url: str, prefix: str =
             label = f"gpu{gpu}"
             # pinned: the process sees one GPU, as cuda:0
             env.update(CUDA_VISIBLE_DEVICES=gpu, FARM_DEVICE=device)
+        if metrics_base:
+            env["FARM_METRICS_PORT"] = str(metrics_base + index)
         slots.append(WorkerSlot(f"{prefix}-{label}@{host}", device, env))
     return slots
 

@@ -63,7 +63,7 @@ class Handler:
     def __init__(self, *, ledger: Ledger, store: Store, runner, worker: str, device: str, versions: dict,
                  lease_s: float, time_limit_s: float = 900, max_attempts: int = 3, retry_backoff_s: float = 5,
                  publisher=None, micro_batch: int = 8, draining: threading.Event | None = None,
-                 on_quarantine=None, io_threads: int = 2):
+                 on_quarantine=None, metrics=None, io_threads: int = 2):
         self.ledger = ledger
         self.store = store
         self.runner = runner
@@ -78,6 +78,7 @@ class Handler:
         self.micro_batch = micro_batch
         self.draining = draining or threading.Event()
         self.on_quarantine = on_quarantine
+        self.metrics = metrics  # WorkerMetrics, when FARM_METRICS_PORT is set
         self.model_failures: dict[str, int] = {}
         self.current: dict[int, ClaimedJob] = {}  # what this worker renders right now
         self.last_activity = time.monotonic()  # the last message this worker took or finished
@@ -117,6 +118,8 @@ class Handler:
             renewed.set()
             renewer.join()
         self.rendered_unreported += summary["succeeded"]
+        if self.metrics:
+            self.metrics.observe({k: summary[k] for k in ("succeeded", "failed", "retried", "skipped")}, None, None)
         return summary
 
     def report_status(self) -> None:
@@ -125,9 +128,11 @@ class Handler:
         farm's overhead."""
         rendered, self.rendered_unreported = self.rendered_unreported, 0
         current = next(iter(self.current), None)
-        self.ledger.heartbeat(self.worker, resident_models=self.runner.resident_models(),
-                              resident_adapters=self.runner.resident_adapters(), rendered=rendered,
+        models, adapters = self.runner.resident_models(), self.runner.resident_adapters()
+        self.ledger.heartbeat(self.worker, resident_models=models, resident_adapters=adapters, rendered=rendered,
                               current_job=current)
+        if self.metrics:
+            self.metrics.resident(len(models), len(adapters))
 
     def _renew_leases(self, tokens: list[str], done: threading.Event) -> None:
         """Keep this worker's claims alive while it renders: every lease/3 seconds."""
@@ -183,6 +188,8 @@ class Handler:
         finally:
             watchdog.cancel()
         self.model_failures.pop(jobs[0].model, None)
+        if self.metrics:
+            self.metrics.observe({}, None, rendered.batch_size)
         shared_ms = (time.perf_counter() - started) * 1000
         n = len(jobs)
         per_image = {k: v / n for k, v in rendered.timings.items()}  # shared stages, amortised
@@ -282,6 +289,8 @@ class Handler:
                         "width": job.width, "height": job.height, "content_type": "image/png"}
             done = self.ledger.complete(job.id, claim.token, artifact=artifact, timings=timings,
                                         batch_size=batch_size, environment=environment)
+            if done and self.metrics:
+                self.metrics.observe({}, timings, None)
             return "succeeded" if done else "skipped"
         except Exception as exc:  # noqa: BLE001 - a store or ledger fault: retry the job
             error = str(exc) if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}"

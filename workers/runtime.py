@@ -99,11 +99,19 @@ def build(config: Config, name: str, device: str) -> Runtime:
                            gpu_name=gpu_name, versions=versions)
     draining = threading.Event()
     runtime_ref: dict = {}
+    metrics = None
+    port = int(os.environ.get("FARM_METRICS_PORT") or 0)
+    if port:
+        from workers.metrics import WorkerMetrics
+
+        metrics = WorkerMetrics(name)
+        metrics.serve(port, os.environ.get("FARM_METRICS_ADDR") or "127.0.0.1")
+        log.info("metrics on %s:%s", os.environ.get("FARM_METRICS_ADDR") or "127.0.0.1", port)
     handler = Handler(ledger=ledger, store=store, runner=renderer, worker=name, device=device, versions=versions,
                       lease_s=config.lease_s, time_limit_s=config.job_time_limit, max_attempts=config.max_attempts,
                       retry_backoff_s=config.retry_backoff_s, publisher=Publisher(config, broker_url_for(config)),
                       micro_batch=config.micro_batch, draining=draining,
-                      on_quarantine=lambda model: quarantine(runtime_ref["runtime"], model))
+                      on_quarantine=lambda model: quarantine(runtime_ref["runtime"], model), metrics=metrics)
     runtime = Runtime(config, name, device, ledger, handler, renderer, threading.Event(), draining)
     runtime_ref["runtime"] = runtime
     threading.Thread(target=_background, args=(runtime,), name="farm-heartbeat", daemon=True).start()

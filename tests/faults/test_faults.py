@@ -271,3 +271,24 @@ def test_cordon_and_drain_a_worker_remotely(fault_farm):
     assert farm.sql("select state from workers")[0][0] in ("draining", "stopped")
     audit = farm.audit(batch)
     assert (audit["lost"], audit["duplicate_outputs"]) == (0, 0)
+
+
+def test_metrics_endpoint_after_a_batch(fault_farm):
+    import urllib.request
+
+    port = servers.free_port()
+    farm = fault_farm(seconds=0.05, workers=1, extra={"FARM_METRICS_PORT": str(port)})
+    farm.start()
+    batch = farm.submit("measured", 4)["batch"]
+    farm.wait_done(batch, 4, timeout=60)
+
+    def scrape():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return text if 'farm_jobs_total{outcome="succeeded"' in text or "farm_jobs_total{" in text else None
+
+    text = servers.wait_until(scrape, 30, what="the metrics endpoint")
+    for name in ("farm_jobs_total", "farm_stage_seconds_bucket", "farm_micro_batch_size_bucket",
+                 "farm_resident_models", "farm_gpu_memory_bytes"):
+        assert name in text, name
+    succeeded = [line for line in text.splitlines() if line.startswith("farm_jobs_total") and 'outcome="succeeded"' in line]
+    assert succeeded and float(succeeded[0].split()[-1]) == 4.0

@@ -1,0 +1,56 @@
+"""Prometheus metrics of one worker process (prometheus-client), served on FARM_METRICS_PORT.
+
+Jobs by outcome, stage durations, micro-batch sizes, what is resident, GPU memory in use.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class WorkerMetrics:
+    def __init__(self, worker: str):
+        self.registry = CollectorRegistry()
+        labels = {"worker": worker}
+        self.jobs = Counter("farm_jobs_total", "Jobs finished by this worker, by outcome", ["worker", "outcome"],
+                            registry=self.registry)
+        self.stage = Histogram("farm_stage_seconds", "Time per image in each stage", ["worker", "stage"],
+                               buckets=STAGE_BUCKETS, registry=self.registry)
+        self.batch = Histogram("farm_micro_batch_size", "Images per pipeline call", ["worker"],
+                               buckets=(1, 2, 4, 8, 16, 32, 64), registry=self.registry)
+        self.resident_models = Gauge("farm_resident_models", "Pipelines held in memory", ["worker"],
+                                     registry=self.registry)
+        self.resident_adapters = Gauge("farm_resident_adapters", "LoRAs loaded into resident pipelines", ["worker"],
+                                       registry=self.registry)
+        self.gpu_memory = Gauge("farm_gpu_memory_bytes", "CUDA memory allocated by this process", ["worker"],
+                                registry=self.registry)
+        self.labels = labels
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)
+
+    def observe(self, outcomes: dict, timings: dict | None, batch_size: int | None) -> None:
+        worker = self.labels["worker"]
+        for outcome, count in outcomes.items():
+            if count:
+                self.jobs.labels(worker=worker, outcome=outcome).inc(count)
+        for name, ms in (timings or {}).items():
+            if ms is not None and name.endswith("_ms"):
+                self.stage.labels(worker=worker, stage=name[:-3]).observe(ms / 1000)
+        if batch_size:
+            self.batch.labels(worker=worker).observe(batch_size)
+
+    def resident(self, models: int, adapters: int) -> None:
+        worker = self.labels["worker"]
+        self.resident_models.labels(worker=worker).set(models)
+        self.resident_adapters.labels(worker=worker).set(adapters)
+        try:
+            import sys
+
+            torch = sys.modules.get("torch")  # only if this worker renders with torch already
+            if torch is not None and torch.cuda.is_available():
+                self.gpu_memory.labels(worker=worker).set(torch.cuda.memory_allocated())
+        except Exception:  # noqa: BLE001 - metrics never take a worker down
+            pass
