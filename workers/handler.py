@@ -224,7 +224,8 @@ class Handler:
             self.ledger.heartbeat(self.worker, error=error)
             return counts
         error = str(exc) if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}"
-        log.error("render failed for jobs %s: %s\n%s", [j.id for j in jobs], error, traceback.format_exc())
+        log.error("render failed: %s\n%s", error, traceback.format_exc(),
+                  extra={"jobs": [j.id for j in jobs], "batch": jobs[0].batch_id})
         for job in jobs:
             counts[self._retry_or_fail(job, claims[job.id], error, outcome)] += 1
         self.ledger.heartbeat(self.worker, error=error)
@@ -294,7 +295,7 @@ class Handler:
             return "succeeded" if done else "skipped"
         except Exception as exc:  # noqa: BLE001 - a store or ledger fault: retry the job
             error = str(exc) if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}"
-            log.error("storing job %s failed: %s", job.id, error)
+            log.error("storing failed: %s", error, extra={"job": job.id, "batch": job.batch_id})
             return self._retry_or_fail(job, claim, error)
 
     def close(self) -> None:

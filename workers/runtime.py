@@ -264,6 +264,14 @@ def worker_name() -> str:
     return os.environ.get("FARM_WORKER_NAME") or f"farm-{os.getpid()}@{socket.gethostname()}"
 
 
+@signals.setup_logging.connect
+def _on_setup_logging(loglevel=None, **_kwargs) -> None:
+    """Connected, so Celery leaves logging to us: one format for the farm's and Celery's lines."""
+    from workers.logs import configure
+
+    configure(worker_name(), level=loglevel or "INFO")
+
+
 @signals.worker_init.connect
 def _on_worker_init(**_kwargs) -> None:
     current()  # load torch, register in the ledger, start heartbeats before consuming

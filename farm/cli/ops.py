@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from farm.cli import State, cli, emit_json
@@ -32,13 +34,17 @@ def _model_queues(state: State, models: str | None) -> str:
 @click.option("--workers", type=int, default=None, help="Number of CPU worker processes.")
 @click.option("--models", default=None, help="Models to serve, preferred first (default: every known model).")
 @click.option("--name-prefix", default="farm", show_default=True, help="Worker names: PREFIX-gpu0@host.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Worker log lines as text (default) or JSON for shipping (FARM_LOG_FORMAT).")
 @click.pass_obj
-def worker_cmd(state: State, devices, workers, models, name_prefix):
+def worker_cmd(state: State, devices, workers, models, name_prefix, log_format):
     """Run workers in the foreground, one pinned process per device, restarted if one dies."""
     from farm import localfarm
     from farm.spec import check_name
 
     check_name("name-prefix", name_prefix)
+    if log_format:
+        os.environ["FARM_LOG_FORMAT"] = log_format  # the workers inherit it
     device_list = _devices(devices, workers)
     state.ledger  # noqa: B018 - migrate a fresh SQLite ledger once, before the workers race to
     queues = _model_queues(state, models)

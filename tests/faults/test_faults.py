@@ -292,3 +292,15 @@ def test_metrics_endpoint_after_a_batch(fault_farm):
         assert name in text, name
     succeeded = [line for line in text.splitlines() if line.startswith("farm_jobs_total") and 'outcome="succeeded"' in line]
     assert succeeded and float(succeeded[0].split()[-1]) == 4.0
+
+
+def test_json_logs_carry_the_worker(fault_farm):
+    farm = fault_farm(seconds=0.05, workers=1, extra={"FARM_LOG_FORMAT": "json"})
+    farm.start()
+    batch = farm.submit("logged", 2)["batch"]
+    farm.wait_done(batch, 2, timeout=60)
+    farm.stop()
+    lines = [line for line in (farm.tmp / "workers.log").read_text().splitlines() if line.startswith("{")]
+    entries = [json.loads(line) for line in lines]
+    assert any("succeeded" in e["message"] and e["worker"].startswith("farm-cpu0@") for e in entries)
+    assert all({"ts", "level", "logger", "worker", "message"} <= set(e) for e in entries)
