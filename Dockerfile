@@ -11,7 +11,7 @@ COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY farm ./farm
 COPY workers ./workers
 COPY migrations ./migrations
-RUN pip install --no-cache-dir -c constraints.txt -e .
+RUN pip install --no-cache-dir -c constraints.txt -e ".[fleet]"
 
 # weights and the farm home live on volumes
 ENV FARM_HOME=/farm FARM_MODEL_CACHE=/models HF_HOME=/models/hf PYTHONUNBUFFERED=1
