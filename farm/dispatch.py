@@ -15,6 +15,7 @@ from farm.errors import InfrastructureError
 
 RENDER_TASK = "farm.render"
 MAX_PRIORITY = 9
+KOMBU_SEP = "\x06\x16"  # how kombu's Redis transport names a queue's priority levels
 
 
 def model_queue(base: str, model: str) -> str:
@@ -60,7 +61,9 @@ def celery_settings(cfg: Config, broker_url: str) -> dict:
             # Redis redelivers an unacked message after this long: keep it above the job limit
             "visibility_timeout": cfg.visibility_timeout,
             "priority_steps": list(range(MAX_PRIORITY + 1)),
-            "sep": ":",
+            # kombu's own separator ("\x06\x16") is kept on purpose: it also encodes exchange
+            # bindings, and Flower or `celery inspect` (which do not share these settings) must
+            # read the same bindings to receive the workers' replies
             "queue_order_strategy": "priority",
             # detect a half-open connection instead of waiting on it forever
             "socket_timeout": 30,
@@ -169,7 +172,8 @@ class Publisher:
         try:
             with self.app.connection_for_read() as connection:
                 client = connection.default_channel.client
-                keys = [q if level == 0 else f"{q}:{level}" for q in queues for level in range(MAX_PRIORITY + 1)]
+                keys = [q if level == 0 else f"{q}{KOMBU_SEP}{level}" for q in queues
+                        for level in range(MAX_PRIORITY + 1)]
                 return sum(client.llen(k) for k in keys)
         except Exception as exc:  # noqa: BLE001
             raise InfrastructureError(f"cannot read the broker: {exc}") from None

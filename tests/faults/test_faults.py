@@ -172,7 +172,9 @@ def redeliver_unacked(client) -> int:
     for tag, raw in client.hgetall("unacked").items():
         message, _exchange, routing_key = json.loads(raw)
         priority = message.get("properties", {}).get("priority") or 0
-        client.lpush(f"{routing_key}:{priority}" if priority else routing_key, json.dumps(message))
+        from farm.dispatch import KOMBU_SEP
+
+        client.lpush(f"{routing_key}{KOMBU_SEP}{priority}" if priority else routing_key, json.dumps(message))
         client.hdel("unacked", tag)
         client.zrem("unacked_index", tag)
         count += 1
@@ -304,3 +306,33 @@ def test_json_logs_carry_the_worker(fault_farm):
     entries = [json.loads(line) for line in lines]
     assert any("succeeded" in e["message"] and e["worker"].startswith("farm-cpu0@") for e in entries)
     assert all({"ts", "level", "logger", "worker", "message"} <= set(e) for e in entries)
+
+
+def test_flower_lists_the_running_workers(fault_farm, redis, tmp_path):
+    import shutil
+    import urllib.request
+
+    celery = shutil.which("celery", path=os.path.dirname(sys.executable))
+    pytest.importorskip("flower")
+    farm = fault_farm(seconds=0.05, workers=2)
+    farm.start()
+    port = servers.free_port()
+    flower = subprocess.Popen([celery, "--broker", redis.url, "flower", f"--port={port}", "--address=127.0.0.1"],
+                              env={**farm.env, "FLOWER_UNAUTHENTICATED_API": "true"},
+                              stdout=open(tmp_path / "flower.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        def workers():
+            try:
+                data = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/workers?refresh=1",
+                                                         timeout=10).read())
+            except OSError:
+                return None
+            names = sorted(data)
+            return names if len(names) == 2 else None
+
+        names = servers.wait_until(workers, 60, interval=1, what="Flower to list the workers")
+        report("flower", workers=names)
+        assert all(n.startswith("farm-cpu") for n in names)
+    finally:
+        flower.terminate()
+        flower.wait(10)
