@@ -15,6 +15,22 @@ def farm_variables_read() -> set[str]:
     return names
 
 
+def test_compose_file_follows_the_compose_specification():
+    """Validated against models generated from the Compose Specification's JSON schema, after YAML
+    anchors and merge keys are resolved as docker compose resolves them."""
+    import pytest
+
+    models = pytest.importorskip("compose_spec.models")
+    compose = yaml.safe_load((ROOT / "compose.yml").read_text())
+    spec = models.ComposeSpecification.model_validate(compose)
+    assert set(spec.services) == set(compose["services"])
+    broken = {**compose, "services": {**compose["services"], "redis": {**compose["services"]["redis"], "restart": 5}}}
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="restart"):
+        models.ComposeSpecification.model_validate(broken)
+
+
 def test_compose_services_and_variables():
     compose = yaml.safe_load((ROOT / "compose.yml").read_text())
     services = compose["services"]

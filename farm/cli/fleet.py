@@ -12,6 +12,7 @@ from farm.cli.jobs import results_group
 from farm.errors import InputError
 
 MAX_URL_EXPIRY_S = 7 * 24 * 3600  # S3's own ceiling for presigned URLs
+LOST_AFTER_S = 30.0
 
 
 def parse_duration(text: str) -> int:
@@ -33,7 +34,12 @@ def workers_group(ctx, as_json):
         return
     state: State = ctx.obj
     now = datetime.now(timezone.utc)
-    rows = [{"name": w.name, "host": w.host, "device": w.device, "gpu": w.gpu_name, "state": w.state,
+    def shown_state(w) -> str:
+        age = (now - w.last_heartbeat).total_seconds()
+        # a live worker beats every 10 s: three missed beats and it is lost (crashed, partitioned)
+        return "lost" if w.state in ("active", "draining", "cordoned") and age > LOST_AFTER_S else w.state
+
+    rows = [{"name": w.name, "host": w.host, "device": w.device, "gpu": w.gpu_name, "state": shown_state(w),
              "heartbeat_age_s": round((now - w.last_heartbeat).total_seconds(), 1),
              "resident_models": w.resident_models, "resident_adapters": w.resident_adapters,
              "current_job": w.current_job, "images_rendered": w.images_rendered, "last_error": w.last_error}
