@@ -275,6 +275,28 @@ def test_workers_report_what_they_hold(fleet):
 
 
 @pytest.mark.slow
+def test_workers_and_stats_agree_with_the_ledger_rows(fleet, tmp_path):
+    from sqlalchemy import text
+
+    with fleet["ledger"].engine.connect() as conn:
+        per_worker = dict(conn.execute(text(
+            "select worker, count(*) from attempts where outcome = 'succeeded' group by worker")).all())
+    stats = json.loads(farm("stats", "--since", "1h", "--by", "worker", "--json", env=fleet["env"]).stdout)
+    assert {g["group"]: g["images"] for g in stats["groups"]} == per_worker
+    overall = json.loads(farm("stats", "--since", "1h", "--json", "--plot", str(tmp_path / "stats.png"),
+                              env=fleet["env"]).stdout)["groups"][0]
+    assert overall["images"] == sum(per_worker.values()) and overall["stages_ms"]["denoise"]["p50"] > 0
+    assert (tmp_path / "stats.png").stat().st_size > 10_000
+
+    def counted():
+        shown = json.loads(farm("workers", "--json", env=fleet["env"]).stdout)
+        return shown if {w["name"]: w["images_rendered"] for w in shown} == per_worker else None
+
+    shown = servers.wait_until(counted, 30, interval=1, what="workers to report their counts")
+    assert all(w["state"] == "active" and w["heartbeat_age_s"] < 30 for w in shown)
+
+
+@pytest.mark.slow
 def test_workers_stop_cleanly_on_sigterm(fleet):
     proc = fleet["proc"]
     proc.send_signal(signal.SIGTERM)
