@@ -45,8 +45,10 @@ def summarise(rows: list[dict], by: str | None = None) -> list[dict]:
     for key, items in sorted(groups.items()):
         done = [r for r in items if r["outcome"] == "succeeded"]
         failed = [r for r in items if r["outcome"] in ("failed", "lost", "timeout", "retry")]
-        times = [r["finished_at"] for r in done if r["finished_at"] is not None]
-        span = (max(times) - min(times)).total_seconds() if len(times) > 1 else 0.0
+        ends = [r["finished_at"] for r in done if r["finished_at"] is not None]
+        starts = [r.get("started_at") or r["finished_at"] for r in done if r["finished_at"] is not None]
+        # from the first claim to the last completion: a group of two images is not "131 img/s"
+        span = (max(ends) - min(starts)).total_seconds() if ends else 0.0
         stage_stats = {}
         for stage in STAGES:
             values = [r[stage] for r in done if r.get(stage) is not None]

@@ -11,7 +11,8 @@ T0 = datetime(2026, 11, 22, tzinfo=timezone.utc)
 
 
 def row(i, outcome="succeeded", model="tiny-sd", denoise=None):
-    return {"outcome": outcome, "finished_at": T0 + timedelta(seconds=i), "model": model, "recipe": "lcm-lora",
+    return {"outcome": outcome, "finished_at": T0 + timedelta(seconds=i), "started_at": T0 + timedelta(seconds=i),
+            "model": model, "recipe": "lcm-lora",
             "device": "cpu", "worker": "w", "denoise": denoise if denoise is not None else float(i), "total": 10.0}
 
 
