@@ -48,8 +48,11 @@ def workers_group(ctx, as_json):
         emit_json(rows)
         return
     for r in rows:
-        click.echo(f"{r['name']:<32} {r['state']:<9} {r['device']:<7} beat {r['heartbeat_age_s']:>6}s ago  "
-                   f"{r['images_rendered']:>6} images  models {','.join(r['resident_models']) or '-'}")
+        click.echo(f"{r['name']:<32} {r['state']:<9} {r['device']:<7} {r['gpu'] or '':<14} beat "
+                   f"{r['heartbeat_age_s']:>6}s ago  {r['images_rendered']:>6} images  job {r['current_job'] or '-':<6} "
+                   f"models {','.join(r['resident_models']) or '-'}")
+        if r["last_error"]:
+            click.echo(f"    last error: {' '.join(r['last_error'].split())[:200]}")
 
 
 @workers_group.command("drain")
