@@ -55,31 +55,21 @@ def workers_group(ctx, as_json):
             click.echo(f"    last error: {' '.join(r['last_error'].split())[:200]}")
 
 
-@workers_group.command("drain")
-@click.argument("name")
-@click.pass_obj
-def workers_drain(state: State, name):
-    """Ask a worker to hand back its current micro-batch, take no new job, and stop."""
-    state.ledger.set_worker_state(name, "draining")
-    click.echo(f"worker {name}: draining (it notices within its heartbeat interval)")
+def _worker_state_command(verb: str, state: str, doc: str, done: str) -> None:
+    """`farm workers drain|cordon|uncordon NAME`: the worker notices within its heartbeat interval."""
+    @workers_group.command(verb, help=doc)
+    @click.argument("name")
+    @click.pass_obj
+    def command(state_obj: State, name):
+        state_obj.ledger.set_worker_state(name, state)
+        click.echo(f"worker {name}: {done}")
 
 
-@workers_group.command("cordon")
-@click.argument("name")
-@click.pass_obj
-def workers_cordon(state: State, name):
-    """Stop a worker taking new work (it finishes what it renders and stays up)."""
-    state.ledger.set_worker_state(name, "cordoned")
-    click.echo(f"worker {name}: cordoned")
-
-
-@workers_group.command("uncordon")
-@click.argument("name")
-@click.pass_obj
-def workers_uncordon(state: State, name):
-    """Let a cordoned worker take work again."""
-    state.ledger.set_worker_state(name, "active")
-    click.echo(f"worker {name}: active")
+_worker_state_command("drain", "draining", "Ask a worker to hand back its current micro-batch, take no new job, and stop.",
+                      "draining (it notices within its heartbeat interval)")
+_worker_state_command("cordon", "cordoned", "Stop a worker taking new work (it finishes what it renders and stays up).",
+                      "cordoned")
+_worker_state_command("uncordon", "active", "Let a cordoned worker take work again.", "active")
 
 
 @cli.command("reap")
