@@ -84,8 +84,13 @@ def read_prompt_file(filename: str, text: str, fmt: str | None = None) -> list[P
             if stripped and not stripped.startswith("#"):
                 rows.append(PromptRow(JobRequest(prompt=stripped), None, f"{name}:{number}"))
     elif fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or "prompt" not in [f.strip() for f in reader.fieldnames]:
+        # newline="" lets the csv module see a lone carriage return as the line break it is
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            header = reader.fieldnames  # reading the header can already fail on malformed input
+        except csv.Error as exc:
+            raise InputError("file", f"{name}: malformed CSV ({exc})") from None
+        if not header or "prompt" not in [f.strip() for f in header]:
             raise InputError("file", f"{name}: a CSV prompt file needs a header with a 'prompt' column")
         try:
             for number, record in enumerate(reader, 2):

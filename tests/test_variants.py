@@ -76,3 +76,9 @@ def test_unknown_extension():
     with pytest.raises(InputError, match="unknown format"):
         detect_format("prompts.xlsx")
     assert detect_format("prompts") == "txt" and detect_format("a.NDJSON") == "jsonl"
+
+
+def test_a_carriage_return_in_a_csv_header_is_bad_input_not_a_crash():
+    """Found by the fuzzer: the csv module raised while reading the header."""
+    with pytest.raises(InputError, match="^file: p.csv: "):
+        read_prompt_file("p.csv", "\r0")
