@@ -13,12 +13,12 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from farm.dispatch import MAX_PRIORITY
 from farm.errors import InputError
 from farm.spec import MAX_SEED, Catalog, JobRequest, JobSpec, resolve_job
 from farm.sweep import Sweep
 from farm.variants import PromptRow, expand
 
-MAX_PRIORITY = 9
 
 
 class Publishes(Protocol):

@@ -83,7 +83,10 @@ class Handler:
         self.current: dict[int, ClaimedJob] = {}  # what this worker renders right now
         self.last_activity = time.monotonic()  # the last message this worker took or finished
         self.rendered_unreported = 0
+        self.hang_deadline: float | None = None  # monotonic time past which a render counts as hung
         self.pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="farm-io")
+        self._closed = threading.Event()
+        threading.Thread(target=self._keep, name="farm-leases", daemon=True).start()
 
     # -- the message ----------------------------------------------------------------------------
     def handle(self, job_ids: list[int]) -> dict:
@@ -100,10 +103,6 @@ class Handler:
         if not claims:
             return summary
         self.current = dict(claims)
-        renewed = threading.Event()
-        renewer = threading.Thread(target=self._renew_leases, args=([c.token for c in claims.values()], renewed),
-                                   daemon=True)
-        renewer.start()
         try:
             jobs = [c.job for c in claims.values()]
             groups: dict[tuple, list] = {}
@@ -115,8 +114,6 @@ class Handler:
         finally:
             self.current = {}
             self.last_activity = time.monotonic()
-            renewed.set()
-            renewer.join()
         self.rendered_unreported += summary["succeeded"]
         if self.metrics:
             self.metrics.observe({k: summary[k] for k in ("succeeded", "failed", "retried", "skipped")}, None, None)
@@ -134,9 +131,18 @@ class Handler:
         if self.metrics:
             self.metrics.resident(len(models), len(adapters))
 
-    def _renew_leases(self, tokens: list[str], done: threading.Event) -> None:
-        """Keep this worker's claims alive while it renders: every lease/3 seconds."""
-        while not done.wait(max(0.5, self.lease_s / 3)):
+    def _keep(self) -> None:
+        """One thread for the worker's life, every lease/3 seconds: renew the leases of the jobs
+        being rendered, and end the process if a render hangs where no step callback runs (a hung
+        kernel, a wedged load); the supervisor restarts it and the reaper hands the jobs on."""
+        while not self._closed.wait(max(0.5, self.lease_s / 3)):
+            deadline = self.hang_deadline
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("a render hung past twice its time limit; exiting to be restarted")
+                os._exit(70)
+            tokens = [c.token for c in list(self.current.values())]
+            if not tokens:
+                continue
             try:
                 self.ledger.renew_leases(tokens, self.lease_s)
             except Exception as exc:  # noqa: BLE001 - if it keeps failing, the reaper hands the jobs on
@@ -167,11 +173,7 @@ class Handler:
         started = time.perf_counter()
         tokens = [claims[j.id].token for j in jobs]
         limit = time_limit_s(jobs[0], len(jobs), self.base_time_limit)
-        # a render stuck where no step callback runs (a hung kernel, a wedged load) ends the process:
-        # the supervisor restarts it and the reaper hands the jobs on
-        watchdog = threading.Timer(limit * 2 + 60, lambda: os._exit(70))
-        watchdog.daemon = True
-        watchdog.start()
+        self.hang_deadline = time.monotonic() + limit * 2 + 60  # watched by the keeper thread
         try:
             rendered = self.runner.render(jobs, should_stop=self._stop_check(tokens, time.monotonic() + limit))
         except Interrupted as exc:
@@ -186,7 +188,7 @@ class Handler:
                 return counts
             return self._failed(jobs, claims, exc, counts)
         finally:
-            watchdog.cancel()
+            self.hang_deadline = None
         self.model_failures.pop(jobs[0].model, None)
         if self.metrics:
             self.metrics.observe({}, None, rendered.batch_size)
@@ -299,4 +301,5 @@ class Handler:
             return self._retry_or_fail(job, claim, error)
 
     def close(self) -> None:
+        self._closed.set()
         self.pool.shutdown(wait=True)

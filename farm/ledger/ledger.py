@@ -53,6 +53,13 @@ class NewBatch:
     to_render: list[int] | None = None  # None: all of them
 
 
+def _entry(cls, row):
+    """A catalog entry from its registry row: the same fields, not built in."""
+    from dataclasses import fields
+
+    return cls(**{f.name: getattr(row, f.name) for f in fields(cls) if f.name != "builtin"}, builtin=False)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets workers write while the CLI reads; busy_timeout makes writers wait, not fail.
@@ -588,21 +595,18 @@ class Ledger:
 
     # -- registries -----------------------------------------------------------------------------
     def add_model(self, entry: ModelEntry, sha256: str | None = None) -> None:
-        with self.session() as s:
-            if s.get(RegisteredModel, entry.name) is not None:
-                raise ConflictError(f"model {entry.name} is already registered (remove it first)")
-            s.add(RegisteredModel(name=entry.name, source=entry.source, family=entry.family, arch=entry.arch,
-                                  kind=entry.kind, revision=entry.revision, native_size=entry.native_size,
-                                  sha256=sha256, created_at=self.clock()))
+        self._register(RegisteredModel, "model", entry, sha256)
 
     def add_adapter(self, entry: AdapterEntry, sha256: str | None = None) -> None:
+        self._register(RegisteredAdapter, "adapter", entry, sha256)
+
+    def _register(self, table, what: str, entry, sha256: str | None) -> None:
+        """A registry row from an entry: the columns are the entry's fields (less ``builtin``)."""
+        fields = {k: v for k, v in entry.as_dict().items() if k != "builtin"}
         with self.session() as s:
-            if s.get(RegisteredAdapter, entry.name) is not None:
-                raise ConflictError(f"adapter {entry.name} is already registered (remove it first)")
-            s.add(RegisteredAdapter(name=entry.name, source=entry.source, arch=entry.arch, kind=entry.kind,
-                                    weight_name=entry.weight_name, recipe=entry.recipe, steps=entry.steps,
-                                    guidance_max=entry.guidance_max, revision=entry.revision, sha256=sha256,
-                                    created_at=self.clock()))
+            if s.get(table, entry.name) is not None:
+                raise ConflictError(f"{what} {entry.name} is already registered (remove it first)")
+            s.add(table(**{**fields, "sha256": sha256, "created_at": self.clock()}))
 
     def remove_registered(self, what: str, name: str) -> None:
         table = {"model": RegisteredModel, "adapter": RegisteredAdapter}[what]
@@ -619,12 +623,10 @@ class Ledger:
         with self.session() as s:
             models = dict(BUILTIN_MODELS)
             for m in s.scalars(select(RegisteredModel)):
-                models[m.name] = ModelEntry(m.name, m.source, m.family, m.arch, m.native_size, m.kind, m.revision,
-                                            m.sha256, builtin=False)
+                models[m.name] = _entry(ModelEntry, m)
             adapters = dict(BUILTIN_ADAPTERS)
             for a in s.scalars(select(RegisteredAdapter)):
-                adapters[a.name] = AdapterEntry(a.name, a.source, a.arch, a.kind, a.weight_name, a.recipe, a.steps,
-                                                a.guidance_max, a.revision, a.sha256, builtin=False)
+                adapters[a.name] = _entry(AdapterEntry, a)
         return Catalog(models=models, adapters=adapters)
 
     # -- workers --------------------------------------------------------------------------------
