@@ -220,6 +220,8 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
     raw_adapters = request.adapters or ()
     if isinstance(raw_adapters, (str, Mapping)):
         raw_adapters = [raw_adapters]
+    if not isinstance(raw_adapters, (list, tuple)):
+        raise InputError("adapter", f"expected a list of NAME[:WEIGHT], got {raw_adapters!r}")
     seen = {a.name for a in stack}
     for raw in raw_adapters:
         name, weight = parse_adapter(raw)

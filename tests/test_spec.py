@@ -100,6 +100,13 @@ def test_accelerators_are_not_style_adapters():
         resolve(adapters=["tiny-sd-hyper-8step"])
 
 
+@pytest.mark.parametrize("adapters", [True, 3, 1.5])
+def test_an_adapter_list_that_is_not_a_list_is_refused(adapters):
+    # found by the fuzzer: a spec file with `adapters: true` crashed with a TypeError
+    with pytest.raises(InputError, match="^adapter: expected a list of NAME"):
+        resolve(adapters=adapters)
+
+
 @pytest.mark.parametrize("text, expected", [("512x768", (512, 768)), ("64", (64, 64)), (" 64X64 ", (64, 64))])
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
