@@ -48,6 +48,8 @@ class Config:
     redis_tls: dict  # rediss:// settings: CA file, client certificate and key (FARM_REDIS_*_FILE)
     visibility_timeout: int  # seconds before Redis redelivers an unacked message
     job_time_limit: int  # seconds a micro-batch may run
+    store_overlap: bool = True  # store a micro-batch's images while the next one renders
+    io_threads: int = 2  # threads encoding and uploading images
 
     @property
     def run_dir(self) -> Path:
@@ -187,6 +189,8 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
             raise ConfigError("FARM_RENDERER", f"expected diffusion or sleep:SECONDS, got {renderer!r}")
     maintenance = _int(env, "FARM_MAINTENANCE_S", 10, 1, 3600)
     time_limit = _int(env, "FARM_JOB_TIME_LIMIT", 900, 1, 24 * 3600)
+    store_overlap = _int(env, "FARM_STORE_OVERLAP", 1, 0, 1) == 1
+    io_threads = _int(env, "FARM_IO_THREADS", 2, 1, 64)
     if lease >= visibility:
         raise ConfigError("FARM_LEASE_S", f"{lease}s must stay below FARM_VISIBILITY_TIMEOUT ({visibility}s)")
     if time_limit >= visibility:
@@ -203,5 +207,5 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         queue=queue, aging_s=aging, maintenance_s=maintenance, lease_s=lease, max_attempts=max_attempts,
         retry_backoff_s=backoff, quarantine_s=quarantine, renderer=renderer, redis_tls=redis_tls,
         visibility_timeout=visibility,
-        job_time_limit=time_limit,
+        job_time_limit=time_limit, store_overlap=store_overlap, io_threads=io_threads,
     )

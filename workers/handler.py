@@ -6,7 +6,10 @@
 - Failures are classified: bad input fails the job at once; anything else (store, network, device,
   time limit) is retried with exponential backoff until the job has used up its attempts; running
   out of memory splits the micro-batch first.
-- Images are encoded and uploaded on a small thread pool (PNG encoding releases the GIL).
+- Images are encoded and uploaded on a small thread pool (PNG encoding releases the GIL) while
+  the next micro-batch renders: the message is acked once its images are rendered, their claims
+  stay leased until each image is stored and recorded, and at most one micro-batch is stored in
+  the background at a time (the next waits for it before handing over its own).
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class Handler:
     def __init__(self, *, ledger: Ledger, store: Store, runner, worker: str, device: str, versions: dict,
                  lease_s: float, time_limit_s: float = 900, max_attempts: int = 3, retry_backoff_s: float = 5,
                  publisher=None, micro_batch: int = 8, draining: threading.Event | None = None,
-                 on_quarantine=None, metrics=None, io_threads: int = 2):
+                 on_quarantine=None, metrics=None, io_threads: int = 2, store_overlap: bool = True):
         self.ledger = ledger
         self.store = store
         self.runner = runner
@@ -81,6 +84,10 @@ class Handler:
         self.metrics = metrics  # WorkerMetrics, when FARM_METRICS_PORT is set
         self.model_failures: dict[str, int] = {}
         self.current: dict[int, ClaimedJob] = {}  # what this worker renders right now
+        self.storing: dict[int, ClaimedJob] = {}  # rendered, being encoded, uploaded and recorded
+        self.store_overlap = store_overlap  # False: a message returns only once its images are stored
+        self._stores: list = []  # futures of the micro-batch being stored in the background
+        self._lock = threading.Lock()
         self.last_activity = time.monotonic()  # the last message this worker took or finished
         self.rendered_unreported = 0
         self.hang_deadline: float | None = None  # monotonic time past which a render counts as hung
@@ -91,7 +98,7 @@ class Handler:
     # -- the message ----------------------------------------------------------------------------
     def handle(self, job_ids: list[int]) -> dict:
         """Render the jobs of one message; returns counts of what happened to them."""
-        summary = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "skipped": 0}
+        summary = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "skipped": 0, "storing": 0}
         self.last_activity = time.monotonic()
         if self.draining.is_set():
             summary["skipped"] = len(job_ids)  # acked unclaimed: the ledger keeps them queued
@@ -114,7 +121,8 @@ class Handler:
         finally:
             self.current = {}
             self.last_activity = time.monotonic()
-        self.rendered_unreported += summary["succeeded"]
+        with self._lock:
+            self.rendered_unreported += summary["succeeded"]
         if self.metrics:
             self.metrics.observe({k: summary[k] for k in ("succeeded", "failed", "retried", "skipped")}, None, None)
         return summary
@@ -123,7 +131,8 @@ class Handler:
         """Write what this worker holds and has rendered to the ledger. Called from the heartbeat
         thread, not per message: at zero backlog two extra commits per job were a third of the
         farm's overhead."""
-        rendered, self.rendered_unreported = self.rendered_unreported, 0
+        with self._lock:
+            rendered, self.rendered_unreported = self.rendered_unreported, 0
         current = next(iter(self.current), None)
         models, adapters = self.runner.resident_models(), self.runner.resident_adapters()
         self.ledger.heartbeat(self.worker, resident_models=models, resident_adapters=adapters, rendered=rendered,
@@ -140,7 +149,7 @@ class Handler:
             if deadline is not None and time.monotonic() > deadline:
                 log.error("a render hung past twice its time limit; exiting to be restarted")
                 os._exit(70)
-            tokens = [c.token for c in list(self.current.values())]
+            tokens = [c.token for c in list(self.current.values()) + list(self.storing.values())]
             if not tokens:
                 continue
             try:
@@ -169,7 +178,7 @@ class Handler:
     def _render_group(self, jobs: list, claims: dict[int, ClaimedJob]) -> dict:
         from workers.runner import Interrupted
 
-        counts = {"succeeded": 0, "failed": 0, "retried": 0}
+        counts = {"succeeded": 0, "failed": 0, "retried": 0, "storing": 0}
         started = time.perf_counter()
         tokens = [claims[j.id].token for j in jobs]
         limit = time_limit_s(jobs[0], len(jobs), self.base_time_limit)
@@ -195,14 +204,39 @@ class Handler:
         shared_ms = (time.perf_counter() - started) * 1000
         n = len(jobs)
         per_image = {k: v / n for k, v in rendered.timings.items()}  # shared stages, amortised
-        futures = [
-            self.pool.submit(self._store_one, job, pixels, claims[job.id], per_image, shared_ms / n,
+        self.wait_for_stores()  # the previous micro-batch's images: one batch of pixels in flight
+        for job in jobs:
+            self.storing[job.id] = claims[job.id]
+        self._stores = [
+            self.pool.submit(self._store_and_count, job, pixels, claims[job.id], per_image, shared_ms / n,
                              rendered.batch_size, rendered.scheduler, rendered.environment or {})
             for job, pixels in zip(jobs, rendered.pixels)
         ]
-        for future in futures:
-            counts[future.result()] += 1
+        if self.store_overlap:
+            counts["storing"] = len(jobs)  # counted as they finish, in the background
+        else:
+            for future in self._stores:
+                counts[future.result()] += 1
         return counts
+
+    def wait_for_stores(self) -> None:
+        """Block until the images handed to the store pool are stored and recorded."""
+        stores, self._stores = self._stores, []
+        for future in stores:
+            future.result()
+
+    def _store_and_count(self, job, pixels, claim: ClaimedJob, *args) -> str:
+        try:
+            outcome = self._store_one(job, pixels, claim, *args)
+        finally:
+            self.storing.pop(job.id, None)
+        if self.store_overlap:
+            with self._lock:
+                if outcome == "succeeded":
+                    self.rendered_unreported += 1
+            if self.metrics:
+                self.metrics.observe({outcome: 1}, None, None)
+        return outcome
 
     def _interrupted(self, jobs, claims, exc, counts: dict) -> dict:
         tokens = [claims[j.id].token for j in jobs]
@@ -262,8 +296,9 @@ class Handler:
             log.warning("could not republish %s now: %s", job_ids, exc)
 
     def requeue_current(self, reason: str) -> None:
-        """Hand back whatever this worker is rendering (a second stop signal: leave at once)."""
-        claims = dict(self.current)
+        """Hand back whatever this worker is rendering or storing (a second stop signal: leave at
+        once; a store that finishes first wins the compare-and-set and the requeue does nothing)."""
+        claims = {**self.storing, **self.current}
         requeued = [job_id for job_id, c in claims.items()
                     if self.ledger.requeue(job_id, c.token, error=reason, outcome="drained")]
         self._publish_now(requeued)

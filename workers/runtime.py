@@ -111,7 +111,8 @@ def build(config: Config, name: str, device: str) -> Runtime:
                       lease_s=config.lease_s, time_limit_s=config.job_time_limit, max_attempts=config.max_attempts,
                       retry_backoff_s=config.retry_backoff_s, publisher=Publisher(config, broker_url_for(config)),
                       micro_batch=config.micro_batch, draining=draining,
-                      on_quarantine=lambda model: quarantine(runtime_ref["runtime"], model), metrics=metrics)
+                      on_quarantine=lambda model: quarantine(runtime_ref["runtime"], model), metrics=metrics,
+                      io_threads=config.io_threads, store_overlap=config.store_overlap)
     runtime = Runtime(config, name, device, ledger, handler, renderer, threading.Event(), draining)
     runtime_ref["runtime"] = runtime
     threading.Thread(target=_background, args=(runtime,), name="farm-heartbeat", daemon=True).start()
