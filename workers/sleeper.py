@@ -37,7 +37,7 @@ class SleepRenderer:
                 break
             time.sleep(min(STEP_S, remaining))
             step += 1
-        pixels = [np.full((j.height, j.width, 3), j.seed % 251, dtype=np.uint8) for j in jobs]
+        pixels = [_texture(np, j.seed, j.height, j.width) for j in jobs]
         return Rendered(pixels, {"denoise_ms": self.seconds * len(jobs) * 1000}, len(jobs), "sleep",
                         {"device": "cpu", "renderer": f"sleep:{self.seconds:g}"})
 
@@ -46,3 +46,13 @@ class SleepRenderer:
 
     def resident_adapters(self) -> list[str]:
         return []
+
+
+def _texture(np, seed: int, height: int, width: int):
+    """Pixels that depend only on the seed and compress about as well as a rendered image (a
+    gradient with grain), so PNG encoding and upload cost what they would for a real render."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 160, width, dtype=np.float32)[None, :, None] + np.linspace(0, 64, height, dtype=np.float32)[:, None, None]
+    grain = rng.integers(0, 32, (height, width, 3), dtype=np.uint8)
+    return (ramp + grain + seed % 32).clip(0, 255).astype(np.uint8)
+
