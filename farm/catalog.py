@@ -125,9 +125,21 @@ BUILTIN_MODELS: dict[str, ModelEntry] = {
 
 BUILTIN_ADAPTERS: dict[str, AdapterEntry] = {a.name: a for a in _tiny_adapters() + _real_adapters()}
 
+# Decoders a job may pick: the model's own VAE, or a tiny autoencoder (TAESD) for previews. TAESD
+# decodes the same latents with a fraction of the VAE's FLOPs (SDXL's VAE decode at 1024 costs
+# about as much as a 4-step denoise); its images are softer, so it is opt-in per job.
+DECODERS = ("full", "tiny")
+PREVIEW_DECODERS = {
+    "sd15": "madebyollin/taesd",
+    "sdxl": "madebyollin/taesdxl",
+    "ssd-1b": "madebyollin/taesdxl",  # SSD-1B keeps SDXL's VAE
+    **{arch: f"builtin:{arch}-taesd" for arch in TINY_ARCHS},
+}
+
 
 def tiny_build(name: str) -> tuple[str, str, int] | None:
-    """How to build ``builtin:NAME``: (what: "model" or "lora", tiny base model, seed), or None.
+    """How to build ``builtin:NAME``: (what: "model", "lora" or "decoder", tiny base model or arch,
+    seed), or None.
 
     Each tiny model and LoRA has its own seed, derived from its name so the list never drifts.
     """
@@ -139,4 +151,6 @@ def tiny_build(name: str) -> tuple[str, str, int] | None:
     entry = BUILTIN_ADAPTERS.get(name)
     if entry is not None and entry.source == f"builtin:{name}":
         return "lora", entry.arch, seed
+    if name.endswith("-taesd") and name[: -len("-taesd")] in TINY_ARCHS:
+        return "decoder", name[: -len("-taesd")], seed
     return None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
+from farm.catalog import ARCHS
 from farm.errors import ConfigError
 
 DEFAULT_MODEL = "tiny-sd"
@@ -49,6 +50,7 @@ class Config:
     visibility_timeout: int  # seconds before Redis redelivers an unacked message
     job_time_limit: int  # seconds a micro-batch may run
     store_overlap: bool = True  # store a micro-batch's images while the next one renders
+    preview_decoders: tuple = ()  # (arch, source) of TAESD decoders, over the built-in hub ids
     io_threads: int = 2  # threads encoding and uploading images
 
     @property
@@ -191,6 +193,15 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     time_limit = _int(env, "FARM_JOB_TIME_LIMIT", 900, 1, 24 * 3600)
     store_overlap = _int(env, "FARM_STORE_OVERLAP", 1, 0, 1) == 1
     io_threads = _int(env, "FARM_IO_THREADS", 2, 1, 64)
+    preview_decoders = []
+    for item in (env.get("FARM_PREVIEW_DECODERS") or "").split(","):
+        arch, sep, source = item.strip().partition("=")
+        if not item.strip():
+            continue
+        if not sep or arch not in ARCHS or not source.strip():
+            raise ConfigError("FARM_PREVIEW_DECODERS", f"expected ARCH=SOURCE items such as sdxl=/models/taesdxl "
+                                                       f"(archs: {', '.join(ARCHS)}), got {item.strip()!r}")
+        preview_decoders.append((arch, source.strip()))
     if lease >= visibility:
         raise ConfigError("FARM_LEASE_S", f"{lease}s must stay below FARM_VISIBILITY_TIMEOUT ({visibility}s)")
     if time_limit >= visibility:
@@ -208,4 +219,5 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         retry_backoff_s=backoff, quarantine_s=quarantine, renderer=renderer, redis_tls=redis_tls,
         visibility_timeout=visibility,
         job_time_limit=time_limit, store_overlap=store_overlap, io_threads=io_threads,
+        preview_decoders=tuple(preview_decoders),
     )

@@ -53,6 +53,8 @@ def a1111_parameters(job: dict) -> str:
         weights = ", ".join(f"{a['name']}: {a['weight']:g}" for a in adapters)
         fields.append(("Lora weights", f'"{weights}"'))
     fields.append(("Recipe", job["recipe"]))
+    if job.get("decoder") == "tiny":
+        fields.append(("VAE", "TAESD (preview)"))  # A1111's key for the decoder that made the image
     if job.get("id") is not None:
         fields.append(("Farm job", job["id"]))
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))

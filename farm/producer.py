@@ -61,13 +61,20 @@ def micro_batches(specs: list[JobSpec], job_ids: list[int], size) -> list[tuple[
     return out
 
 
+def _given(request: JobRequest) -> dict:
+    fields = asdict(request)
+    if fields["decoder"] is None:
+        del fields["decoder"]  # not given: the digest of a request from before decoders existed
+    return fields
+
+
 def request_digest(rows: list[PromptRow], defaults: JobRequest, variants: int, seed: int | None,
                    priority: int, sweep: Sweep = Sweep()) -> str:
     """Digest of the submission as given, so a reused idempotency key can be told apart from a
     different request (the random base seed is not part of it)."""
     payload = {
-        "rows": [{"request": asdict(r.request), "variants": r.variants} for r in rows],
-        "defaults": asdict(defaults), "variants": variants, "seed": seed, "priority": priority,
+        "rows": [{"request": _given(r.request), "variants": r.variants} for r in rows],
+        "defaults": _given(defaults), "variants": variants, "seed": seed, "priority": priority,
         "axes": [[name, list(values)] for g in sweep.groups for name, values in g],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -15,7 +15,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
-from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, NATIVE_SIZE, AdapterEntry, ModelEntry
+from farm.catalog import (BUILTIN_ADAPTERS, BUILTIN_MODELS, DECODERS, NATIVE_SIZE, PREVIEW_DECODERS, AdapterEntry,
+                          ModelEntry)
 from farm.errors import InputError
 from farm.recipes import DEFAULT_RECIPE, resolve_recipe
 
@@ -55,6 +56,7 @@ class JobRequest:
     model: object = None
     recipe: object = None
     adapters: object = ()  # sequence of (name, weight) or "name[:weight]" strings
+    decoder: object = None  # "full" (the model's VAE, the default) or "tiny" (TAESD, for previews)
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,15 @@ class JobSpec:
     scheduler_config: dict
     adapters: tuple[AdapterUse, ...]
     warnings: tuple[str, ...] = ()
+    decoder: str = "full"
 
     @property
     def digest(self) -> str:
         """sha256 of everything that shapes the pixels (not the warnings, not the batch)."""
         shaping = asdict(self)
         shaping.pop("warnings")
+        if shaping["decoder"] == "full":
+            shaping.pop("decoder")  # the default keeps the digests of jobs from before decoders
         blob = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -98,7 +103,7 @@ def group_key(job) -> tuple:
     )
     return (job.model, job.model_revision, job.recipe, job.scheduler,
             json.dumps(job.scheduler_config or {}, sort_keys=True), job.steps, job.guidance,
-            job.width, job.height, adapters)
+            job.width, job.height, adapters, job.decoder or "full")
 
 
 def check_name(field_name: str, value: object) -> str:
@@ -239,10 +244,16 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
     if len(stack) > MAX_ADAPTERS:
         raise InputError("adapter", f"{len(stack)} adapters in one stack; the limit is {MAX_ADAPTERS}")
 
+    decoder = "full" if request.decoder is None else request.decoder
+    if decoder not in DECODERS:
+        raise InputError("decoder", f"{decoder!r} is not a decoder (known: {', '.join(DECODERS)})")
+    if decoder == "tiny" and model.arch not in PREVIEW_DECODERS:
+        raise InputError("decoder", f"no tiny autoencoder is known for {model.arch} models ({model_name})")
+
     return JobSpec(
         prompt=prompt, negative_prompt=negative, seed=seed, steps=recipe.steps,
         guidance=recipe.guidance, width=width, height=height, model=model_name,
         model_revision=model.revision, family=model.family, recipe=recipe.name,
         scheduler=recipe.scheduler, scheduler_config=recipe.scheduler_config,
-        adapters=tuple(stack), warnings=recipe.warnings,
+        adapters=tuple(stack), warnings=recipe.warnings, decoder=decoder,
     )

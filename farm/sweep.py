@@ -26,7 +26,7 @@ from farm.spec import parse_float, parse_int, parse_size
 
 INT_AXES = ("seed", "steps", "width", "height")
 FLOAT_AXES = ("guidance",)
-TEXT_AXES = ("prompt", "negative_prompt", "model", "recipe")
+TEXT_AXES = ("prompt", "negative_prompt", "model", "recipe", "decoder")
 ALIASES = {"seeds": "seed", "negative": "negative_prompt", "prompts": "prompt"}
 MAX_CELLS = 100_000
 
@@ -73,7 +73,7 @@ def canonical_field(name: str) -> str:
     if name in INT_AXES + FLOAT_AXES + TEXT_AXES + ("size",):
         return name
     raise InputError("sweep", f"cannot sweep {name!r} (axes: seed, steps, guidance, size, width, height, "
-                              "prompt, negative_prompt, model, recipe, adapter:NAME)")
+                              "prompt, negative_prompt, model, recipe, decoder, adapter:NAME)")
 
 
 def _range(field_name: str, text: str) -> list[int]:
@@ -143,7 +143,7 @@ class SpecFile:
     variants: int | None = None
 
 
-SCALAR_FIELDS = ("negative_prompt", "seed", "steps", "guidance", "width", "height", "model", "recipe", "size",
+SCALAR_FIELDS = ("negative_prompt", "seed", "steps", "guidance", "width", "height", "model", "recipe", "decoder", "size",
                  "adapters", "variants", "priority")
 
 

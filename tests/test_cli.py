@@ -95,6 +95,7 @@ BAD_ARGS = [
     ([*GOOD, "--key", ""], "key: an idempotency key"),
     ([*GOOD, "--key", "has space"], "key"),
     ([*GOOD, "--bogus"], "No such option"),
+    ([*GOOD, "--decoder", "blurry"], "'--decoder'"),
     (["a prompt", "--file", "x.txt"], "give one of a PROMPT, --file or --spec, not PROMPT and --file"),
 ]
 

@@ -236,6 +236,22 @@ def test_a_batch_with_every_recipe_renders_through_the_farm(fleet, tmp_path):
         assert f"Sampler: {samplers[recipe]}," in png_text(data)["parameters"]
 
 
+def test_a_decoder_sweep_renders_previews_with_taesd(fleet, tmp_path):
+    (tmp_path / "preview.yaml").write_text("prompt: a lighthouse\nmodel: tiny-sd\ndecoder: [full, tiny]\n")
+    submitted = json.loads(farm("submit", "--spec", str(tmp_path / "preview.yaml"), "--seed", "5", "--json",
+                                env=fleet["env"]).stdout)
+    assert submitted["messages"] == 2  # one decoder per pipeline call
+    wait_batch(fleet, submitted["batch"])
+    jobs = json.loads(farm("jobs", "list", "--batch", submitted["batch"], "--json", env=fleet["env"]).stdout)
+    assert [(j["state"], j["decoder"], j["seed"]) for j in jobs] == [("succeeded", "full", 5), ("succeeded", "tiny", 5)]
+    s3 = fleet["s3"].client()
+    full, tiny = (s3.get_object(Bucket=fleet["bucket"], Key=f"farm/{j['artifact']}")["Body"].read() for j in jobs)
+    assert "VAE:" not in png_text(full)["parameters"]
+    assert "VAE: TAESD (preview)" in png_text(tiny)["parameters"]
+    assert json.loads(png_text(tiny)["farm"])["environment"]["decoder"] == "tiny"
+    assert pixels(full).tobytes() != pixels(tiny).tobytes()
+
+
 @pytest.mark.slow
 def test_a_batch_mixing_two_styles_with_lcm_lora_records_each_jobs_weights(fleet, tmp_path):
     weights = [(0.8, 0.3), (0.2, 0.9), (0.0, 0.5), (1.0, 0.0)]

@@ -121,3 +121,21 @@ def test_parse_size_refuses(text):
 def test_parse_adapter_default_weight():
     assert parse_adapter("tiny-sd-toy") == ("tiny-sd-toy", 1.0)
     assert parse_adapter({"name": "tiny-sd-toy", "weight": 0.25}) == ("tiny-sd-toy", 0.25)
+
+
+def test_the_decoder_is_full_unless_a_preview_is_asked_for():
+    full, tiny = resolve(), resolve(decoder="tiny")
+    assert (full.decoder, tiny.decoder) == ("full", "tiny")
+    assert full.group_key != tiny.group_key  # one decoder per pipeline call
+    assert full.digest != tiny.digest  # a preview never stands in for a full render
+    # the default leaves the digest as it was before decoders existed, so earlier renders are reused
+    from dataclasses import asdict
+    import hashlib
+    import json
+
+    shaping = asdict(full)
+    del shaping["warnings"], shaping["decoder"]
+    assert full.digest == hashlib.sha256(json.dumps(shaping, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    with pytest.raises(InputError, match="^decoder: 'blurry' is not a decoder"):
+        resolve(decoder="blurry")
+

@@ -42,7 +42,7 @@ def job_record(job, *, worker: str, device: str, versions: dict) -> dict:
         "guidance": job.guidance, "width": job.width, "height": job.height, "model": job.model,
         "model_revision": job.model_revision, "family": job.family, "recipe": job.recipe,
         "scheduler": job.scheduler, "scheduler_config": job.scheduler_config,
-        "adapters": job.adapters, "digest": job.digest, "worker": worker, "device": device,
+        "adapters": job.adapters, "decoder": job.decoder, "digest": job.digest, "worker": worker, "device": device,
         "versions": versions,
     }
 

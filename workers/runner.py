@@ -17,6 +17,7 @@ from types import ModuleType
 
 from typing import Callable
 
+from farm.catalog import PREVIEW_DECODERS
 from farm.errors import InputError
 from farm.spec import Catalog
 from workers.adapters import AdapterSet, HostStateDicts
@@ -47,6 +48,7 @@ class Resident:
     family: ModuleType
     base_scheduler: tuple[type, dict]  # the model's own scheduler class and config
     adapters: AdapterSet
+    tiny_decoder: object = None  # TAESD for preview jobs, loaded on the first one
 
 
 def family_module(family: str) -> ModuleType:
@@ -73,7 +75,8 @@ class Runner:
     def __init__(self, *, device: str, model_cache, max_models: int = 2, bucket: int | None = None,
                  catalog: Callable[[], Catalog] = Catalog, s3_endpoint_url: str | None = None,
                  fuse: bool | None = None, max_adapters: int = 8, max_adapter_bytes: int = 2 << 30,
-                 host_lora_bytes: int = 4 << 30, compile: bool = False):
+                 host_lora_bytes: int = 4 << 30, compile: bool = False,
+                 preview_decoders: dict[str, str] | None = None):
         import torch
 
         self.torch = torch
@@ -94,6 +97,7 @@ class Runner:
         self.max_adapters = max_adapters
         self.max_adapter_bytes = max_adapter_bytes
         self.host_loras = HostStateDicts(host_lora_bytes)  # shared by every resident pipeline
+        self.preview_decoders = {**PREVIEW_DECODERS, **(preview_decoders or {})}  # arch -> TAESD source
 
     # -- residency ------------------------------------------------------------------------------
     def _entry(self, kind: str, name: str):
@@ -136,6 +140,10 @@ class Runner:
 
             pipe.unet.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
+            if getattr(pipe.vae.config, "force_upcast", False):
+                # SDXL's VAE overflows in fp16 (NaN, black images); diffusers upcasts it for every
+                # decode, we keep it in fp32 once (an fp16-fixed VAE says force_upcast: false)
+                pipe.vae.to(torch.float32)
             if self.compile:
                 pipe.unet = torch.compile(pipe.unet, dynamic=False)  # one graph per batch shape
         pipe.set_progress_bar_config(disable=True)
@@ -145,6 +153,27 @@ class Runner:
         resident = Resident(pipe, family, (type(scheduler), dict(scheduler.config)), adapters)
         self.resident[model] = resident
         return resident, (time.perf_counter() - started) * 1000
+
+    def tiny_decoder(self, model: str, resident: Resident):
+        """The model's TAESD decoder (same latents, a fraction of the VAE's cost), loaded once."""
+        if resident.tiny_decoder is None:
+            from diffusers import AutoencoderTiny
+
+            arch = self._entry("model", model).arch
+            source = self.preview_decoders.get(arch)
+            if source is None:
+                raise InputError("decoder", f"no tiny autoencoder is known for {arch} models ({model})")
+            location = resolve(source, self.model_cache, name=f"{arch}-taesd", s3_endpoint_url=self.s3_endpoint_url)
+            if location.single_file:
+                raise InputError("decoder", f"{source}: a tiny autoencoder loads from a diffusers directory "
+                                            "(config.json + weights), not a single file")
+            decoder = AutoencoderTiny.from_pretrained(location.path, dtype=self.dtype,
+                                                      cache_dir=str(self.model_cache / "hub"))
+            decoder.to(self.device)
+            if self.is_cuda:
+                decoder.to(memory_format=self.torch.channels_last)
+            resident.tiny_decoder = decoder
+        return resident.tiny_decoder
 
     def _unload(self, model: str) -> None:
         import gc
@@ -187,6 +216,13 @@ class Runner:
         stack = [(a["name"], a["weight"]) for a in first.adapters]
         accelerator = next((a["name"] for a in first.adapters if a.get("role") == "accelerator"), None)
         timings["adapter_load_ms"] = resident.adapters.activate(stack, accelerator)
+        decoder_name = getattr(first, "decoder", None) or "full"
+        if decoder_name == "tiny":
+            started = time.perf_counter()
+            decoder = self.tiny_decoder(first.model, resident)
+            timings["model_load_ms"] += (time.perf_counter() - started) * 1000
+        else:
+            decoder = None  # the pipeline's own VAE
         pipe.scheduler = self._scheduler(resident, first.scheduler, first.scheduler_config or {})
         with torch.inference_mode():
             guided = first.guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
@@ -218,14 +254,14 @@ class Runner:
             timings["denoise_ms"] = (time.perf_counter() - started) * 1000
 
             started = time.perf_counter()
-            images = family.decode(pipe, latents)
+            images = family.decode(pipe, latents, decoder)
             # to uint8 on the device: the host gets 1 byte per channel, not 4
             pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
             pixels = pixels[: len(jobs)].permute(0, 2, 3, 1).contiguous().cpu().numpy()
             timings["vae_decode_ms"] = (time.perf_counter() - started) * 1000
         environment = {
             "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "batch_bucket": self.bucket,
-            "fused": resident.adapters.fused is not None,
+            "fused": resident.adapters.fused is not None, "decoder": decoder_name,
             "adapter_sha256": {name: resident.adapters.digests.get(name) for name, _ in stack},
         }
         return Rendered([pixels[i] for i in range(len(jobs))], timings, rows, type(pipe.scheduler).__name__,

@@ -59,4 +59,6 @@ def _build(name: str, cache_dir: Path) -> Path:
     builtin_dir = Path(cache_dir) / "builtin"
     if what == "model":
         return tiny.ensure_tiny_model(base, builtin_dir)
+    if what == "decoder":
+        return tiny.ensure_tiny_taesd(name, builtin_dir, seed=seed)
     return tiny.ensure_tiny_lora(base, name, builtin_dir, seed=seed)

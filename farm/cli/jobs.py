@@ -37,6 +37,8 @@ def job_options(func):
         click.option("--guidance", default=None, help="Guidance scale, or an axis: 1,1.5,2."),
         click.option("--size", default=None, help="WIDTHxHEIGHT, or an axis: 512x512,768x512."),
         click.option("--negative", default=None, help="Negative prompt (ignored when guidance <= 1)."),
+        click.option("--decoder", type=click.Choice(["full", "tiny"]), default=None,
+                     help="full: the model's VAE (default); tiny: TAESD, a much cheaper decoder for previews."),
         click.option("--adapter", "adapters", multiple=True, metavar="NAME[:WEIGHT[,WEIGHT...]]",
                      help="A style LoRA on top of the recipe's accelerator; several weights sweep it. Repeatable."),
         click.option("--spec", "spec_file", default=None, help="Sweep spec (.yaml or .json): prompts, axes, wildcards."),
@@ -91,7 +93,7 @@ def _wildcard_lists(directory: str | None, spec: SpecFile | None) -> dict[str, l
 
 
 def _plan(state: State, *, prompt, file, variants, seed, seeds, model, recipe, steps, guidance, size,
-          negative, adapters, spec_file=None, wildcard_dir=None, wildcard_mode=None, wildcard_count=None,
+          negative, adapters, decoder=None, spec_file=None, wildcard_dir=None, wildcard_mode=None, wildcard_count=None,
           priority=0) -> Plan:
     spec = load_spec(spec_file, _read_text("spec", spec_file)) if spec_file is not None else None
     base = dict(spec.base) if spec else {}
@@ -116,6 +118,8 @@ def _plan(state: State, *, prompt, file, variants, seed, seeds, model, recipe, s
         base["model"] = model
     if recipe is not None:
         base["recipe"] = recipe
+    if decoder is not None:
+        base["decoder"] = decoder
     stack = list(base.pop("adapters", None) or [])
     for raw in adapters:
         name, _, weights = raw.partition(":")
@@ -130,7 +134,8 @@ def _plan(state: State, *, prompt, file, variants, seed, seeds, model, recipe, s
         variants = spec.variants
     defaults = JobRequest(negative_prompt=base.get("negative_prompt"), seed=None, steps=base.get("steps"),
                           guidance=base.get("guidance"), width=base.get("width"), height=base.get("height"),
-                          model=base.get("model"), recipe=base.get("recipe"), adapters=tuple(stack))
+                          model=base.get("model"), recipe=base.get("recipe"), adapters=tuple(stack),
+                          decoder=base.get("decoder"))
     sweep = (spec.sweep if spec else Sweep()).crossed(Sweep(tuple(groups)))
     rows = _rows(prompt, file, spec)
     settings = dict(spec.wildcards) if spec else {}

@@ -85,6 +85,7 @@ class Job(Base):
     scheduler: Mapped[str | None] = mapped_column(String(64))
     scheduler_config: Mapped[dict] = mapped_column(JSON)
     adapters: Mapped[list] = mapped_column(JSON)  # [{"name", "weight", "role"}], accelerator first
+    decoder: Mapped[str] = mapped_column(String(8), default="full", server_default="full")  # or "tiny" (TAESD)
     digest: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer, default=0)

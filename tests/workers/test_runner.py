@@ -27,6 +27,7 @@ def job(**fields):
         guidance=spec.guidance, width=spec.width, height=spec.height, model=spec.model,
         scheduler=spec.scheduler, scheduler_config=spec.scheduler_config,
         adapters=[{"name": a.name, "weight": a.weight, "role": a.role} for a in spec.adapters],
+        decoder=spec.decoder,
     )
 
 
@@ -137,3 +138,52 @@ def test_pickled_weights_are_refused(tmp_path):
     (tmp_path / "model.ckpt").write_bytes(b"not loaded")
     with pytest.raises(InputError, match="only .safetensors"):
         resolve(str(tmp_path / "model.ckpt"), tmp_path)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_tiny_decoder_matches_a_plain_pipeline_call_with_taesd(runner, model):
+    """A preview job decodes the same latents with the tiny autoencoder: the pixels equal a plain
+    pipe(...) call whose VAE was swapped for that AutoencoderTiny (what diffusers documents),
+    differ from the full VAE's, and a full job afterwards still uses the full VAE."""
+    from diffusers import AutoencoderTiny, LCMScheduler
+
+    seeds = (21, 22, 23, 24)
+    full = render(runner, [job(model=model, seed=s) for s in seeds])
+    preview = render(runner, [job(model=model, seed=s, decoder="tiny") for s in seeds])
+    resident, _ = runner.pipeline(model)
+    assert isinstance(resident.tiny_decoder, AutoencoderTiny)
+    assert all(p.shape == (64, 64, 3) and not np.array_equal(p, f) for p, f in zip(preview, full))
+    assert np.array_equal(render(runner, [job(model=model, seed=21)])[0], full[0])
+
+    pipe = resident.pipe
+    pipe.scheduler = LCMScheduler.from_config(resident.base_scheduler[1])
+    resident.adapters.activate([(f"{model}-lcm-lora", 1.0)])
+    own_vae = pipe.vae
+    try:
+        pipe.vae = resident.tiny_decoder
+        images = pipe(["a lighthouse at dusk"] * 4, num_inference_steps=4, guidance_scale=1.0, width=64, height=64,
+                      generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    finally:
+        pipe.vae = own_vae
+    for pil, pixels in zip(images, preview):
+        assert np.array_equal(np.asarray(pil), pixels)
+
+
+def test_a_preview_decoder_source_can_be_overridden(model_cache, tmp_path):
+    """FARM_PREVIEW_DECODERS points an arch at another TAESD directory (an offline mirror)."""
+    from workers.pipelines.tiny import build_tiny_taesd
+    from workers.runner import Runner
+
+    mirror = tmp_path / "taesd-mirror"
+    build_tiny_taesd(mirror, seed=999)
+    default = Runner(device="cpu", model_cache=model_cache)
+    mirrored = Runner(device="cpu", model_cache=model_cache, preview_decoders={"tiny-sd": str(mirror)})
+    a = render(default, [job(seed=3, decoder="tiny")])[0]
+    b = render(mirrored, [job(seed=3, decoder="tiny")])[0]
+    assert not np.array_equal(a, b)  # other weights, other pixels: the mirror was used
+    missing = Runner(device="cpu", model_cache=model_cache, preview_decoders={"tiny-sd": str(tmp_path / "nope")})
+    from farm.errors import InputError
+
+    with pytest.raises(InputError, match="no such file or directory"):
+        render(missing, [job(seed=3, decoder="tiny")])
+

@@ -27,8 +27,9 @@ def encode(pipe, prompts: list[str], negatives: list[str], cfg: bool) -> dict:
     return embeds
 
 
-def decode(pipe, latents):
-    """Latents to images in [-1, 1], NCHW, as the pipeline decodes them."""
-    vae = pipe.vae
+def decode(pipe, latents, vae=None):
+    """Latents to images in [-1, 1], NCHW, as the pipeline decodes them (with its own VAE, or
+    ``vae``: a tiny autoencoder, whose scaling factor is 1)."""
+    vae = pipe.vae if vae is None else vae
     latents = latents.to(vae.dtype) / vae.config.scaling_factor
     return vae.decode(latents, return_dict=False)[0]

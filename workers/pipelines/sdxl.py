@@ -37,11 +37,12 @@ def encode(pipe, prompts: list[str], negatives: list[str], cfg: bool) -> dict:
     return embeds
 
 
-def decode(pipe, latents):
-    """Latents to images in [-1, 1], NCHW, with the SDXL VAE's latent normalisation."""
+def decode(pipe, latents, vae=None):
+    """Latents to images in [-1, 1], NCHW, with the SDXL VAE's latent normalisation (or through
+    ``vae``: a tiny autoencoder, which takes the latents as they are)."""
     import torch
 
-    vae = pipe.vae
+    vae = pipe.vae if vae is None else vae
     latents = latents.to(vae.dtype)
     config = vae.config
     mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)

@@ -194,6 +194,18 @@ def build_tiny_lora(model_dir: Path, directory: Path, *, seed: int, rank: int = 
     )
 
 
+def build_tiny_taesd(directory: Path, *, seed: int = 0) -> None:
+    """A tiny autoencoder in TAESD's layout (``AutoencoderTiny``): 4 latent channels, three 2x
+    upsamples (a factor of 8, like the tiny VAE), saved as ``madebyollin/taesd`` is."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    vae = AutoencoderTiny(encoder_block_out_channels=(16, 16, 16, 16), decoder_block_out_channels=(16, 16, 16, 16),
+                          num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4)
+    vae.save_pretrained(str(directory), safe_serialization=True)
+
+
 _BUILDERS = {
     "tiny-sd": build_tiny_sd,
     "tiny-sd-lcm": lambda d: build_tiny_sd(d, seed=100, lcm=True),
@@ -232,6 +244,11 @@ def _build_once(target: Path, build) -> Path:
 def ensure_tiny_model(name: str, cache_dir: Path) -> Path:
     """Build the named tiny model into ``cache_dir`` once; return its directory."""
     return _build_once(Path(cache_dir) / name, _BUILDERS[name])
+
+
+def ensure_tiny_taesd(name: str, cache_dir: Path, *, seed: int) -> Path:
+    """Build a tiny TAESD-style decoder once; return its directory."""
+    return _build_once(Path(cache_dir) / name, lambda tmp: build_tiny_taesd(tmp, seed=seed))
 
 
 def ensure_tiny_lora(model_name: str, lora_name: str, cache_dir: Path, *, seed: int) -> Path:
