@@ -141,7 +141,13 @@ def main() -> None:
         from workers.runner import Runner
 
         entry = ModelEntry(f"random-{family}", str(model_dir), family, family, size)
-        runner = Runner(device=device.type, model_cache=cache, bucket=1,
+        taesd_dir = cache / "random-fp16" / f"taesd-{family}"
+        if not (taesd_dir / "config.json").exists():
+            from diffusers import AutoencoderTiny
+
+            torch.manual_seed(1)
+            AutoencoderTiny().to(dtype).save_pretrained(str(taesd_dir), safe_serialization=True)  # TAESD's layout
+        runner = Runner(device=device.type, model_cache=cache, bucket=1, preview_decoders={family: str(taesd_dir)},
                         catalog=lambda: Catalog(models={entry.name: entry}, adapters={}))
         resident, load_ms = runner.pipeline(entry.name)
         pipe = resident.pipe
@@ -189,7 +195,21 @@ def main() -> None:
                           "fraction_of_flop_bound": round(bound_s * rate, 3) if bound_s else None,
                           "time_share": {k[:-3]: round(v / total, 3) for k, v in stage.items()}})
             print(family, json.dumps(curve[-1]), flush=True)
-        results.append({"family": family, "size": size, "steps": steps, "dtype": str(dtype), **{
+        # previews: the best micro-batch again, decoded by TAESD instead of the VAE
+        best = max(curve, key=lambda c: c["images_per_s"])["micro_batch"]
+        previews = [SimpleNamespace(**{**vars(j), "decoder": "tiny"}) for j in jobs]
+        runner.render(previews[:best])
+        decode_ms = 0.0
+        started = time.perf_counter()
+        for i in range(0, images, best):
+            rendered = runner.render(previews[i:i + best])
+            decode_ms += rendered.timings["vae_decode_ms"]
+            for pixels in rendered.pixels:
+                encode_png(pixels, "", "{}")
+        preview = {"micro_batch": best, "images_per_s": round(images / (time.perf_counter() - started), 3),
+                   "decode_ms_per_image": round(decode_ms / images, 2)}
+        print(family, "preview", json.dumps(preview), flush=True)
+        results.append({"family": family, "size": size, "steps": steps, "dtype": str(dtype), "preview_taesd": preview, **{
             k: round(v, 3) for k, v in counted.items()}, "flop_bound_ms_per_image": round(bound_s * 1000, 1)
             if bound_s else None, "loop_images_per_s": round(loop_rate, 3), "runner": curve,
             "model_load_ms": round(load_ms)})
