@@ -56,14 +56,16 @@ def timed(runner, batch_jobs) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def run(device: str, compile: bool, batch: int, repeats: int, cache: Path, fuse: bool) -> dict:
+def run(device: str, compile: bool, batch: int, repeats: int, cache: Path, fuse: bool, fuse_stack: bool) -> dict:
     import torch
 
     from workers.runner import Runner
 
     torch._dynamo.reset()
     runner = Runner(device=device, model_cache=cache, compile=compile, fuse=fuse)
-    out = {"compile": compile, "fuse": fuse, "switches": []}
+    # a compiled runner fuses the whole stack; an eager one can too, to tell fusing from compiling
+    runner.pipeline("tiny-sd")[0].adapters.fuse_stack = fuse_stack
+    out = {"compile": compile, "fuse_stack": fuse_stack, "switches": []}
     for label, styles in STACKS:
         before = graphs()
         first = timed(runner, jobs(batch, styles))
@@ -71,10 +73,14 @@ def run(device: str, compile: bool, batch: int, repeats: int, cache: Path, fuse:
         out["switches"].append({"stack": label, "first_call_ms": round(first, 1),
                                 "steady_ms_median": round(statistics.median(steady), 1),
                                 "graphs_compiled": graphs() - before})
-        print(json.dumps({"compile": compile, "fuse": fuse, **out["switches"][-1]}), flush=True)
+        print(json.dumps({"compile": compile, "fuse_stack": fuse_stack, **out["switches"][-1]}), flush=True)
     out["graphs_compiled_total"] = graphs()
     out["recompiles_after_warmup"] = sum(s["graphs_compiled"] for s in out["switches"][1:])
     return out
+
+
+def label(r: dict) -> str:
+    return ("compiled" if r["compile"] else "eager") + (", stack fused" if r["fuse_stack"] else "")
 
 
 def main() -> None:
@@ -87,14 +93,19 @@ def main() -> None:
 
     cache = Path(tempfile.mkdtemp(prefix="farm-compile-"))
     fuse = args.device.startswith("cuda")  # the worker's default
-    runs = [run(args.device, False, args.batch, args.repeats, cache, fuse),
-            run(args.device, True, args.batch, args.repeats, cache, fuse)]
-    eager, compiled = runs
+    runs = [run(args.device, False, args.batch, args.repeats, cache, fuse, False),
+            run(args.device, False, args.batch, args.repeats, cache, fuse, True),
+            run(args.device, True, args.batch, args.repeats, cache, fuse, True)]
+    eager, eager_fused, compiled = runs
     result = {
         "benchmark": "compile", "model": "tiny-sd", "device": args.device, "batch": args.batch,
         "repeats": args.repeats, "runs": runs,
-        "speedup_steady_by_stack": {s["stack"]: round(e["steady_ms_median"] / s["steady_ms_median"], 3)
-                                    for e, s in zip(eager["switches"], compiled["switches"])},
+        "speedup_steady_compiled_over_eager_fused": {
+            s["stack"]: round(e["steady_ms_median"] / s["steady_ms_median"], 3)
+            for e, s in zip(eager_fused["switches"], compiled["switches"])},
+        "speedup_steady_compiled_over_eager_unfused": {
+            s["stack"]: round(e["steady_ms_median"] / s["steady_ms_median"], 3)
+            for e, s in zip(eager["switches"], compiled["switches"])},
         "recompiles_on_adapter_switches": compiled["recompiles_after_warmup"],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
@@ -104,9 +115,8 @@ def main() -> None:
 
     xs = list(range(1, len(STACKS) + 1))
     save_lines(Path(args.out).with_suffix(".png"),
-               {f"{'compiled' if r['compile'] else 'eager'} (first call)": (xs, [s["first_call_ms"] for s in r["switches"]])
-                for r in runs} | {f"{'compiled' if r['compile'] else 'eager'} (steady)":
-                                  (xs, [s["steady_ms_median"] for s in r["switches"]]) for r in runs},
+               {f"{label(r)} (first call)": (xs, [s["first_call_ms"] for s in r["switches"]]) for r in runs}
+               | {f"{label(r)} (steady)": (xs, [s["steady_ms_median"] for s in r["switches"]]) for r in runs},
                xlabel="adapter stack switch (see JSON for the stacks)", ylabel="ms per call", log_x=False,
                title=f"torch.compile across adapter switches, tiny-sd, {args.device}, batch {args.batch}")
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))

@@ -34,7 +34,7 @@ class Config:
     batch_bucket: int | None
     max_resident_models: int
     fuse_accelerator: bool | None  # None: on for CUDA, off for CPU
-    compile_unet: bool  # torch.compile the UNet on CUDA (FARM_COMPILE=1)
+    compile_unet: bool  # torch.compile the UNet (FARM_COMPILE=1)
     max_adapters: int  # LoRAs loaded into one pipeline at once
     max_adapter_mb: int  # ... and their bytes
     host_lora_mb: int  # LoRA state dicts kept in host RAM for re-attach

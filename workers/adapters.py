@@ -10,6 +10,10 @@
   while it stays the same: the per-layer LoRA detour disappears from every denoising step. The
   original weights of the layers it touches are kept in host RAM and copied back exactly when the
   accelerator changes, so unfusing never drifts.
+- With a compiled UNet the whole stack is fused (``fuse_stack``): peft's LoRA layers, their
+  adapter names and float scales are what torch.compile's guards see, so every switch or weight
+  change would compile the UNet again (seconds to a minute); fused weights are only parameters,
+  changed in place, and the graph stays the same.
 
 Bounding the number of loaded adapters also bounds the cost of ``set_adapters``, which walks every
 LoRA layer for every adapter ever loaded into the pipeline.
@@ -85,16 +89,18 @@ def _peft_modules(pipe):
 
 class AdapterSet:
     def __init__(self, pipe, locate: Callable[[str], tuple[Location, str | None]], *, max_loaded: int = 8,
-                 max_bytes: int = 2 * GiB, host: HostStateDicts | None = None, fuse: bool = False):
+                 max_bytes: int = 2 * GiB, host: HostStateDicts | None = None, fuse: bool = False,
+                 fuse_stack: bool = False):
         self.pipe = pipe
         self.locate = locate  # adapter name -> (where its weights are, weight file name)
         self.max_loaded = max_loaded
         self.max_bytes = max_bytes
         self.host = host if host is not None else HostStateDicts()
         self.fuse = fuse
+        self.fuse_stack = fuse_stack  # fold every adapter of the stack, not only the accelerator
         self.loaded: OrderedDict[str, int] = OrderedDict()  # name -> bytes of its LoRA parameters
         self.enabled = True
-        self.fused: tuple[str, float] | None = None  # (accelerator, weight) folded into the base weights
+        self.fused: tuple[tuple[str, float], ...] | None = None  # (name, weight) pairs folded into the weights
         self._originals: dict[tuple[str, str], object] = {}  # (component, module) -> original weight
         self.stats = {"loads_disk": 0, "loads_host": 0, "evictions": 0, "fuses": 0, "unfuses": 0}
         self.digests: dict[str, str | None] = {}  # sha256 of each adapter's weight file, for the record
@@ -148,22 +154,25 @@ class AdapterSet:
             self.stats["evictions"] += 1
 
     # -- fusing ---------------------------------------------------------------------------------
-    def _fuse(self, name: str, weight: float) -> None:
-        """Fold ``name`` into the base weights and drop every LoRA layer (styles reload from RAM)."""
-        if name not in self.loaded:
-            self._load(name)
+    def _fuse(self, stack: list[tuple[str, float]]) -> None:
+        """Fold the ``stack``'s adapters at their weights into the base weights and drop every
+        LoRA layer (adapters needed later reload from host RAM)."""
+        names = [name for name, _ in stack]
+        for name in names:
+            if name not in self.loaded:
+                self._load(name)
         self._originals = {}
         for component, module_name, module in _peft_modules(self.pipe):
-            if name in getattr(module, "lora_A", {}):
+            if any(name in getattr(module, "lora_A", {}) for name in names):
                 base = module.get_base_layer()
                 self._originals[(component, module_name)] = base.weight.detach().to("cpu", copy=True)
-        self.pipe.set_adapters([name], adapter_weights=[weight])
+        self.pipe.set_adapters(names, adapter_weights=[float(w) for _, w in stack])
         components = [c for c in PEFT_COMPONENTS if getattr(self.pipe, c, None) is not None]
-        self.pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=[name])
+        self.pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=names)
         self.pipe.unload_lora_weights()
         self.loaded.clear()
         self.enabled = True
-        self.fused = (name, weight)
+        self.fused = tuple((name, float(w)) for name, w in stack)
         self.stats["fuses"] += 1
 
     def _unfuse(self) -> None:
@@ -184,12 +193,20 @@ class AdapterSet:
         """Make ``stack`` [(name, weight)] the active adapters; ``accelerator`` names the stack's
         accelerator (fused when fusing is on). Returns ms spent loading and switching."""
         started = time.perf_counter()
-        if self.fuse and accelerator is not None:
-            weight = dict(stack)[accelerator]
-            if self.fused != (accelerator, weight):
+        if self.fuse_stack:
+            wanted = tuple((n, float(w)) for n, w in stack)
+            if self.fused != wanted:
                 if self.fused:
                     self._unfuse()
-                self._fuse(accelerator, weight)
+                if wanted:
+                    self._fuse(list(wanted))
+            return (time.perf_counter() - started) * 1000
+        if self.fuse and accelerator is not None:
+            weight = float(dict(stack)[accelerator])
+            if self.fused != ((accelerator, weight),):
+                if self.fused:
+                    self._unfuse()
+                self._fuse([(accelerator, weight)])
             stack = [(n, w) for n, w in stack if n != accelerator]
         elif self.fused:
             self._unfuse()
@@ -212,5 +229,5 @@ class AdapterSet:
 
     @property
     def resident(self) -> list[str]:
-        fused = [f"{self.fused[0]}(fused)"] if self.fused else []
+        fused = [f"{name}(fused)" for name, _ in self.fused or ()]
         return fused + list(self.loaded)

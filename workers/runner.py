@@ -144,12 +144,15 @@ class Runner:
                 # SDXL's VAE overflows in fp16 (NaN, black images); diffusers upcasts it for every
                 # decode, we keep it in fp32 once (an fp16-fixed VAE says force_upcast: false)
                 pipe.vae.to(torch.float32)
-            if self.compile:
-                pipe.unet = torch.compile(pipe.unet, dynamic=False)  # one graph per batch shape
+        if self.compile:  # inductor: Triton kernels on CUDA, C++ on a CPU (needs a compiler)
+            # in place (Module.compile), not torch.compile(unet): the wrapper it returns hides the
+            # UNet from diffusers' LoRA loader, and no adapter could load. One graph per batch shape.
+            pipe.unet.compile(dynamic=False)
         pipe.set_progress_bar_config(disable=True)
         scheduler = pipe.scheduler
         adapters = AdapterSet(pipe, self._locate_adapter, max_loaded=self.max_adapters,
-                              max_bytes=self.max_adapter_bytes, host=self.host_loras, fuse=self.fuse)
+                              max_bytes=self.max_adapter_bytes, host=self.host_loras, fuse=self.fuse,
+                              fuse_stack=self.compile)
         resident = Resident(pipe, family, (type(scheduler), dict(scheduler.config)), adapters)
         self.resident[model] = resident
         return resident, (time.perf_counter() - started) * 1000

@@ -43,3 +43,22 @@ def test_fused_accelerator_on_cuda_is_close_to_unfused(runner, model_cache):
     b = unfused.render([job(3)]).pixels[0].astype(int)
     assert runner.resident["tiny-sd"].adapters.fused is not None
     assert np.abs(a - b).max() <= TOLERANCE
+
+
+def test_compiled_unet_on_cuda_does_not_recompile_when_adapters_switch(model_cache):
+    from torch._dynamo.utils import counters
+
+    from workers.runner import Runner
+
+    torch._dynamo.reset()
+    compiled = Runner(device="cuda", model_cache=model_cache, compile=True)
+    eager = Runner(device="cuda", model_cache=model_cache)
+    styled = lambda weight: SimpleNamespace(**{**vars(job(3)), "adapters": job(3).adapters + [  # noqa: E731
+        {"name": "tiny-sd-toy", "weight": weight, "role": "style"}]})
+    compiled.render([job(3)])
+    graphs = counters["stats"]["unique_graphs"]
+    for j in (styled(0.8), styled(0.4), job(3)):
+        a = compiled.render([j]).pixels[0].astype(int)
+        b = eager.render([j]).pixels[0].astype(int)
+        assert np.abs(a - b).max() <= TOLERANCE
+    assert counters["stats"]["unique_graphs"] == graphs

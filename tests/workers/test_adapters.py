@@ -94,16 +94,54 @@ def test_a_fused_accelerator_is_close_and_unfuses_exactly(model_cache, runner):
     unfused_lcm = pixels(runner, job(("tiny-sd-toy", 0.8)))
     fused_lcm = pixels(fused, job(("tiny-sd-toy", 0.8)))
     adapters = fused.resident["tiny-sd"].adapters
-    assert adapters.fused == ("tiny-sd-lcm-lora", 1.0) and list(adapters.loaded) == ["tiny-sd-toy"]
+    assert adapters.fused == (("tiny-sd-lcm-lora", 1.0),) and list(adapters.loaded) == ["tiny-sd-toy"]
     # W + BA folded once rounds differently from x@W + x@A@B per step: close, not identical
     assert np.abs(fused_lcm.astype(int) - unfused_lcm).max() <= 3
     # a different accelerator weight (lcm-blend's 0.3) unfuses and refuses; coming back is exact
     pixels(fused, job(accelerator=("tiny-sd-lcm-lora", 0.3), scheduler="DPMSolverSinglestepScheduler",
                       guidance=2.5, steps=6))
-    assert adapters.fused == ("tiny-sd-lcm-lora", 0.3) and adapters.stats["unfuses"] == 1
+    assert adapters.fused == (("tiny-sd-lcm-lora", 0.3),) and adapters.stats["unfuses"] == 1
     assert np.array_equal(fused_lcm, pixels(fused, job(("tiny-sd-toy", 0.8))))
     # no accelerator at all: the original weights are back, bit for bit
     no_accel = job(accelerator=None, scheduler=None, guidance=5.0, steps=10)
     assert adapters.fused is not None
     assert np.array_equal(pixels(fused, no_accel), pixels(runner, no_accel))
     assert adapters.fused is None
+
+
+def test_a_fused_stack_matches_the_unfused_stack_and_restores_exactly(model_cache, runner):
+    """What a compiled UNet uses: every adapter of the stack folded into the weights, so switching
+    stacks changes parameters in place and never the module structure."""
+    fused = make_runner(model_cache)
+    adapters = fused.pipeline("tiny-sd")[0].adapters
+    adapters.fuse_stack = True
+    stacks = [(("tiny-sd-toy", 0.8),), (("tiny-sd-toy", 0.5), ("tiny-sd-ink", 0.3)), ()]
+    first = []
+    for styles in stacks:
+        got, want = pixels(fused, job(*styles)), pixels(runner, job(*styles))
+        assert adapters.fused == (("tiny-sd-lcm-lora", 1.0), *styles) and adapters.loaded == {}
+        assert np.abs(got.astype(int) - want).max() <= 3  # rounding of W + sum(w BA), not another stack
+        first.append(got)
+    for styles, earlier in zip(stacks, first):  # back and forth: the originals come back bit for bit
+        assert np.array_equal(pixels(fused, job(*styles)), earlier)
+    no_adapters = job(accelerator=None, scheduler=None, guidance=5.0, steps=10)
+    assert np.array_equal(pixels(fused, no_adapters), pixels(runner, no_adapters)) and adapters.fused is None
+
+
+@pytest.mark.skipif(not (__import__("shutil").which("g++") or __import__("shutil").which("cc")),
+                    reason="inductor on a CPU needs a C++ compiler")
+def test_a_compiled_unet_is_not_compiled_again_when_adapters_switch(model_cache, runner):
+    """FARM_COMPILE: the first call at a shape compiles; style switches and weight changes after
+    it compile nothing (bench/compile.py measures what they cost otherwise)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    compiled = make_runner(model_cache, compile=True)
+    stacks = [(), (("tiny-sd-toy", 0.8),), (("tiny-sd-toy", 0.5),), (("tiny-sd-ink", 0.8), ("tiny-sd-toy", 0.2)), ()]
+    pixels(compiled, job(*stacks[0]))
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    for styles in stacks[1:]:
+        got = pixels(compiled, job(*styles))
+        assert np.abs(got.astype(int) - pixels(runner, job(*styles))).max() <= 3
+    assert counters["stats"]["unique_graphs"] == graphs
