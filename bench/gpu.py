@@ -195,6 +195,27 @@ def main() -> None:
                           "fraction_of_flop_bound": round(bound_s * rate, 3) if bound_s else None,
                           "time_share": {k[:-3]: round(v / total, 3) for k, v in stage.items()}})
             print(family, json.dumps(curve[-1]), flush=True)
+        # host synchronisations after the first step (its scheduler set-up may sync once): the
+        # rest of the denoising loop should queue work without waiting; the decode's copy of the
+        # uint8 pixels to the host is the one expected sync
+        syncs = None
+        if device.type == "cuda":
+            import warnings
+
+            def watch():
+                torch.cuda.set_sync_debug_mode("warn")
+                return None
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    runner.render(jobs[:1], should_stop=watch)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            syncs = {"after_step_1": len(caught), "steps": steps,
+                     "where": sorted({str(w.message)[:80] for w in caught})[:5]}
+            print(family, "host syncs", json.dumps(syncs), flush=True)
+
         # previews: the best micro-batch again, decoded by TAESD instead of the VAE
         best = max(curve, key=lambda c: c["images_per_s"])["micro_batch"]
         previews = [SimpleNamespace(**{**vars(j), "decoder": "tiny"}) for j in jobs]
@@ -209,7 +230,8 @@ def main() -> None:
         preview = {"micro_batch": best, "images_per_s": round(images / (time.perf_counter() - started), 3),
                    "decode_ms_per_image": round(decode_ms / images, 2)}
         print(family, "preview", json.dumps(preview), flush=True)
-        results.append({"family": family, "size": size, "steps": steps, "dtype": str(dtype), "preview_taesd": preview, **{
+        results.append({"family": family, "size": size, "steps": steps, "dtype": str(dtype), "preview_taesd": preview,
+                        "host_syncs": syncs, **{
             k: round(v, 3) for k, v in counted.items()}, "flop_bound_ms_per_image": round(bound_s * 1000, 1)
             if bound_s else None, "loop_images_per_s": round(loop_rate, 3), "runner": curve,
             "model_load_ms": round(load_ms)})
