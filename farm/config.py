@@ -51,6 +51,7 @@ class Config:
     job_time_limit: int  # seconds a micro-batch may run
     store_overlap: bool = True  # store a micro-batch's images while the next one renders
     preview_decoders: tuple = ()  # (arch, source) of TAESD decoders, over the built-in hub ids
+    dtype: str = "auto"  # weights and activations: fp16 on CUDA, fp32 on CPU; or fp16, bf16, fp32
     io_threads: int = 2  # threads encoding and uploading images
 
     @property
@@ -193,6 +194,9 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     time_limit = _int(env, "FARM_JOB_TIME_LIMIT", 900, 1, 24 * 3600)
     store_overlap = _int(env, "FARM_STORE_OVERLAP", 1, 0, 1) == 1
     io_threads = _int(env, "FARM_IO_THREADS", 2, 1, 64)
+    dtype = (env.get("FARM_DTYPE") or "auto").lower()
+    if dtype not in ("auto", "fp16", "bf16", "fp32"):
+        raise ConfigError("FARM_DTYPE", f"expected auto, fp16, bf16 or fp32, got {dtype!r}")
     preview_decoders = []
     for item in (env.get("FARM_PREVIEW_DECODERS") or "").split(","):
         arch, sep, source = item.strip().partition("=")
@@ -219,5 +223,5 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         retry_backoff_s=backoff, quarantine_s=quarantine, renderer=renderer, redis_tls=redis_tls,
         visibility_timeout=visibility,
         job_time_limit=time_limit, store_overlap=store_overlap, io_threads=io_threads,
-        preview_decoders=tuple(preview_decoders),
+        preview_decoders=tuple(preview_decoders), dtype=dtype,
     )

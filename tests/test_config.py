@@ -31,6 +31,11 @@ def test_postgres_urls_use_psycopg3():
     ({"FARM_MICRO_BATCH": "0"}, "FARM_MICRO_BATCH"),
     ({"FARM_QUEUE": "a queue"}, "FARM_QUEUE"),
     ({"FARM_JOB_TIME_LIMIT": "4000", "FARM_VISIBILITY_TIMEOUT": "3600"}, "FARM_JOB_TIME_LIMIT"),
+    ({"FARM_DTYPE": "fp8"}, "FARM_DTYPE"),
+    ({"FARM_STORE_OVERLAP": "yes"}, "FARM_STORE_OVERLAP"),
+    ({"FARM_IO_THREADS": "0"}, "FARM_IO_THREADS"),
+    ({"FARM_PREVIEW_DECODERS": "sdxl"}, "FARM_PREVIEW_DECODERS"),
+    ({"FARM_PREVIEW_DECODERS": "sd3=/models/taesd3"}, "FARM_PREVIEW_DECODERS"),
 ])
 def test_bad_values_name_the_variable(env, variable):
     with pytest.raises(ConfigError) as info:
@@ -55,3 +60,13 @@ def test_micro_batch_sizes_per_family_and_resolution():
     assert cfg.micro_batch_for("sd15", 64, 64) == 16
     with pytest.raises(ConfigError, match="^FARM_MICRO_BATCH_SIZES: "):
         load_config({"FARM_MICRO_BATCH_SIZES": "sdxl=lots"}, cwd=Path("/tmp"))
+
+
+def test_fast_path_settings():
+    cfg = load_config({"FARM_DTYPE": "BF16", "FARM_STORE_OVERLAP": "0", "FARM_IO_THREADS": "4",
+                       "FARM_PREVIEW_DECODERS": "sdxl=/models/taesdxl, sd15=s3://weights/taesd"}, cwd=Path("/tmp"))
+    assert (cfg.dtype, cfg.store_overlap, cfg.io_threads) == ("bf16", False, 4)
+    assert cfg.preview_decoders == (("sdxl", "/models/taesdxl"), ("sd15", "s3://weights/taesd"))
+    default = load_config({}, cwd=Path("/tmp"))
+    assert (default.dtype, default.store_overlap, default.io_threads, default.preview_decoders) == ("auto", True, 2, ())
+

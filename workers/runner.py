@@ -76,13 +76,15 @@ class Runner:
                  catalog: Callable[[], Catalog] = Catalog, s3_endpoint_url: str | None = None,
                  fuse: bool | None = None, max_adapters: int = 8, max_adapter_bytes: int = 2 << 30,
                  host_lora_bytes: int = 4 << 30, compile: bool = False,
-                 preview_decoders: dict[str, str] | None = None):
+                 preview_decoders: dict[str, str] | None = None, dtype: str = "auto"):
         import torch
 
         self.torch = torch
         self.device = torch.device(device)
         self.is_cuda = self.device.type == "cuda"
-        self.dtype = torch.float16 if self.is_cuda else torch.float32
+        # fp16 on CUDA by default; bf16 trades mantissa bits for fp32's range (no VAE upcast needed)
+        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+        self.dtype = dtypes.get(dtype) or (torch.float16 if self.is_cuda else torch.float32)
         self.bucket = bucket or (1 if self.is_cuda else 4)
         self.model_cache = model_cache
         self.max_models = max_models
@@ -140,7 +142,7 @@ class Runner:
 
             pipe.unet.to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
-            if getattr(pipe.vae.config, "force_upcast", False):
+            if self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
                 # SDXL's VAE overflows in fp16 (NaN, black images); diffusers upcasts it for every
                 # decode, we keep it in fp32 once (an fp16-fixed VAE says force_upcast: false)
                 pipe.vae.to(torch.float32)

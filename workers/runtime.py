@@ -82,7 +82,8 @@ def make_renderer(config: Config, device: str, ledger: Ledger):
                     bucket=config.batch_bucket, catalog=ledger.catalog, s3_endpoint_url=config.s3_endpoint_url,
                     fuse=config.fuse_accelerator, max_adapters=config.max_adapters,
                     max_adapter_bytes=config.max_adapter_mb << 20, host_lora_bytes=config.host_lora_mb << 20,
-                    compile=config.compile_unet, preview_decoders=dict(config.preview_decoders))
+                    compile=config.compile_unet, preview_decoders=dict(config.preview_decoders),
+                    dtype=config.dtype)
     return runner, gpu_name
 
 

@@ -187,3 +187,19 @@ def test_a_preview_decoder_source_can_be_overridden(model_cache, tmp_path):
     with pytest.raises(InputError, match="no such file or directory"):
         render(missing, [job(seed=3, decoder="tiny")])
 
+
+@pytest.mark.parametrize("model", MODELS)
+def test_bf16_renders_the_same_image_within_rounding(model_cache, runner, model):
+    """FARM_DTYPE=bf16: weights and activations in bfloat16; the image is fp32's up to rounding."""
+    from workers.runner import Runner
+
+    bf16 = Runner(device="cpu", model_cache=model_cache, dtype="bf16")
+    seeds = (1, 2, 3, 4)
+    got = render(bf16, [job(model=model, seed=s) for s in seeds])
+    want = render(runner, [job(model=model, seed=s) for s in seeds])
+    assert bf16.resident[model].pipe.unet.dtype == torch.bfloat16
+    for a, b in zip(got, want):
+        diff = np.abs(a.astype(int) - b)
+        assert diff.mean() < 2 and diff.max() <= 16
+    assert np.array_equal(render(bf16, [job(model=model, seed=1)])[0], got[0])
+
