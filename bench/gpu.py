@@ -5,7 +5,7 @@ Reports images/s, the fraction of the FLOP bound (FLOPs of one UNet forward and 
 counted with torch.utils.flop_counter.FlopCounterMode, against the device's dense fp16 peak), and
 the share of time in text encoding, denoising, VAE decode and PNG encoding.
 
-    .venv/bin/python bench/gpu.py [--families sd15,sdxl] [--batch 1,2,4,8] [--peak-tflops 989]
+    .venv/bin/python bench/gpu.py [--families sd15,sdxl] [--batch 1,2,4,8] [--dtype fp16|bf16] [--peak-tflops 989]
 
 On a machine without CUDA it says so and exits 2; `--cpu-smoke` runs SD1.5 at 64 px on the CPU in
 fp32 to check the code path (the numbers mean nothing there).
@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--batch", default="1,2,4,8")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16", help="the runner's (FARM_DTYPE)")
     parser.add_argument("--cpu-smoke", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu.json"))
     args = parser.parse_args()
@@ -126,7 +127,7 @@ def main() -> None:
         print("no CUDA device: run this on a GPU machine (or --cpu-smoke to check the code path)", file=sys.stderr)
         sys.exit(2)
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
-    dtype = torch.float32 if args.cpu_smoke else torch.float16
+    dtype = torch.float32 if args.cpu_smoke else {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     name = "cpu" if args.cpu_smoke else torch.cuda.get_device_name(0)
     peak = args.peak_tflops or next((v for k, v in PEAKS.items() if k in name), None)
     families = ["sd15"] if args.cpu_smoke else args.families.split(",")
@@ -135,19 +136,20 @@ def main() -> None:
     results = []
     for family in families:
         size = 64 if args.cpu_smoke else (512 if family == "sd15" else 1024)
-        model_dir = build(family, cache / "random-fp16", dtype)
+        model_dir = build(family, cache / f"random-{str(dtype).replace('torch.', '')}", dtype)
         from farm.catalog import ModelEntry
         from farm.spec import Catalog
         from workers.runner import Runner
 
         entry = ModelEntry(f"random-{family}", str(model_dir), family, family, size)
-        taesd_dir = cache / "random-fp16" / f"taesd-{family}"
+        taesd_dir = model_dir.parent / f"taesd-{family}"
         if not (taesd_dir / "config.json").exists():
             from diffusers import AutoencoderTiny
 
             torch.manual_seed(1)
             AutoencoderTiny().to(dtype).save_pretrained(str(taesd_dir), safe_serialization=True)  # TAESD's layout
         runner = Runner(device=device.type, model_cache=cache, bucket=1, preview_decoders={family: str(taesd_dir)},
+                        dtype="fp32" if args.cpu_smoke else args.dtype,
                         catalog=lambda: Catalog(models={entry.name: entry}, adapters={}))
         resident, load_ms = runner.pipeline(entry.name)
         pipe = resident.pipe
