@@ -32,6 +32,7 @@ from workers.imaging import encode_png
 
 log = logging.getLogger("farm.worker")
 QUARANTINE_AFTER = 3  # consecutive failed micro-batches of one model
+STORE_HANG_S = 600.0  # a micro-batch's images not stored after this long: a hung upload or disk
 
 
 def job_record(job, *, worker: str, device: str, versions: dict) -> dict:
@@ -91,6 +92,7 @@ class Handler:
         self.last_activity = time.monotonic()  # the last message this worker took or finished
         self.rendered_unreported = 0
         self.hang_deadline: float | None = None  # monotonic time past which a render counts as hung
+        self.store_deadline: float | None = None  # ... and past which the images being stored do
         self.pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="farm-io")
         self._closed = threading.Event()
         threading.Thread(target=self._keep, name="farm-leases", daemon=True).start()
@@ -148,6 +150,11 @@ class Handler:
             deadline = self.hang_deadline
             if deadline is not None and time.monotonic() > deadline:
                 log.error("a render hung past twice its time limit; exiting to be restarted")
+                os._exit(70)
+            deadline = self.store_deadline
+            if deadline is not None and self.storing and time.monotonic() > deadline:
+                # the leases renewed here would otherwise keep the jobs from the reaper for good
+                log.error("storing images hung for %ss; exiting to be restarted", STORE_HANG_S)
                 os._exit(70)
             tokens = [c.token for c in list(self.current.values()) + list(self.storing.values())]
             if not tokens:
@@ -207,6 +214,7 @@ class Handler:
         self.wait_for_stores()  # the previous micro-batch's images: one batch of pixels in flight
         for job in jobs:
             self.storing[job.id] = claims[job.id]
+        self.store_deadline = time.monotonic() + STORE_HANG_S
         self._stores = [
             self.pool.submit(self._store_and_count, job, pixels, claims[job.id], per_image, shared_ms / n,
                              rendered.batch_size, rendered.scheduler, rendered.environment or {})

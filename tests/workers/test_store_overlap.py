@@ -151,3 +151,35 @@ def _attempts(ledger, ids):
 
     with ledger.session() as s:
         return list(s.scalars(select(Attempt).where(Attempt.job_id.in_(ids)).order_by(Attempt.id)))
+
+
+def test_a_store_that_hangs_ends_the_worker_so_the_reaper_can_hand_its_jobs_on(tmp_path):
+    """The keeper renews the leases of images being stored; if a store never returns (a hung
+    mount, an upload with no timeout) it must not renew them for ever: the process exits with 70
+    and is restarted, and the reaper requeues the jobs when their leases lapse."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import threading, time
+        import workers.handler as handler_module
+        from tests.workers.test_store_overlap import GatedStore, jobs
+        from farm.ledger import Ledger
+        from workers.handler import Handler
+        from workers.sleeper import SleepRenderer
+
+        handler_module.STORE_HANG_S = 1.0
+        ledger = Ledger("sqlite:///{tmp_path / 'ledger.db'}")
+        ledger.register_worker(name="w1", host="t", pid=1, device="cpu", gpu_name=None, versions={{}})
+        store = GatedStore("file://{tmp_path / 'store'}")  # never opened: the write hangs
+        handler = Handler(ledger=ledger, store=store, runner=SleepRenderer(0.0), worker="w1", device="cpu",
+                          versions={{}}, lease_s=3)
+        handler.handle(jobs(ledger, 2, seed=1))
+        time.sleep(20)
+        print("still alive")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert result.returncode == 70, result.stdout + result.stderr[-2000:]
+    assert "storing images hung" in result.stderr
