@@ -135,6 +135,7 @@ PREVIEW_DECODERS = {
     "ssd-1b": "madebyollin/taesdxl",  # SSD-1B keeps SDXL's VAE
     **{arch: f"builtin:{arch}-taesd" for arch in TINY_ARCHS},
 }
+assert set(PREVIEW_DECODERS) == set(ARCHS), "every arch a model may have needs a preview decoder"
 
 
 def tiny_build(name: str) -> tuple[str, str, int] | None:

@@ -15,8 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Mapping
 
-from farm.catalog import (BUILTIN_ADAPTERS, BUILTIN_MODELS, DECODERS, NATIVE_SIZE, PREVIEW_DECODERS, AdapterEntry,
-                          ModelEntry)
+from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, DECODERS, NATIVE_SIZE, AdapterEntry, ModelEntry
 from farm.errors import InputError
 from farm.recipes import DEFAULT_RECIPE, resolve_recipe
 
@@ -247,8 +246,6 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
     decoder = "full" if request.decoder is None else request.decoder
     if decoder not in DECODERS:
         raise InputError("decoder", f"{decoder!r} is not a decoder (known: {', '.join(DECODERS)})")
-    if decoder == "tiny" and model.arch not in PREVIEW_DECODERS:
-        raise InputError("decoder", f"no tiny autoencoder is known for {model.arch} models ({model_name})")
 
     return JobSpec(
         prompt=prompt, negative_prompt=negative, seed=seed, steps=recipe.steps,

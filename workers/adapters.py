@@ -101,7 +101,10 @@ class AdapterSet:
         self.loaded: OrderedDict[str, int] = OrderedDict()  # name -> bytes of its LoRA parameters
         self.enabled = True
         self.fused: tuple[tuple[str, float], ...] | None = None  # (name, weight) pairs folded into the weights
-        self._originals: dict[tuple[str, str], object] = {}  # (component, module) -> original weight
+        # (component, module) -> its original weight in host RAM, kept across switches: the base
+        # weights are the same after every unfuse, so each layer is copied off the device once
+        self._originals: dict[tuple[str, str], object] = {}
+        self._fused_layers: list[tuple[str, str]] = []  # the layers the fused stack changed
         self.stats = {"loads_disk": 0, "loads_host": 0, "evictions": 0, "fuses": 0, "unfuses": 0}
         self.digests: dict[str, str | None] = {}  # sha256 of each adapter's weight file, for the record
 
@@ -161,11 +164,13 @@ class AdapterSet:
         for name in names:
             if name not in self.loaded:
                 self._load(name)
-        self._originals = {}
+        self._fused_layers = []
         for component, module_name, module in _peft_modules(self.pipe):
             if any(name in getattr(module, "lora_A", {}) for name in names):
-                base = module.get_base_layer()
-                self._originals[(component, module_name)] = base.weight.detach().to("cpu", copy=True)
+                key = (component, module_name)
+                if key not in self._originals:  # nothing is fused now: the weight is the original
+                    self._originals[key] = module.get_base_layer().weight.detach().to("cpu", copy=True)
+                self._fused_layers.append(key)
         self.pipe.set_adapters(names, adapter_weights=[float(w) for _, w in stack])
         components = [c for c in PEFT_COMPONENTS if getattr(self.pipe, c, None) is not None]
         self.pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=names)
@@ -180,11 +185,12 @@ class AdapterSet:
         import torch
 
         with torch.no_grad():
-            for (component, module_name), original in self._originals.items():
+            for component, module_name in self._fused_layers:
+                original = self._originals[(component, module_name)]
                 module = getattr(self.pipe, component).get_submodule(module_name)
                 base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
                 base.weight.copy_(original.to(base.weight.device, base.weight.dtype))
-        self._originals = {}
+        self._fused_layers = []
         self.fused = None
         self.stats["unfuses"] += 1
 

@@ -165,9 +165,7 @@ class Runner:
             from diffusers import AutoencoderTiny
 
             arch = self._entry("model", model).arch
-            source = self.preview_decoders.get(arch)
-            if source is None:
-                raise InputError("decoder", f"no tiny autoencoder is known for {arch} models ({model})")
+            source = self.preview_decoders[arch]  # every arch has one (farm.catalog.PREVIEW_DECODERS)
             location = resolve(source, self.model_cache, name=f"{arch}-taesd", s3_endpoint_url=self.s3_endpoint_url)
             if location.single_file:
                 raise InputError("decoder", f"{source}: a tiny autoencoder loads from a diffusers directory "
