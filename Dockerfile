@@ -9,6 +9,7 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_IN
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY farm ./farm
+COPY engine ./engine
 COPY workers ./workers
 COPY migrations ./migrations
 RUN pip install --no-cache-dir -c constraints.txt -e ".[fleet]"

@@ -50,9 +50,9 @@ def main() -> None:
     from diffusers.utils import logging as diffusers_logging
     from safetensors.torch import load_file
 
-    from workers.adapters import AdapterSet, HostStateDicts
-    from workers.runner import Runner
-    from workers.sources import resolve
+    from engine.adapters import AdapterSet, HostStateDicts
+    from engine.runner import Runner
+    from engine.sources import resolve
 
     diffusers_logging.set_verbosity_error()
     cache = Path(os.environ.get("FARM_MODEL_CACHE") or tempfile.mkdtemp(prefix="farm-bench-models-"))
@@ -105,7 +105,8 @@ def main() -> None:
             if bound is not None and len(loaded) > bound:
                 pipe.delete_adapters(loaded.pop(0))
             if count in (1, 10, 50):
-                points[str(count)] = summary(ms(lambda: pipe.set_adapters([name], adapter_weights=[0.8]), args.repeats))
+                points[str(count)] = summary(ms(lambda name=name: pipe.set_adapters([name], adapter_weights=[0.8]),
+                                                args.repeats))
         curve["unbounded" if bound is None else f"bounded_{bound}"] = points
     results["set_adapters_after_n_loaded"] = curve
 
@@ -118,7 +119,8 @@ def main() -> None:
                 for label, points in curve.items()},
                xlabel="adapters loaded into the pipeline", ylabel="one set_adapters call (ms, median)",
                title=f"set_adapters cost, {args.model} (switch: resident {results['switch']['resident']['median_ms']} ms, "
-                     f"RAM {results['switch']['host_ram']['median_ms']} ms, disk {results['switch']['disk']['median_ms']} ms)")
+                     f"RAM {results['switch']['host_ram']['median_ms']} ms, "
+                     f"disk {results['switch']['disk']['median_ms']} ms)")
     print(json.dumps(results, indent=2))
 
 

@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,18 +32,18 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "batch.json"))
     args = parser.parse_args()
 
-    from workers.quiet import quiet_libraries
-    from workers.runner import Runner
+    from engine.quiet import quiet_libraries
+    from engine.runner import Runner
+    from farm.spec import direct_spec
 
     quiet_libraries()
     cache = Path(os.environ.get("FARM_MODEL_CACHE") or tempfile.mkdtemp(prefix="farm-bench-models-"))
     arch = {"tiny-sd": "tiny-sd", "tiny-sdxl": "tiny-sdxl"}.get(args.model, args.model)
 
     def jobs(n, offset):
-        return [SimpleNamespace(prompt="a lighthouse at dusk", negative_prompt="", seed=offset + i, steps=4,
-                                guidance=1.0, width=args.size, height=args.size, model=args.model,
-                                scheduler="LCMScheduler", scheduler_config={},
-                                adapters=[{"name": f"{arch}-lcm-lora", "weight": 1.0, "role": "accelerator"}])
+        return [direct_spec(seed=offset + i, width=args.size, height=args.size, model=args.model,
+                            family="sdxl" if "sdxl" in args.model else "sd15",
+                            adapters=[(f"{arch}-lcm-lora", 1.0, "accelerator")])
                 for i in range(n)]
 
     curves = {}

@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,11 +36,11 @@ STACKS = [
 
 
 def jobs(batch: int, styles: list, seed: int = 0) -> list:
-    adapters = [{"name": "tiny-sd-lcm-lora", "weight": 1.0, "role": "accelerator"}]
-    adapters += [{"name": n, "weight": w, "role": "style"} for n, w in styles]
-    return [SimpleNamespace(prompt=f"a lighthouse {i}", negative_prompt="", seed=seed + i, steps=4, guidance=1.0,
-                            width=64, height=64, model="tiny-sd", scheduler="LCMScheduler", scheduler_config={},
-                            adapters=adapters) for i in range(batch)]
+    from farm.spec import direct_spec
+
+    adapters = [("tiny-sd-lcm-lora", 1.0, "accelerator")] + [(n, w, "style") for n, w in styles]
+    return [direct_spec(prompt=f"a lighthouse {i}", seed=seed + i, model="tiny-sd", adapters=adapters)
+            for i in range(batch)]
 
 
 def graphs() -> int:
@@ -59,7 +58,7 @@ def timed(runner, batch_jobs) -> float:
 def run(device: str, compile: bool, batch: int, repeats: int, cache: Path, fuse: bool, fuse_stack: bool) -> dict:
     import torch
 
-    from workers.runner import Runner
+    from engine.runner import Runner
 
     torch._dynamo.reset()
     runner = Runner(device=device, model_cache=cache, compile=compile, fuse=fuse)

@@ -31,7 +31,7 @@ def loop_images_per_s(model_cache: Path, images: int, out_dir: Path) -> float:
     import torch
     from diffusers import LCMScheduler, StableDiffusionPipeline
 
-    from workers.sources import resolve
+    from engine.sources import resolve
 
     pipe = StableDiffusionPipeline.from_pretrained(resolve("builtin:tiny-sd", model_cache).path, safety_checker=None)
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)

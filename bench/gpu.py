@@ -18,12 +18,11 @@ import io
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,11 +49,16 @@ VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
 def build(family: str, directory: Path, dtype) -> Path:
     """A real-architecture pipeline with random weights, saved like a downloaded checkpoint."""
     import torch
-    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline,
-                           StableDiffusionXLPipeline, UNet2DConditionModel)
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from workers.pipelines.tiny import _clip_tokenizer
+    from engine.pipelines.tiny import _clip_tokenizer
 
     target = directory / family
     if (target / "model_index.json").exists():
@@ -119,8 +123,9 @@ def main() -> None:
     import torch
     from diffusers import LCMScheduler
 
-    from workers.imaging import encode_png
-    from workers.quiet import quiet_libraries
+    from engine.imaging import encode_png
+    from engine.quiet import quiet_libraries
+    from farm.spec import direct_spec
 
     quiet_libraries()
     if not torch.cuda.is_available() and not args.cpu_smoke:
@@ -137,9 +142,9 @@ def main() -> None:
     for family in families:
         size = 64 if args.cpu_smoke else (512 if family == "sd15" else 1024)
         model_dir = build(family, cache / f"random-{str(dtype).replace('torch.', '')}", dtype)
+        from engine.runner import Runner
         from farm.catalog import ModelEntry
         from farm.spec import Catalog
-        from workers.runner import Runner
 
         entry = ModelEntry(f"random-{family}", str(model_dir), family, family, size)
         taesd_dir = model_dir.parent / f"taesd-{family}"
@@ -150,7 +155,7 @@ def main() -> None:
             AutoencoderTiny().to(dtype).save_pretrained(str(taesd_dir), safe_serialization=True)  # TAESD's layout
         runner = Runner(device=device.type, model_cache=cache, bucket=1, preview_decoders={family: str(taesd_dir)},
                         dtype="fp32" if args.cpu_smoke else args.dtype,
-                        catalog=lambda: Catalog(models={entry.name: entry}, adapters={}))
+                        catalog=lambda entry=entry: Catalog(models={entry.name: entry}, adapters={}))
         resident, load_ms = runner.pipeline(entry.name)
         pipe = resident.pipe
         counted = flops(pipe, family, size, device)
@@ -176,9 +181,8 @@ def main() -> None:
 
         curve = []
         for micro in [int(b) for b in args.batch.split(",")]:
-            jobs = [SimpleNamespace(prompt="a lighthouse at dusk", negative_prompt="", seed=s, steps=steps, guidance=1.0,
-                                    width=size, height=size, model=entry.name, scheduler="LCMScheduler",
-                                    scheduler_config={}, adapters=[]) for s in range(images)]
+            jobs = [direct_spec(seed=s, steps=steps, width=size, height=size, model=entry.name,
+                                family=entry.family) for s in range(images)]
             runner.render(jobs[:micro])  # warm-up at this shape
             stage = {"text_encode_ms": 0.0, "denoise_ms": 0.0, "vae_decode_ms": 0.0, "image_encode_ms": 0.0}
             started = time.perf_counter()
@@ -220,7 +224,7 @@ def main() -> None:
 
         # previews: the best micro-batch again, decoded by TAESD instead of the VAE
         best = max(curve, key=lambda c: c["images_per_s"])["micro_batch"]
-        previews = [SimpleNamespace(**{**vars(j), "decoder": "tiny"}) for j in jobs]
+        previews = [replace(j, decoder="tiny") for j in jobs]
         runner.render(previews[:best])
         decode_ms = 0.0
         started = time.perf_counter()

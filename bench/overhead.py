@@ -80,14 +80,10 @@ def main() -> None:
             if i < 20:
                 continue
             [job] = ledger.list_jobs(batch)
-            created = job["created_at"]
-            from datetime import datetime
-
-            server_ms.append((datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(created))
-                             .total_seconds() * 1000)
+            server_ms.append((job.finished_at - job.created_at).total_seconds() * 1000)
             client_ms.append(elapsed)
             for stage in stages:
-                stages[stage].append(job["timings"][stage] or 0.0)
+                stages[stage].append(job.timings[stage] or 0.0)
     finally:
         worker.terminate()
         worker.wait(30)

@@ -76,11 +76,9 @@ def main() -> None:
             wall = time.perf_counter() - started
             # the workers' throughput: first claim to last completion, from the ledger's own clock
             # (submitting 16x more jobs for 16 workers is the producer's time, not theirs)
-            from datetime import datetime
-
             rows = ledger.list_jobs(batch)
-            first = min(datetime.fromisoformat(r["started_at"]) for r in rows)
-            last = max(datetime.fromisoformat(r["finished_at"]) for r in rows)
+            first = min(r.started_at for r in rows)
+            last = max(r.finished_at for r in rows)
             elapsed = (last - first).total_seconds()
             points.append({"workers": n, "images": images, "seconds": round(elapsed, 3), "wall_s": round(wall, 3),
                            "images_per_s": round(images / elapsed, 3)})

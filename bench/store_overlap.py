@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,10 +74,10 @@ def main() -> None:
                 while ledger.batch_counts(batch)["succeeded"] < args.images:
                     time.sleep(0.05)
                 rows = ledger.list_jobs(batch)
-                first = min(datetime.fromisoformat(r["started_at"]) for r in rows)
-                last = max(datetime.fromisoformat(r["finished_at"]) for r in rows)
+                first = min(r.started_at for r in rows)
+                last = max(r.finished_at for r in rows)
                 seconds = (last - first).total_seconds()
-                encode = statistics.median(r["timings"]["image_encode"] for r in rows)
+                encode = statistics.median(r.timings["image_encode"] for r in rows)
                 point = {"round": round_, "images": args.images, "seconds": round(seconds, 3),
                          "images_per_s": round(args.images / seconds, 3), "png_encode_ms_p50": round(encode, 1)}
                 runs[mode].append(point)

@@ -53,6 +53,7 @@ class Config:
     preview_decoders: tuple = ()  # (arch, source) of TAESD decoders, over the built-in hub ids
     dtype: str = "auto"  # weights and activations: fp16 on CUDA, fp32 on CPU; or fp16, bf16, fp32
     io_threads: int = 2  # threads encoding and uploading images
+    no_worker_warn_s: int = 30  # a wait says no live worker can render its batch after this long
 
     @property
     def run_dir(self) -> Path:
@@ -194,6 +195,8 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     time_limit = _int(env, "FARM_JOB_TIME_LIMIT", 900, 1, 24 * 3600)
     store_overlap = _int(env, "FARM_STORE_OVERLAP", 1, 0, 1) == 1
     io_threads = _int(env, "FARM_IO_THREADS", 2, 1, 64)
+    # long enough for fresh workers to load their libraries and register
+    no_worker_warn_s = _int(env, "FARM_NO_WORKER_WARN_S", 30, 0, 86400)
     dtype = (env.get("FARM_DTYPE") or "auto").lower()
     if dtype not in ("auto", "fp16", "bf16", "fp32"):
         raise ConfigError("FARM_DTYPE", f"expected auto, fp16, bf16 or fp32, got {dtype!r}")
@@ -218,10 +221,11 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         home=home, database_url=database_url, broker_url=broker_url, store_url=store_url,
         s3_endpoint_url=s3_endpoint, model_cache=model_cache, default_model=default_model,
         micro_batch=micro_batch, micro_batch_rules=tuple(rules), batch_bucket=batch_bucket, max_resident_models=max_models,
-        fuse_accelerator=fuse, compile_unet=compile_unet, max_adapters=max_adapters, max_adapter_mb=max_adapter_mb, host_lora_mb=host_lora_mb,
+        fuse_accelerator=fuse, compile_unet=compile_unet, max_adapters=max_adapters, max_adapter_mb=max_adapter_mb,
+        host_lora_mb=host_lora_mb,
         queue=queue, aging_s=aging, maintenance_s=maintenance, lease_s=lease, max_attempts=max_attempts,
         retry_backoff_s=backoff, quarantine_s=quarantine, renderer=renderer, redis_tls=redis_tls,
         visibility_timeout=visibility,
         job_time_limit=time_limit, store_overlap=store_overlap, io_threads=io_threads,
-        preview_decoders=tuple(preview_decoders), dtype=dtype,
+        preview_decoders=tuple(preview_decoders), dtype=dtype, no_worker_warn_s=no_worker_warn_s,
     )

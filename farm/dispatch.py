@@ -12,10 +12,9 @@ from typing import Iterable
 
 from farm.config import Config
 from farm.errors import InfrastructureError
+from farm.states import MAX_PRIORITY
 
 RENDER_TASK = "farm.render"
-MAX_PRIORITY = 9
-KOMBU_SEP = "\x06\x16"  # how kombu's Redis transport names a queue's priority levels
 
 
 def model_queue(base: str, model: str) -> str:
@@ -128,41 +127,68 @@ class Publisher:
         return sent
 
     def job_ids_in_broker(self, stale_after_s: float = 30.0) -> set[int]:
-        """Every job id some message in the broker still carries: waiting in a queue (any
-        priority level) or delivered and not acked for less than ``stale_after_s``. A delivery
-        older than that whose job was never claimed went to a worker that died before claiming it
-        (a live worker claims at once, and holds one message at a time); Redis would only restore
-        it after the visibility timeout. Read through kombu's own Redis client."""
+        """Every job id some message in the broker still carries (see ``BrokerLayout``)."""
+        return BrokerLayout(self.app, self.cfg.queue).job_ids(stale_after_s)
+
+    def waiting(self, queues) -> int:
+        """Messages waiting in these queues, every priority level counted."""
+        return BrokerLayout(self.app, self.cfg.queue).waiting(queues)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+KOMBU_SEP = "\x06\x16"  # how kombu's Redis transport names a queue's priority levels
+
+
+class BrokerLayout:
+    """The one place that reads kombu's private Redis layout: a queue is one list per priority
+    level (``queue``, ``queue\x06\x161`` ... ``\x06\x169``), delivered-but-unacked messages sit
+    in the ``unacked`` hash, indexed by delivery time in the ``unacked_index`` sorted set. A kombu
+    upgrade that changes it breaks only this class (the reconciler and the stuck-consumer check
+    rely on it; tests/faults cover both)."""
+
+    def __init__(self, app, base_queue: str):
+        self.app = app
+        self.base_queue = base_queue
+
+    @staticmethod
+    def _job_ids_of(raw, into: set[int]) -> None:
         import base64
         import json
+
+        try:
+            message = json.loads(raw)
+            if isinstance(message, list):  # the unacked hash holds [message, exchange, routing key]
+                message = message[0]
+            body = message["body"]
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            args = json.loads(body)[0]
+            into.update(int(i) for i in args[0])
+        except (ValueError, KeyError, IndexError, TypeError):
+            pass  # not a farm message
+
+    def job_ids(self, stale_after_s: float = 30.0) -> set[int]:
+        """Every job id some message still carries: waiting in a queue (any priority level) or
+        delivered and not acked for less than ``stale_after_s``. A delivery older than that whose
+        job was never claimed went to a worker that died before claiming it (a live worker claims
+        at once, and holds one message at a time); Redis would only restore it after the
+        visibility timeout. Read through kombu's own Redis client."""
         import time
 
         ids: set[int] = set()
-
-        def collect(raw) -> None:
-            try:
-                message = json.loads(raw)
-                if isinstance(message, list):  # the unacked hash holds [message, exchange, routing key]
-                    message = message[0]
-                body = message["body"]
-                if message.get("properties", {}).get("body_encoding") == "base64":
-                    body = base64.b64decode(body)
-                args = json.loads(body)[0]
-                ids.update(int(i) for i in args[0])
-            except (ValueError, KeyError, IndexError, TypeError):
-                pass  # not a farm message
-
         try:
             with self.app.connection_for_read() as connection:
                 client = connection.default_channel.client
-                for key in client.scan_iter(match=f"{self.cfg.queue}.*", count=500):
+                for key in client.scan_iter(match=f"{self.base_queue}.*", count=500):
                     if client.type(key) == b"list":
                         for raw in client.lrange(key, 0, -1):
-                            collect(raw)
+                            self._job_ids_of(raw, ids)
                 fresh = set(client.zrangebyscore("unacked_index", time.time() - stale_after_s, "+inf"))
                 for tag, raw in client.hgetall("unacked").items():
                     if tag in fresh:
-                        collect(raw)
+                        self._job_ids_of(raw, ids)
         except Exception as exc:  # noqa: BLE001 - transport errors come in many types
             raise InfrastructureError(f"cannot read the broker: {exc}") from None
         return ids
@@ -177,6 +203,3 @@ class Publisher:
                 return sum(client.llen(k) for k in keys)
         except Exception as exc:  # noqa: BLE001
             raise InfrastructureError(f"cannot read the broker: {exc}") from None
-
-    def close(self) -> None:
-        self.app.close()

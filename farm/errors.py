@@ -51,3 +51,16 @@ class InfrastructureError(FarmError):
     """The broker, the database or the store failed; retrying later may succeed."""
 
     exit_code = 3
+
+
+class FarmTimeout(FarmError):
+    """A wait for a batch ran out of time; ``counts`` holds its counts per state at that moment."""
+
+    exit_code = 1
+
+    def __init__(self, batch: str, counts: dict[str, int], timeout: float):
+        self.batch, self.counts, self.timeout = batch, counts, timeout
+        from farm.states import TERMINAL
+
+        done = sum(n for state, n in counts.items() if state in TERMINAL)
+        super().__init__(f"batch {batch}: {done}/{sum(counts.values())} jobs done after {timeout:g}s")

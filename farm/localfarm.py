@@ -5,6 +5,10 @@ wheel ships) on a unix socket under the farm home, with append-only persistence 
 messages survive a restart. ``farm worker`` supervises one worker process per device and restarts
 one that dies, as a fleet's container restart policy would; ``farm up`` runs that supervisor in
 the background and ``farm down`` stops it and the private Redis.
+
+A supervisor started for an owner (``farm run``, ``farm.Farm.local``) watches that process: when
+the owner is gone, even killed with SIGKILL, the supervisor stops its workers and, if the owner
+started it, the private Redis, so nothing it started keeps running unattended.
 """
 
 from __future__ import annotations
@@ -21,11 +25,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from farm.config import Config
 from farm.errors import InfrastructureError, InputError
 
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
+# set by ``up`` for the supervisor of an owned farm (internal: not user configuration)
+OWNER_PID_ENV = "FARM_OWNER_PID"  # the process whose farm this is
+OWNER_REDIS_ENV = "FARM_OWNER_REDIS"  # "1": the owner started the private Redis, stop it with the workers
 
 
 # -- the private Redis ------------------------------------------------------------------------
@@ -103,7 +111,15 @@ def ensure_redis(cfg: Config, timeout: float = 15.0) -> str:
 
 
 def stop_redis(cfg: Config, timeout: float = 15.0) -> bool:
-    if not cfg.uses_embedded_broker or not redis_alive(cfg):
+    if not cfg.uses_embedded_broker:
+        return False
+    return _shutdown_private_redis(cfg, timeout)
+
+
+def _shutdown_private_redis(cfg: Config, timeout: float = 15.0) -> bool:
+    """Stop the redis-server under the farm home (its socket and pid file are found from the home
+    alone, so a supervisor whose FARM_BROKER_URL names that socket can stop it too)."""
+    if not redis_alive(cfg):
         return False
     pid = _read_pid(cfg.run_dir / "redis.pid")
     try:
@@ -214,13 +230,22 @@ def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_bac
 
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
+    owner = _owner_pid()
+    orphaned = False
     for i, slot in enumerate(slots):
         procs[i] = _spawn(slot, queues)
     if on_ready:
         on_ready([p.pid for p in procs.values()])
     while True:
+        if owner and not stopping["count"] and not _alive(owner):
+            # the farm run (or script) this farm was started for is gone: nobody will stop us
+            print(f"[farm] owner pid {owner} is gone; stopping the workers", file=sys.stderr, flush=True)
+            orphaned = True
+            _signal(signal.SIGTERM, None)
         if stopping["count"] or len(finished) == len(procs):
             if all(p.poll() is not None for p in procs.values()):
+                if orphaned:
+                    _clean_up_after_owner()
                 return 0
             time.sleep(0.1)
             continue
@@ -239,6 +264,27 @@ def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_bac
                 procs[i] = _spawn(slots[i], queues)
                 restarts[i] = time.monotonic() + restart_backoff
         time.sleep(0.2)
+
+
+def _owner_pid() -> int | None:
+    raw = os.environ.get(OWNER_PID_ENV, "")
+    return int(raw) if raw.isdigit() else None
+
+
+def _clean_up_after_owner() -> None:
+    """What the owner would have done on its way out: forget this supervisor and, if the owner
+    started it, stop the private Redis."""
+    from farm.config import load_config
+
+    cfg = load_config()
+    pid_file = cfg.run_dir / "workers.pid"
+    try:
+        if int(pid_file.read_text().strip()) == os.getpid():
+            pid_file.unlink()
+    except (OSError, ValueError):
+        pass
+    if os.environ.get(OWNER_REDIS_ENV) == "1" and _shutdown_private_redis(cfg):
+        print("[farm] stopped the private Redis", file=sys.stderr, flush=True)
 
 
 # -- farm up / down ---------------------------------------------------------------------------
@@ -277,8 +323,14 @@ def supervisor_pid(cfg: Config) -> int | None:
     return _read_pid(cfg.run_dir / "workers.pid")
 
 
-def up(cfg: Config, devices: list[str], models: str | None = None) -> dict:
-    """Start the private Redis (if embedded) and a background worker supervisor (if not running)."""
+def up(cfg: Config, devices: list[str], models: str | None = None, *, env: Mapping[str, str] | None = None,
+       owner_pid: int | None = None, owner_redis: bool = False) -> dict:
+    """Start the private Redis (if embedded) and a background worker supervisor (if not running).
+
+    ``env``: the environment of the supervisor and its workers (default: this process's).
+    ``owner_pid``: the supervisor stops its workers when that process is gone, and the private
+    Redis too with ``owner_redis``.
+    """
     broker = ensure_redis(cfg)
     pid = supervisor_pid(cfg)
     if pid:
@@ -288,7 +340,10 @@ def up(cfg: Config, devices: list[str], models: str | None = None) -> dict:
                ",".join("cpu" if d == "cpu" else d.split(":")[1] for d in devices)]
     if models:
         command += ["--models", models]
-    env = {**os.environ, "FARM_BROKER_URL": broker, "FARM_HOME": str(cfg.home)}
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k not in (OWNER_PID_ENV, OWNER_REDIS_ENV)}
+    env.update({"FARM_BROKER_URL": broker, "FARM_HOME": str(cfg.home)})
+    if owner_pid:
+        env.update({OWNER_PID_ENV: str(owner_pid), OWNER_REDIS_ENV: "1" if owner_redis else ""})
     with open(cfg.run_dir / "workers.log", "ab") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
@@ -304,9 +359,9 @@ def _state(cfg: Config) -> dict:
         return {}
 
 
-def down(cfg: Config, timeout: float = 60.0) -> dict:
-    """Stop the worker supervisor (warm shutdown, then kill) and the private Redis."""
-    stopped_workers = False
+def stop_workers(cfg: Config, timeout: float = 60.0) -> bool:
+    """Stop the background worker supervisor (warm shutdown, then kill); False if none ran."""
+    stopped = False
     pid = supervisor_pid(cfg)
     if pid:
         os.kill(pid, signal.SIGTERM)
@@ -315,7 +370,12 @@ def down(cfg: Config, timeout: float = 60.0) -> dict:
             if not _wait_gone(pid, 10):
                 os.killpg(pid, signal.SIGKILL)
                 _wait_gone(pid, 5)
-        stopped_workers = True
+        stopped = True
     (cfg.run_dir / "workers.pid").unlink(missing_ok=True)
-    stopped_redis = stop_redis(cfg)
-    return {"workers_stopped": stopped_workers, "redis_stopped": stopped_redis}
+    return stopped
+
+
+def down(cfg: Config, timeout: float = 60.0) -> dict:
+    """Stop the worker supervisor and the private Redis."""
+    stopped_workers = stop_workers(cfg, timeout)
+    return {"workers_stopped": stopped_workers, "redis_stopped": stop_redis(cfg)}

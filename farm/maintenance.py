@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from farm import retry
 from farm.producer import republish
 
 LOCK = "maintenance"
@@ -24,11 +25,11 @@ LOCK = "maintenance"
 def reap(ledger, publisher, *, max_attempts: int, micro_batch: int) -> dict:
     requeued, failed = [], 0
     for job_id, token in ledger.expired_leases():
-        failures = ledger.failures(job_id) + 1
-        if failures >= max_attempts:
-            if ledger.fail_attempt(job_id, token, error=f"worker lost {failures} times (lease lapsed)", outcome="lost"):
+        decision = retry.lease_lapsed(failures_before=ledger.failures(job_id), max_attempts=max_attempts)
+        if decision.action == retry.FAIL:
+            if ledger.fail_attempt(job_id, token, error=decision.error, outcome=decision.outcome):
                 failed += 1
-        elif ledger.requeue(job_id, token, error="lease lapsed: worker lost", outcome="lost"):
+        elif ledger.requeue(job_id, token, error=decision.error, outcome=decision.outcome):
             requeued.append(job_id)
     if requeued and publisher is not None:
         republish(ledger, publisher, requeued, micro_batch=micro_batch)

@@ -7,6 +7,9 @@ Other tools (A1111, ComfyUI importers, civitai) read the ``parameters`` PNG text
 from __future__ import annotations
 
 import json
+from dataclasses import fields
+
+from farm.spec import JobSpec
 
 # diffusers scheduler class (+ distinguishing config) -> the sampler name A1111 users know
 SAMPLER_NAMES = {
@@ -59,6 +62,23 @@ def a1111_parameters(job: dict) -> str:
         fields.append(("Farm job", job["id"]))
     lines.append(", ".join(f"{k}: {v}" for k, v in fields))
     return "\n".join(lines)
+
+
+def job_record(spec: JobSpec, *, job_id: int | None, batch: str | None, index: int | None, worker: str,
+               device: str, versions: dict, scheduler: str | None = None, environment: dict | None = None) -> dict:
+    """Everything needed to understand and reproduce one image (its PNG's ``farm`` chunk): every
+    spec field, where the job sat, and what rendered it. ``scheduler`` makes "the model's default"
+    concrete."""
+    record: dict = {"id": job_id, "batch": batch, "index": index}
+    for f in fields(spec):
+        if f.name != "warnings":
+            record[f.name] = getattr(spec, f.name)
+    record["adapters"] = spec.adapter_dicts()
+    record["scheduler"] = spec.scheduler or scheduler
+    record.update(digest=spec.digest, worker=worker, device=device, versions=versions)
+    if environment is not None:
+        record["environment"] = environment
+    return record
 
 
 def job_record_json(job: dict) -> str:

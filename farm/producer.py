@@ -13,12 +13,11 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from farm.dispatch import MAX_PRIORITY
 from farm.errors import InputError
-from farm.spec import MAX_SEED, Catalog, JobRequest, JobSpec, resolve_job
+from farm.spec import FIRST_REQUEST_FIELDS, MAX_SEED, Catalog, JobRequest, JobSpec, resolve_job
+from farm.states import MAX_PRIORITY
 from farm.sweep import Sweep
 from farm.variants import PromptRow, expand
-
 
 
 class Publishes(Protocol):
@@ -62,10 +61,8 @@ def micro_batches(specs: list[JobSpec], job_ids: list[int], size) -> list[tuple[
 
 
 def _given(request: JobRequest) -> dict:
-    fields = asdict(request)
-    if fields["decoder"] is None:
-        del fields["decoder"]  # not given: the digest of a request from before decoders existed
-    return fields
+    """The request's fields for its digest: later fields only when given (FIRST_REQUEST_FIELDS)."""
+    return {k: v for k, v in asdict(request).items() if k in FIRST_REQUEST_FIELDS or v is not None}
 
 
 def request_digest(rows: list[PromptRow], defaults: JobRequest, variants: int, seed: int | None,
@@ -174,12 +171,10 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
 def republish(ledger, publisher: Publishes, job_ids: list[int], *, micro_batch: int) -> int:
     """Publish jobs again (after a retry, a resume or a promotion), grouped into micro-batches
     like a submission, each at its job's priority."""
-    from farm.spec import group_key
-
     jobs = ledger.load_jobs(job_ids)
     groups: dict[tuple, list[int]] = {}
     for job in jobs:
-        groups.setdefault((job.priority, job.model, group_key(job)), []).append(job.id)
+        groups.setdefault((job.priority, job.spec.model, job.spec.group_key), []).append(job.id)
     sent = 0
     for (priority, model, _), ids in groups.items():
         sent += publisher.publish([(model, ids[i:i + micro_batch]) for i in range(0, len(ids), micro_batch)],

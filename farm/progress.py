@@ -1,9 +1,11 @@
-"""Watching a batch: a live progress line with counts per state, images/s and ETA."""
+"""Watching a batch: a live progress line with counts per state, images/s and ETA, and the notices
+a waiting user needs (nothing is there to render the batch; the local workers were restarted)."""
 
 from __future__ import annotations
 
 import time
-from typing import Callable, TextIO
+from datetime import datetime
+from typing import Callable, Iterable, TextIO
 
 from farm import states
 
@@ -25,10 +27,17 @@ def render_line(counts: dict[str, int], total: int, elapsed: float, width: int =
 
 def watch(counts_fn: Callable[[], dict[str, int]], total: int, *, stream: TextIO | None,
           interval: float = 0.25, timeout: float | None = None,
-          clock: Callable[[], float] = time.monotonic) -> dict[str, int]:
-    """Poll until every job is in a terminal state (or ``timeout``); draw progress on ``stream``."""
+          clock: Callable[[], float] = time.monotonic,
+          check: Callable[[], Iterable[str]] | None = None, notices: TextIO | None = None) -> dict[str, int]:
+    """Poll until every job is in a terminal state (or ``timeout``); draw progress on ``stream``.
+
+    ``check`` runs once per poll and returns lines to report (it may also repair what it finds);
+    they go to ``notices`` (default: ``stream``), each on a line of its own, even between redraws
+    of a terminal's progress line.
+    """
     started = clock()
     tty = bool(stream and hasattr(stream, "isatty") and stream.isatty())
+    notices = notices or stream
     last_line, last_print = "", 0.0
     while True:
         counts = counts_fn()
@@ -48,4 +57,68 @@ def watch(counts_fn: Callable[[], dict[str, int]], total: int, *, stream: TextIO
             if stream is not None and tty:
                 stream.write("\n")
             return counts
+        for message in (check() if check else ()):
+            if notices is None:
+                continue
+            if tty and notices is stream:
+                notices.write("\n")  # leave the progress line; it is drawn afresh on the next poll
+                last_line = ""
+            notices.write(message + "\n")
+            notices.flush()
         time.sleep(interval)
+
+
+# -- is anything there to render it? ----------------------------------------------------------
+def live_workers(workers, now: datetime, models: set[str] | None = None) -> list:
+    """The workers taking new work: active, with recent heartbeats (cordoned, draining, stopped
+    and lost ones take none), and serving one of ``models`` when given."""
+    return [w for w in workers
+            if states.worker_shown_state(w.state, (now - w.last_heartbeat).total_seconds()) == states.WORKER_ACTIVE
+            and (not models or any(w.serves(m) for m in models))]
+
+
+def describe_fleet(workers, now: datetime) -> str:
+    """Why no worker is live, in a few words: "none has registered", "farm-cpu0@h lost (beat 45s ago)"."""
+    if not workers:
+        return "no worker has registered with this ledger"
+    parts = []
+    for w in sorted(workers, key=lambda w: w.last_heartbeat, reverse=True)[:3]:
+        age = (now - w.last_heartbeat).total_seconds()
+        parts.append(f"{w.name} {states.worker_shown_state(w.state, age)} (last heartbeat {age:.0f}s ago)")
+    more = f" and {len(workers) - 3} more" if len(workers) > 3 else ""
+    return ", ".join(parts) + more
+
+
+class NoWorkerNotice:
+    """Says once, after ``grace_s`` without a live worker, that nothing is there to render a
+    batch, instead of a progress line that never moves. A worker coming back re-arms it.
+
+    "Live" means alive, taking work and serving one of the batch's models still to render.
+    """
+
+    def __init__(self, batch: str, grace_s: float, clock: Callable[[], float] = time.monotonic):
+        self.batch, self.grace_s, self.clock = batch, grace_s, clock
+        self.since: float | None = None  # when the fleet was first seen without a live worker
+        self.said = False
+
+    def reset(self) -> None:
+        """Start the grace period again (a worker was just started)."""
+        self.since, self.said = None, False
+
+    def __call__(self, workers, now: datetime, models: set[str] | None = None) -> str | None:
+        if not models and models is not None:
+            return None  # nothing left to render
+        if live_workers(workers, now, models):
+            self.reset()
+            return None
+        tick = self.clock()
+        self.since = tick if self.since is None else self.since
+        if self.said or tick - self.since < self.grace_s:
+            return None
+        self.said = True
+        if models and live_workers(workers, now):  # alive, but none serves what is left to render
+            wanted = ",".join(sorted(models))
+            return (f"farm: no live worker serves {wanted} for batch {self.batch} ({tick - self.since:.0f}s); "
+                    f"start one with `farm worker --models {wanted}`")
+        return (f"farm: no live worker to render batch {self.batch} for {tick - self.since:.0f}s "
+                f"({describe_fleet(workers, now)}); start one with `farm up` or `farm worker`")

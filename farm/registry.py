@@ -11,8 +11,17 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from farm.catalog import ADAPTER_KINDS, ARCHS, BUILTIN_ADAPTERS, BUILTIN_MODELS, FAMILIES, MODEL_KINDS, NATIVE_SIZE
-from farm.catalog import AdapterEntry, ModelEntry
+from farm.catalog import (
+    ADAPTER_KINDS,
+    ARCHS,
+    BUILTIN_ADAPTERS,
+    BUILTIN_MODELS,
+    FAMILIES,
+    MODEL_KINDS,
+    NATIVE_SIZE,
+    AdapterEntry,
+    ModelEntry,
+)
 from farm.errors import InputError
 from farm.recipes import RECIPES
 from farm.spec import check_name

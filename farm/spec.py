@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Mapping
 
 from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, DECODERS, NATIVE_SIZE, AdapterEntry, ModelEntry
@@ -56,10 +56,27 @@ class JobRequest:
     recipe: object = None
     adapters: object = ()  # sequence of (name, weight) or "name[:weight]" strings
     decoder: object = None  # "full" (the model's VAE, the default) or "tiny" (TAESD, for previews)
+    kind: object = None  # KINDS; "txt2img" when not given
+
+
+# the request fields of the first release; any later one is left out of a request's digest while
+# it is not given, so an idempotency key keeps matching the request it was first used with
+FIRST_REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height", "model",
+                        "recipe", "adapters")
+
+
+KINDS = ("txt2img",)  # what a job does; later kinds (img2img, inpaint, training) take their slot here
 
 
 @dataclass(frozen=True)
 class JobSpec:
+    """The one job value: the producer makes it, the ledger stores it (farm.ledger.mapping), the
+    worker renders it, the PNG records it, replay re-renders it.
+
+    Fields added after the first release have a default and are left out of the digest while they
+    hold it, so the digests (and the reuse of stored images) of earlier jobs stay the same.
+    """
+
     prompt: str
     negative_prompt: str
     seed: int
@@ -76,14 +93,17 @@ class JobSpec:
     adapters: tuple[AdapterUse, ...]
     warnings: tuple[str, ...] = ()
     decoder: str = "full"
+    kind: str = "txt2img"
 
     @property
     def digest(self) -> str:
         """sha256 of everything that shapes the pixels (not the warnings, not the batch)."""
-        shaping = asdict(self)
-        shaping.pop("warnings")
-        if shaping["decoder"] == "full":
-            shaping.pop("decoder")  # the default keeps the digests of jobs from before decoders
+        shaping = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "warnings" or (f.default is not MISSING and value == f.default):
+                continue
+            shaping[f.name] = [asdict(a) for a in value] if f.name == "adapters" else value
         blob = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -91,18 +111,21 @@ class JobSpec:
     def group_key(self) -> tuple:
         return group_key(self)
 
+    def adapter_dicts(self) -> list[dict]:
+        """The adapter stack as JSON (the ledger's column, the PNG's record)."""
+        return [{"name": a.name, "weight": a.weight, "role": a.role} for a in self.adapters]
 
-def group_key(job) -> tuple:
-    """Jobs with equal keys can share one pipeline call (prompts and seeds may differ).
 
-    ``job`` is a JobSpec or a ledger row: anything with the job fields.
-    """
-    adapters = tuple(
-        (a.name, a.weight) if isinstance(a, AdapterUse) else (a["name"], a["weight"]) for a in job.adapters
+def group_key(spec: JobSpec) -> tuple:
+    """Jobs with equal keys can share one pipeline call: every field but prompt, negative prompt
+    and seed (each image has its own generator)."""
+    per_image = ("prompt", "negative_prompt", "seed", "warnings")
+    return tuple(
+        json.dumps(getattr(spec, f.name), sort_keys=True, default=str) if f.name == "scheduler_config"
+        else tuple((a.name, a.weight) for a in spec.adapters) if f.name == "adapters"
+        else getattr(spec, f.name)
+        for f in fields(spec) if f.name not in per_image
     )
-    return (job.model, job.model_revision, job.recipe, job.scheduler,
-            json.dumps(job.scheduler_config or {}, sort_keys=True), job.steps, job.guidance,
-            job.width, job.height, adapters, job.decoder or "full")
 
 
 def check_name(field_name: str, value: object) -> str:
@@ -247,10 +270,33 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
     if decoder not in DECODERS:
         raise InputError("decoder", f"{decoder!r} is not a decoder (known: {', '.join(DECODERS)})")
 
+    kind = "txt2img" if request.kind is None else request.kind
+    if kind not in KINDS:
+        raise InputError("kind", f"{kind!r} is not a job kind (known: {', '.join(KINDS)})")
+
     return JobSpec(
         prompt=prompt, negative_prompt=negative, seed=seed, steps=recipe.steps,
         guidance=recipe.guidance, width=width, height=height, model=model_name,
         model_revision=model.revision, family=model.family, recipe=recipe.name,
         scheduler=recipe.scheduler, scheduler_config=recipe.scheduler_config,
-        adapters=tuple(stack), warnings=recipe.warnings, decoder=decoder,
+        adapters=tuple(stack), warnings=recipe.warnings, decoder=decoder, kind=kind,
     )
+
+
+def direct_spec(*, model: str, seed: int, prompt: str = "a lighthouse at dusk", negative_prompt: str = "",
+                steps: int = 4, guidance: float = 1.0, width: int = 64, height: int = 64, family: str = "sd15",
+                recipe: str = "lcm-lora", scheduler: str | None = "LCMScheduler",
+                scheduler_config: dict | None = None, adapters=(), decoder: str = "full") -> JobSpec:
+    """A spec built field by field, without a catalog or a recipe's checks: for the render
+    engine's tests and benchmarks, which render models no catalog holds (random real-size
+    architectures) or pin every setting. ``adapters``: (name, weight[, role]) tuples or dicts."""
+    uses = []
+    for a in adapters:
+        if isinstance(a, Mapping):
+            uses.append(AdapterUse(a["name"], float(a["weight"]), a.get("role", "style")))
+        else:
+            uses.append(AdapterUse(a[0], float(a[1]), a[2] if len(a) > 2 else "style"))
+    return JobSpec(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance=guidance,
+                   width=width, height=height, model=model, model_revision=None, family=family, recipe=recipe,
+                   scheduler=scheduler, scheduler_config=scheduler_config or {}, adapters=tuple(uses),
+                   decoder=decoder)

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from farm.errors import InputError
-from farm.spec import parse_float, parse_int, parse_size
+from farm.spec import JobRequest, parse_float, parse_int, parse_size
 
 INT_AXES = ("seed", "steps", "width", "height")
 FLOAT_AXES = ("guidance",)
-TEXT_AXES = ("prompt", "negative_prompt", "model", "recipe", "decoder")
+# every other job field is text (a new job field is a sweep axis and a spec-file field at once)
+TEXT_AXES = tuple(f.name for f in fields(JobRequest) if f.name not in INT_AXES + FLOAT_AXES + ("adapters",))
 ALIASES = {"seeds": "seed", "negative": "negative_prompt", "prompts": "prompt"}
 MAX_CELLS = 100_000
 
@@ -73,7 +74,7 @@ def canonical_field(name: str) -> str:
     if name in INT_AXES + FLOAT_AXES + TEXT_AXES + ("size",):
         return name
     raise InputError("sweep", f"cannot sweep {name!r} (axes: seed, steps, guidance, size, width, height, "
-                              "prompt, negative_prompt, model, recipe, decoder, adapter:NAME)")
+                              f"{', '.join(TEXT_AXES)}, adapter:NAME)")
 
 
 def _range(field_name: str, text: str) -> list[int]:
@@ -143,8 +144,7 @@ class SpecFile:
     variants: int | None = None
 
 
-SCALAR_FIELDS = ("negative_prompt", "seed", "steps", "guidance", "width", "height", "model", "recipe", "decoder", "size",
-                 "adapters", "variants", "priority")
+SCALAR_FIELDS = tuple(f.name for f in fields(JobRequest) if f.name != "prompt") + ("size", "variants", "priority")
 
 
 def load_spec(name: str, text: str) -> SpecFile:

@@ -40,7 +40,7 @@ def _choice_points(template: str, lists: dict[str, list[str]]) -> list[tuple[tup
             continue  # plain braces are text, not a choice
         points.append((match.span(), [o.strip() for o in options]))
     points.sort()
-    for (start, end), (next_start, _) in zip((p[0] for p in points), (p[0] for p in points[1:])):
+    for (_start, end), (next_start, _) in zip((p[0] for p in points), (p[0] for p in points[1:])):
         if next_start < end:
             raise InputError("wildcards", f"overlapping wildcards in {template!r}")
     return points

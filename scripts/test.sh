@@ -4,5 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh test
+# house habits first (seconds): lint + import order, then the typed seams between layers
+.venv/bin/ruff check farm engine workers tests bench
+.venv/bin/mypy
 # two processes (this machine's cores); each test file stays on one of them, in order
 exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "diffusers", "peft", "transformers", "PIL")
 
 
-@pytest.mark.parametrize("module", ["farm", "farm.cli", "farm.producer", "farm.ledger", "workers.app", "workers.tasks"])
+@pytest.mark.parametrize("module", ["farm", "farm.cli", "farm.producer", "farm.ledger", "engine", "workers.app",
+                                    "workers.tasks"])
 def test_importing_does_not_load_torch(module):
     code = (f"import sys, {module}; heavy = sorted(m for m in {HEAVY!r} if m in sys.modules); "
             "print(','.join(heavy))")
@@ -53,4 +54,22 @@ def test_one_third_party_library_per_seam():
         for library, allowed in SEAMS.items():
             if library in used and not rel.startswith(allowed):
                 offenders.append(f"{rel} imports {library} (only {', '.join(allowed)} may)")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("module", ["farm", "farm.cli", "farm.api"])
+def test_farm_does_not_import_the_worker_process(module):
+    """The CLI and the library use the render engine on purpose (sheets, replay), never the
+    Celery worker process package."""
+    code = f"import sys, {module}; print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'workers')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "", f"{module} imported {out.stdout.strip()}"
+
+
+def test_no_static_import_of_workers_from_farm_or_engine():
+    offenders = []
+    for top in ("farm", "engine"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            if "workers" in imports_of(path):
+                offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []

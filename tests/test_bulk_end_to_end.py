@@ -56,7 +56,7 @@ def test_sweep_sheet_dedupe_extend_replay_and_gallery(fresh, tmp_path):
     assert (sheet["columns"], sheet["rows"], sheet["column_axis"], sheet["row_axis"]) == (4, 2, "steps", "seed")
     from PIL import Image
 
-    from workers.sheets import HEADER_H, LABEL_W, MIN_CELL, TITLE_H
+    from engine.sheets import HEADER_H, LABEL_W, MIN_CELL, TITLE_H
 
     with Image.open(tmp_path / "sheet.png") as image:  # 64 px renders enlarged to 128 px cells
         assert image.size == (LABEL_W + 4 * MIN_CELL, TITLE_H + HEADER_H + 2 * MIN_CELL) == tuple(sheet["size"])

@@ -29,7 +29,7 @@ def farm(*args, env, timeout=300, check=True):
 
 
 def png_text(path_or_bytes) -> dict:
-    from workers.imaging import read_png_text
+    from engine.imaging import read_png_text
 
     data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
     return read_png_text(data)
@@ -74,15 +74,13 @@ def test_farm_run_on_a_fresh_home(farm_env, tmp_path):
     assert not (home / "run" / "redis.sock").exists()
 
     # the farm's pixels are the pixels of a direct render of the same seed in this process
-    from types import SimpleNamespace
-
-    from workers.runner import Runner
+    from engine.runner import Runner
+    from farm.spec import direct_spec
 
     runner = Runner(device="cpu", model_cache=Path(farm_env["FARM_MODEL_CACHE"]))
-    direct = runner.render([SimpleNamespace(
-        prompt="a lighthouse at dusk", negative_prompt="", seed=103, steps=4, guidance=1.0, width=64, height=64,
-        model="tiny-sd", scheduler="LCMScheduler", scheduler_config={},
-        adapters=[{"name": "tiny-sd-lcm-lora", "weight": 1.0}])]).pixels[0]
+    direct = runner.render([direct_spec(
+        prompt="a lighthouse at dusk", seed=103, steps=4, guidance=1.0, width=64, height=64,
+        model="tiny-sd", scheduler="LCMScheduler", adapters=[("tiny-sd-lcm-lora", 1.0)])]).pixels[0]
     assert np.array_equal(direct, pixels(Path(report["outputs"][3]).read_bytes()))
 
 

@@ -58,7 +58,7 @@ def test_entries(tmp_path):
 
 @pytest.fixture
 def lora_file(model_cache) -> Path:
-    from workers.sources import resolve
+    from engine.sources import resolve
 
     return Path(resolve("builtin:tiny-sd-toy", model_cache).path) / "pytorch_lora_weights.safetensors"
 
@@ -79,7 +79,7 @@ def test_s3_adapter_is_fetched_once_and_verified(s3_server, s3_bucket, lora_file
 
 
 def test_s3_model_directory_and_keys_that_escape_the_cache(s3_server, s3_bucket, model_cache, tmp_path):
-    from workers.sources import resolve
+    from engine.sources import resolve
 
     client = s3_server.client()
     model_dir = Path(resolve("builtin:tiny-sd", model_cache).path)
@@ -96,11 +96,10 @@ def test_s3_model_directory_and_keys_that_escape_the_cache(s3_server, s3_bucket,
 
 def test_registered_s3_lora_renders_like_the_original(s3_server, s3_bucket, lora_file, model_cache, tmp_path,
                                                        monkeypatch):
-    from types import SimpleNamespace
-
+    from engine.runner import Runner
     from farm.config import load_config
     from farm.ledger import Ledger
-    from workers.runner import Runner
+    from farm.spec import direct_spec
 
     s3_server.client().put_object(Bucket=s3_bucket, Key="styles/toy.safetensors", Body=lora_file.read_bytes())
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
@@ -122,9 +121,8 @@ def test_registered_s3_lora_renders_like_the_original(s3_server, s3_bucket, lora
                     s3_endpoint_url=s3_server.endpoint)
 
     def job(style):
-        return SimpleNamespace(prompt="a boat", negative_prompt="", seed=1, steps=4, guidance=1.0, width=64, height=64,
-                               model="tiny-sd", scheduler="LCMScheduler", scheduler_config={},
-                               adapters=[{"name": "tiny-sd-lcm-lora", "weight": 1.0}, {"name": style, "weight": 0.8}])
+        return direct_spec(prompt="a boat", seed=1, model="tiny-sd",
+                           adapters=[("tiny-sd-lcm-lora", 1.0, "accelerator"), (style, 0.8)])
 
     from_s3 = worker.render([job("s3-toy")]).pixels[0]
     assert np.array_equal(from_s3, worker.render([job("tiny-sd-toy")]).pixels[0])
@@ -138,7 +136,7 @@ def test_registered_s3_lora_renders_like_the_original(s3_server, s3_bucket, lora
 
 
 def test_models_add_list_and_submit_to_a_registered_model(tmp_path, monkeypatch, model_cache, redis_server):
-    from workers.sources import resolve
+    from engine.sources import resolve
 
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FARM_BROKER_URL", redis_server.url)

@@ -186,9 +186,11 @@ def test_presigned_urls_are_get_only_and_bounded(tmp_path, s3_server, s3_bucket,
     [claim] = ledger.claim(new.job_ids, worker="w", device="cpu", lease_s=60)
     store = open_store(f"s3://{s3_bucket}/p", s3_endpoint_url=s3_server.endpoint)
     store.put("batches/b/00000-1.png", b"png bytes", "image/png")
-    ledger.complete(claim.job_id, claim.token, artifact={
-        "store_url": store.url, "key": "batches/b/00000-1.png", "sha256": "0" * 64, "bytes": 9, "width": 64,
-        "height": 64, "content_type": "image/png"}, timings={}, batch_size=1)
+    from farm.ledger import Artifact
+
+    ledger.complete(claim.job_id, claim.token, artifact=Artifact(
+        store_url=store.url, key="batches/b/00000-1.png", sha256="0" * 64, bytes=9, width=64,
+        height=64, content_type="image/png"), timings={}, batch_size=1)
     runner = CliRunner()
     result = runner.invoke(cli, ["results", "url", str(claim.job_id), "--expires", "15m", "--json"])
     assert result.exit_code == 0, result.stderr

@@ -23,29 +23,16 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-from farm.errors import FarmError, InputError, NotFound
-from farm.ledger import ClaimedJob, Ledger
-from farm.metadata import a1111_parameters, job_record_json
-from farm.spec import group_key
+from engine.imaging import encode_png
+from farm import retry, states
+from farm.ledger import Artifact, Claim, Ledger
+from farm.metadata import a1111_parameters, job_record, job_record_json
+from farm.spec import JobSpec
 from farm.storage import Store, artifact_key
-from workers.imaging import encode_png
 
 log = logging.getLogger("farm.worker")
 QUARANTINE_AFTER = 3  # consecutive failed micro-batches of one model
 STORE_HANG_S = 600.0  # a micro-batch's images not stored after this long: a hung upload or disk
-
-
-def job_record(job, *, worker: str, device: str, versions: dict) -> dict:
-    """Everything needed to understand and reproduce one image (goes into its PNG)."""
-    return {
-        "id": job.id, "batch": job.batch_id, "index": job.index, "prompt": job.prompt,
-        "negative_prompt": job.negative_prompt, "seed": job.seed, "steps": job.steps,
-        "guidance": job.guidance, "width": job.width, "height": job.height, "model": job.model,
-        "model_revision": job.model_revision, "family": job.family, "recipe": job.recipe,
-        "scheduler": job.scheduler, "scheduler_config": job.scheduler_config,
-        "adapters": job.adapters, "decoder": job.decoder, "digest": job.digest, "worker": worker, "device": device,
-        "versions": versions,
-    }
 
 
 def _ms_between(later: datetime, earlier: datetime | None) -> float | None:
@@ -56,10 +43,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc)
 
 
-def time_limit_s(job, rows: int, base_s: float) -> float:
+def time_limit_s(spec: JobSpec, rows: int, base_s: float) -> float:
     """A micro-batch's time limit: ``base_s`` for one 512x512 image at 4 steps, scaled by steps,
     pixels and rows (never under 30 s: loading a model is part of the first call)."""
-    scale = (job.steps / 4) * (job.width * job.height / (512 * 512)) * rows
+    scale = (spec.steps / 4) * (spec.width * spec.height / (512 * 512)) * rows
     return max(30.0, base_s * scale)
 
 
@@ -84,8 +71,8 @@ class Handler:
         self.on_quarantine = on_quarantine
         self.metrics = metrics  # WorkerMetrics, when FARM_METRICS_PORT is set
         self.model_failures: dict[str, int] = {}
-        self.current: dict[int, ClaimedJob] = {}  # what this worker renders right now
-        self.storing: dict[int, ClaimedJob] = {}  # rendered, being encoded, uploaded and recorded
+        self.current: dict[int, Claim] = {}  # what this worker renders right now
+        self.storing: dict[int, Claim] = {}  # rendered, being encoded, uploaded and recorded
         self.store_overlap = store_overlap  # False: a message returns only once its images are stored
         self._stores: list = []  # futures of the micro-batch being stored in the background
         self._lock = threading.Lock()
@@ -113,12 +100,11 @@ class Handler:
             return summary
         self.current = dict(claims)
         try:
-            jobs = [c.job for c in claims.values()]
-            groups: dict[tuple, list] = {}
-            for job in jobs:  # a message holds one group; split defensively if it does not
-                groups.setdefault(group_key(job), []).append(job)
+            groups: dict[tuple, list[Claim]] = {}
+            for claim in claims.values():  # a message holds one group; split defensively if it does not
+                groups.setdefault(claim.spec.group_key, []).append(claim)
             for group in groups.values():
-                for outcome, count in self._render_group(group, claims).items():
+                for outcome, count in self._render_group(group).items():
                     summary[outcome] += count
         finally:
             self.current = {}
@@ -182,46 +168,47 @@ class Handler:
 
         return should_stop
 
-    def _render_group(self, jobs: list, claims: dict[int, ClaimedJob]) -> dict:
-        from workers.runner import Interrupted
+    def _render_group(self, group: list[Claim]) -> dict:
+        from engine.runner import Interrupted
 
         counts = {"succeeded": 0, "failed": 0, "retried": 0, "storing": 0}
         started = time.perf_counter()
-        tokens = [claims[j.id].token for j in jobs]
-        limit = time_limit_s(jobs[0], len(jobs), self.base_time_limit)
+        tokens = [c.token for c in group]
+        specs = [c.spec for c in group]
+        limit = time_limit_s(specs[0], len(group), self.base_time_limit)
         self.hang_deadline = time.monotonic() + limit * 2 + 60  # watched by the keeper thread
         try:
-            rendered = self.runner.render(jobs, should_stop=self._stop_check(tokens, time.monotonic() + limit))
+            rendered = self.runner.render(specs, should_stop=self._stop_check(tokens, time.monotonic() + limit))
         except Interrupted as exc:
-            return self._interrupted(jobs, claims, exc, counts)
+            return self._interrupted(group, exc, counts)
         except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded on the jobs
-            if is_out_of_memory(exc) and len(jobs) > 1:
-                log.warning("out of memory with %d images; splitting the micro-batch", len(jobs))
-                half = len(jobs) // 2
-                for part in (jobs[:half], jobs[half:]):
-                    for outcome, count in self._render_group(part, claims).items():
+            if is_out_of_memory(exc) and len(group) > 1:
+                log.warning("out of memory with %d images; splitting the micro-batch", len(group))
+                half = len(group) // 2
+                for part in (group[:half], group[half:]):
+                    for outcome, count in self._render_group(part).items():
                         counts[outcome] += count
                 return counts
-            return self._failed(jobs, claims, exc, counts)
+            return self._failed(group, exc, counts)
         finally:
             self.hang_deadline = None
-        self.model_failures.pop(jobs[0].model, None)
+        self.model_failures.pop(specs[0].model, None)
         if self.metrics:
             self.metrics.observe({}, None, rendered.batch_size)
         shared_ms = (time.perf_counter() - started) * 1000
-        n = len(jobs)
+        n = len(group)
         per_image = {k: v / n for k, v in rendered.timings.items()}  # shared stages, amortised
         self.wait_for_stores()  # the previous micro-batch's images: one batch of pixels in flight
-        for job in jobs:
-            self.storing[job.id] = claims[job.id]
+        for claim in group:
+            self.storing[claim.job_id] = claim
         self.store_deadline = time.monotonic() + STORE_HANG_S
         self._stores = [
-            self.pool.submit(self._store_and_count, job, pixels, claims[job.id], per_image, shared_ms / n,
+            self.pool.submit(self._store_and_count, claim, pixels, per_image, shared_ms / n,
                              rendered.batch_size, rendered.scheduler, rendered.environment or {})
-            for job, pixels in zip(jobs, rendered.pixels)
+            for claim, pixels in zip(group, rendered.pixels)
         ]
         if self.store_overlap:
-            counts["storing"] = len(jobs)  # counted as they finish, in the background
+            counts["storing"] = len(group)  # counted as they finish, in the background
         else:
             for future in self._stores:
                 counts[future.result()] += 1
@@ -233,11 +220,11 @@ class Handler:
         for future in stores:
             future.result()
 
-    def _store_and_count(self, job, pixels, claim: ClaimedJob, *args) -> str:
+    def _store_and_count(self, claim: Claim, pixels, *args) -> str:
         try:
-            outcome = self._store_one(job, pixels, claim, *args)
+            outcome = self._store_one(claim, pixels, *args)
         finally:
-            self.storing.pop(job.id, None)
+            self.storing.pop(claim.job_id, None)
         if self.store_overlap:
             with self._lock:
                 if outcome == "succeeded":
@@ -246,34 +233,33 @@ class Handler:
                 self.metrics.observe({outcome: 1}, None, None)
         return outcome
 
-    def _interrupted(self, jobs, claims, exc, counts: dict) -> dict:
-        tokens = [claims[j.id].token for j in jobs]
+    def _interrupted(self, group: list[Claim], exc, counts: dict) -> dict:
         if exc.reason == "cancelled":
-            self.ledger.close_attempts(tokens, outcome="cancelled", error=str(exc))
+            self.ledger.close_attempts([c.token for c in group], outcome=states.ATTEMPT_CANCELLED, error=str(exc))
             return counts
         if exc.reason == "draining":  # not the job's fault: back to the queue, no attempt used up
-            requeued = [j.id for j in jobs if self.ledger.requeue(j.id, claims[j.id].token, error=str(exc),
-                                                                   outcome="drained")]
+            requeued = [c.job_id for c in group if self.ledger.requeue(c.job_id, c.token, error=str(exc),
+                                                                       outcome=states.ATTEMPT_DRAINED)]
             self._publish_now(requeued)
             counts["retried"] += len(requeued)
             return counts
-        return self._failed(jobs, claims, TimeoutError(f"time limit: {exc}"), counts, outcome="timeout")
+        return self._failed(group, TimeoutError(f"time limit: {exc}"), counts, outcome=states.ATTEMPT_TIMEOUT)
 
-    def _failed(self, jobs, claims, exc, counts: dict, outcome: str = "retry") -> dict:
-        if isinstance(exc, (InputError, NotFound)):
-            error = str(exc)  # bad input: retrying cannot help
-            for job in jobs:
-                self.ledger.fail(job.id, claims[job.id].token, error=error)
-            counts["failed"] += len(jobs)
+    def _failed(self, group: list[Claim], exc, counts: dict, outcome: str = states.ATTEMPT_RETRY) -> dict:
+        error = retry.describe(exc)
+        if retry.is_permanent(exc):  # bad input: retrying cannot help
+            for claim in group:
+                self._settle(claim, retry.decide(failures_before=0, max_attempts=self.max_attempts,
+                                                 backoff_s=self.retry_backoff_s, error=error, permanent=True))
+            counts["failed"] += len(group)
             self.ledger.heartbeat(self.worker, error=error)
             return counts
-        error = str(exc) if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}"
         log.error("render failed: %s\n%s", error, traceback.format_exc(),
-                  extra={"jobs": [j.id for j in jobs], "batch": jobs[0].batch_id})
-        for job in jobs:
-            counts[self._retry_or_fail(job, claims[job.id], error, outcome)] += 1
+                  extra={"jobs": [c.job_id for c in group], "batch": group[0].batch_id})
+        for claim in group:
+            counts[self._retry_or_fail(claim, error, outcome)] += 1
         self.ledger.heartbeat(self.worker, error=error)
-        model = jobs[0].model
+        model = group[0].spec.model
         self.model_failures[model] = self.model_failures.get(model, 0) + 1
         # kept away from the model only where another worker can take it over
         if self.model_failures[model] >= QUARANTINE_AFTER and self.on_quarantine and self.ledger.active_workers() > 1:
@@ -281,16 +267,19 @@ class Handler:
             self.on_quarantine(model)
         return counts
 
-    def _retry_or_fail(self, job, claim: ClaimedJob, error: str, outcome: str = "retry") -> str:
-        """Back to the queue after an exponential backoff, or failed once attempts are used up.
-        Every attempt keeps its own error."""
-        failures = self.ledger.failures(job.id) + 1
-        if failures >= self.max_attempts:
-            self.ledger.fail_attempt(job.id, claim.token, error=f"{error} (attempt {failures} of {self.max_attempts})",
-                                     outcome=outcome)
+    def _retry_or_fail(self, claim: Claim, error: str, outcome: str = states.ATTEMPT_RETRY) -> str:
+        """Back to the queue after an exponential backoff, or failed once attempts are used up
+        (farm.retry decides). Every attempt keeps its own error."""
+        decision = retry.decide(failures_before=self.ledger.failures(claim.job_id), max_attempts=self.max_attempts,
+                                backoff_s=self.retry_backoff_s, error=error, outcome=outcome)
+        return self._settle(claim, decision)
+
+    def _settle(self, claim: Claim, decision: retry.Decision) -> str:
+        if decision.action == retry.FAIL:
+            self.ledger.fail_attempt(claim.job_id, claim.token, error=decision.error, outcome=decision.outcome)
             return "failed"
-        delay = self.retry_backoff_s * 2 ** (failures - 1)
-        self.ledger.requeue(job.id, claim.token, error=error, outcome=outcome, delay_s=delay)
+        self.ledger.requeue(claim.job_id, claim.token, error=decision.error, outcome=decision.outcome,
+                            delay_s=decision.delay_s)
         return "retried"
 
     def _publish_now(self, job_ids: list[int]) -> None:
@@ -308,40 +297,41 @@ class Handler:
         once; a store that finishes first wins the compare-and-set and the requeue does nothing)."""
         claims = {**self.storing, **self.current}
         requeued = [job_id for job_id, c in claims.items()
-                    if self.ledger.requeue(job_id, c.token, error=reason, outcome="drained")]
+                    if self.ledger.requeue(job_id, c.token, error=reason, outcome=states.ATTEMPT_DRAINED)]
         self._publish_now(requeued)
 
     # -- storing --------------------------------------------------------------------------------
-    def _store_one(self, job, pixels, claim: ClaimedJob, timings: dict, render_ms: float,
+    def _store_one(self, claim: Claim, pixels, timings: dict, render_ms: float,
                    batch_size: int, scheduler: str, environment: dict) -> str:
+        spec = claim.spec
         try:
-            record = job_record(job, worker=self.worker, device=self.device, versions=self.versions)
-            record["scheduler"] = record["scheduler"] or scheduler  # "model default" made concrete
             environment = {**environment, "versions": self.versions, "device_name": self.device}
-            record["environment"] = environment
+            record = job_record(spec, job_id=claim.job_id, batch=claim.batch_id, index=claim.index,
+                                worker=self.worker, device=self.device, versions=self.versions,
+                                scheduler=scheduler, environment=environment)
             started = time.perf_counter()
             png = encode_png(pixels, a1111_parameters(record), job_record_json(record))
             encoded = time.perf_counter()
-            key = artifact_key(job.batch_id, job.index, job.seed)
+            key = artifact_key(claim.batch_id, claim.index, spec.seed)
             digest = hashlib.sha256(png).hexdigest()
-            self.store.put(key, png, "image/png", metadata={"sha256": digest, "seed": str(job.seed)})
+            self.store.put(key, png, "image/png", metadata={"sha256": digest, "seed": str(spec.seed)})
             uploaded = time.perf_counter()
             timings = dict(timings)
             timings["image_encode_ms"] = (encoded - started) * 1000
             timings["upload_ms"] = (uploaded - encoded) * 1000
-            timings["queue_wait_ms"] = _ms_between(claim.started_at, job.queued_at)
+            timings["queue_wait_ms"] = _ms_between(claim.started_at, claim.queued_at)
             timings["total_ms"] = render_ms + (uploaded - started) * 1000
-            artifact = {"store_url": self.store.url, "key": key, "sha256": digest, "bytes": len(png),
-                        "width": job.width, "height": job.height, "content_type": "image/png"}
-            done = self.ledger.complete(job.id, claim.token, artifact=artifact, timings=timings,
+            artifact = Artifact(store_url=self.store.url, key=key, sha256=digest, bytes=len(png),
+                                width=spec.width, height=spec.height, content_type="image/png")
+            done = self.ledger.complete(claim.job_id, claim.token, artifact=artifact, timings=timings,
                                         batch_size=batch_size, environment=environment)
             if done and self.metrics:
                 self.metrics.observe({}, timings, None)
             return "succeeded" if done else "skipped"
         except Exception as exc:  # noqa: BLE001 - a store or ledger fault: retry the job
-            error = str(exc) if isinstance(exc, FarmError) else f"{type(exc).__name__}: {exc}"
-            log.error("storing failed: %s", error, extra={"job": job.id, "batch": job.batch_id})
-            return self._retry_or_fail(job, claim, error)
+            error = retry.describe(exc)
+            log.error("storing failed: %s", error, extra={"job": claim.job_id, "batch": claim.batch_id})
+            return self._retry_or_fail(claim, error)
 
     def close(self) -> None:
         self._closed.set()

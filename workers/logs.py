@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 
@@ -41,8 +40,8 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
-def configure(worker: str, fmt: str | None = None, level: str = "INFO") -> None:
-    fmt = (fmt or os.environ.get("FARM_LOG_FORMAT") or "text").lower()
+def configure(worker: str, fmt: str = "text", level: str = "INFO") -> None:
+    """``fmt``: "text" or "json" (the worker's settings say which)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(worker) if fmt == "json" else TextFormatter(worker))
     root = logging.getLogger()

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 
 from celery import signals
 
+from engine.versions import library_versions
 from farm.config import Config, load_config
 from farm.dispatch import model_queue
 from farm.ledger import Ledger
 from farm.storage import open_store
+from workers.settings import WorkerSettings
 
 log = logging.getLogger("farm.worker")
 HEARTBEAT_S = 10.0
@@ -32,6 +34,7 @@ HEARTBEAT_S = 10.0
 @dataclass
 class Runtime:
     config: Config
+    settings: WorkerSettings
     name: str
     device: str
     ledger: Ledger
@@ -48,35 +51,22 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {}
-    for package in ("torch", "diffusers", "transformers", "peft"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
-def make_renderer(config: Config, device: str, ledger: Ledger):
+def make_renderer(config: Config, settings: WorkerSettings, ledger: Ledger):
     """(renderer, GPU name): the diffusion runner, or the sleep renderer for fault tests and queue
     benchmarks (which never loads torch)."""
     if config.renderer.startswith("sleep"):
-        from workers.sleeper import SleepRenderer
+        from engine.sleeper import SleepRenderer
 
         return SleepRenderer(float(config.renderer.partition(":")[2] or 0)), None
     import torch
 
-    from workers.quiet import quiet_libraries
-    from workers.runner import Runner
+    from engine.quiet import quiet_libraries
+    from engine.runner import Runner
 
     quiet_libraries()
-    threads = int(os.environ.get("FARM_TORCH_THREADS") or 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    torch_device = "cuda" if device.startswith("cuda") else "cpu"
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    torch_device = "cuda" if settings.device.startswith("cuda") else "cpu"
     gpu_name = torch.cuda.get_device_name(0) if torch_device == "cuda" else None
     runner = Runner(device=torch_device, model_cache=config.model_cache, max_models=config.max_resident_models,
                     bucket=config.batch_bucket, catalog=ledger.catalog, s3_endpoint_url=config.s3_endpoint_url,
@@ -87,34 +77,36 @@ def make_renderer(config: Config, device: str, ledger: Ledger):
     return runner, gpu_name
 
 
-def build(config: Config, name: str, device: str) -> Runtime:
+def build(config: Config, settings: WorkerSettings) -> Runtime:
     from farm.dispatch import Publisher
     from farm.localfarm import broker_url_for
     from workers.handler import Handler
 
     ledger = Ledger(config.database_url)
     store = open_store(config.store_url, s3_endpoint_url=config.s3_endpoint_url)
-    renderer, gpu_name = make_renderer(config, device, ledger)
+    name, device = settings.name, settings.device
+    renderer, gpu_name = make_renderer(config, settings, ledger)
     versions = library_versions()
+    prefix = f"{config.queue}."
+    served = ["*"] if settings.serve_all_models else [q[len(prefix):] for q in settings.queues if q.startswith(prefix)]
     ledger.register_worker(name=name, host=socket.gethostname(), pid=os.getpid(), device=device,
-                           gpu_name=gpu_name, versions=versions)
+                           gpu_name=gpu_name, versions=versions, models=served or ["*"])
     draining = threading.Event()
     runtime_ref: dict = {}
     metrics = None
-    port = int(os.environ.get("FARM_METRICS_PORT") or 0)
-    if port:
+    if settings.metrics_port:
         from workers.metrics import WorkerMetrics
 
         metrics = WorkerMetrics(name)
-        metrics.serve(port, os.environ.get("FARM_METRICS_ADDR") or "127.0.0.1")
-        log.info("metrics on %s:%s", os.environ.get("FARM_METRICS_ADDR") or "127.0.0.1", port)
+        metrics.serve(settings.metrics_port, settings.metrics_addr)
+        log.info("metrics on %s:%s", settings.metrics_addr, settings.metrics_port)
     handler = Handler(ledger=ledger, store=store, runner=renderer, worker=name, device=device, versions=versions,
                       lease_s=config.lease_s, time_limit_s=config.job_time_limit, max_attempts=config.max_attempts,
                       retry_backoff_s=config.retry_backoff_s, publisher=Publisher(config, broker_url_for(config)),
                       micro_batch=config.micro_batch, draining=draining,
                       on_quarantine=lambda model: quarantine(runtime_ref["runtime"], model), metrics=metrics,
                       io_threads=config.io_threads, store_overlap=config.store_overlap)
-    runtime = Runtime(config, name, device, ledger, handler, renderer, threading.Event(), draining)
+    runtime = Runtime(config, settings, name, device, ledger, handler, renderer, threading.Event(), draining)
     runtime_ref["runtime"] = runtime
     threading.Thread(target=_background, args=(runtime,), name="farm-heartbeat", daemon=True).start()
     return runtime
@@ -220,8 +212,8 @@ def _background(runtime: Runtime) -> None:
 
     config = runtime.config
     publisher = None
-    serve_all = os.environ.get("FARM_SERVE_ALL_MODELS") == "1"
-    serving: set[str] = set(os.environ.get("FARM_QUEUES", "").split(",")) - {""}
+    serve_all = runtime.settings.serve_all_models
+    serving: set[str] = set(runtime.settings.queues)
     interval = min(HEARTBEAT_S, config.maintenance_s)
     heartbeat_s = min(HEARTBEAT_S, config.maintenance_s * 2)
     last_beat = 0.0
@@ -258,12 +250,19 @@ def _background(runtime: Runtime) -> None:
 def current() -> Runtime:
     global _runtime
     if _runtime is None:
-        _runtime = build(load_config(), worker_name(), os.environ.get("FARM_DEVICE", "cpu"))
+        _runtime = build(load_config(), settings())
     return _runtime
 
 
-def worker_name() -> str:
-    return os.environ.get("FARM_WORKER_NAME") or f"farm-{os.getpid()}@{socket.gethostname()}"
+_settings: WorkerSettings | None = None
+
+
+def settings() -> WorkerSettings:
+    """This process's settings, read from its environment once."""
+    global _settings
+    if _settings is None:
+        _settings = WorkerSettings.from_env()
+    return _settings
 
 
 @signals.setup_logging.connect
@@ -271,7 +270,7 @@ def _on_setup_logging(loglevel=None, **_kwargs) -> None:
     """Connected, so Celery leaves logging to us: one format for the farm's and Celery's lines."""
     from workers.logs import configure
 
-    configure(worker_name(), level=loglevel or "INFO")
+    configure(settings().name, settings().log_format, level=loglevel or "INFO")
 
 
 @signals.worker_init.connect

@@ -12,42 +12,45 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from farm.config import Config, load_config
+
+if TYPE_CHECKING:
+    from farm.api import Farm
 from farm.errors import FarmError
 
 
 @dataclass
 class State:
-    """What the commands share: the configuration (from FARM_* variables) and a lazy ledger."""
+    """What the commands share: the configuration (from FARM_* variables) and the library API
+    over it (``farm.api.Farm``), opened on first use and closed when the command ends."""
 
     config: Config
-    _ledger: object = field(default=None, repr=False)
+    _farm: Farm | None = field(default=None, repr=False)
+
+    @property
+    def farm(self) -> Farm:
+        if self._farm is None:
+            from farm.api import Farm
+
+            self._farm = Farm(self.config)
+        return self._farm
 
     @property
     def ledger(self):
-        if self._ledger is None:
-            from farm.ledger import Ledger
-
-            self._ledger = Ledger(self.config.database_url)
-        return self._ledger
+        return self.farm.ledger
 
     def catalog(self):
-        """Built-in plus registered models and adapters. A farm home whose SQLite ledger does not
-        exist yet has registered nothing, and reading it must not create it (bad input writes nothing)."""
-        from farm.spec import Catalog
-
-        url = self.config.database_url
-        if self._ledger is None and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-            return Catalog()
-        return self.ledger.catalog()
+        """Built-in plus registered models and adapters (a farm home without a ledger yet has
+        registered nothing, and reading it creates nothing)."""
+        return self.farm.catalog()
 
     def close(self) -> None:
-        if self._ledger is not None:
-            self._ledger.close()
+        if self._farm is not None:
+            self._farm.close()
 
 
 def emit_json(payload) -> None:
@@ -108,5 +111,20 @@ def main() -> None:
     cli.main()
 
 
-# the commands register themselves on ``cli``
-from farm.cli import control, fleet, jobs, ops, registry  # noqa: E402,F401
+# the commands register themselves on ``cli``: one module per command group
+from farm.cli import (  # noqa: E402,F401
+    adapters,
+    batches,
+    db,
+    jobs,
+    maintenance,
+    models,
+    recipes,
+    replay,
+    results,
+    run,
+    stats,
+    status,
+    submit,
+    workers,
+)

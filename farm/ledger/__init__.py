@@ -1,5 +1,17 @@
 """The SQL ledger (the only place that imports sqlalchemy)."""
 
-from farm.ledger.ledger import ClaimedJob, Ledger, NewBatch, utcnow
+from farm.ledger.ledger import Ledger, utcnow
+from farm.ledger.values import (
+    Artifact,
+    AttemptStat,
+    BatchInfo,
+    BatchSummary,
+    Claim,
+    JobView,
+    NewBatch,
+    StoredJob,
+    WorkerInfo,
+)
 
-__all__ = ["Ledger", "ClaimedJob", "NewBatch", "utcnow"]
+__all__ = ["Ledger", "Claim", "NewBatch", "utcnow", "Artifact", "AttemptStat", "BatchInfo",
+           "BatchSummary", "JobView", "StoredJob", "WorkerInfo"]

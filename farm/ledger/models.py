@@ -8,7 +8,16 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (
-    JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator,
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -86,6 +95,7 @@ class Job(Base):
     scheduler_config: Mapped[dict] = mapped_column(JSON)
     adapters: Mapped[list] = mapped_column(JSON)  # [{"name", "weight", "role"}], accelerator first
     decoder: Mapped[str] = mapped_column(String(8), default="full", server_default="full")  # or "tiny" (TAESD)
+    kind: Mapped[str] = mapped_column(String(16), default="txt2img", server_default="txt2img")  # spec.KINDS
     digest: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -166,6 +176,8 @@ class Worker(Base):
     images_rendered: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     versions: Mapped[dict] = mapped_column(JSON, default=dict)  # torch/diffusers/peft versions
+    # the models it serves (its queues); ["*"]: every model, also those registered later
+    models: Mapped[list] = mapped_column(JSON, default=lambda: ["*"], server_default='["*"]')
 
 
 class RegisteredModel(Base):

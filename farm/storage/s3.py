@@ -36,10 +36,10 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         import base64
         import hashlib
+
+        from botocore.exceptions import BotoCoreError, ClientError
 
         md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # the server checks it on write
         try:

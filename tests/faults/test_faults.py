@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -224,18 +223,12 @@ def test_uploads_through_an_s3_proxy_failing_30_percent(fault_farm, s3_server, s
 
 def test_one_idempotency_key_submitted_100_times_concurrently(fault_farm):
     farm = fault_farm(seconds=0.02, workers=2)
-    script = ("import json, random, sys\n"
-              "from farm.cli.jobs import _plan, _publisher\nfrom farm.cli import State\nfrom farm.config import load_config\n"
-              "from farm.producer import submit\nfrom concurrent.futures import ThreadPoolExecutor\n"
+    script = ("import json\n"
+              "from concurrent.futures import ThreadPoolExecutor\n"
+              "import farm\n"
               "def one(_):\n"
-              "    state = State(load_config())\n"
-              "    planned = _plan(state, prompt='same key', file=None, variants=4, seed=7, seeds=None, model=None,\n"
-              "                    recipe=None, steps=None, guidance=None, size=None, negative=None, adapters=())\n"
-              "    pub = _publisher(state)\n"
-              "    try:\n"
-              "        return submit(state.ledger, pub, planned, micro_batch=1, key='k-100').batch\n"
-              "    finally:\n"
-              "        pub.close(); state.close()\n"
+              "    with farm.Farm.connect() as client:  # the library API, configured by FARM_* like the CLI\n"
+              "        return client.submit('same key', variants=4, seed=7, key='k-100')\n"
               "with ThreadPoolExecutor(25) as pool:\n"
               "    print(json.dumps(sorted(set(pool.map(one, range(50))))))\n")
     procs = [subprocess.Popen([sys.executable, "-c", script], env=farm.env, cwd=ROOT, stdout=subprocess.PIPE,

@@ -1,10 +1,12 @@
 """The GPU tier: runs unchanged wherever CUDA is present (skipped elsewhere). fp16 kernels pick
 different algorithms at different batch sizes, so equality is within a stated tolerance here."""
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 import numpy as np
 import pytest
+
+from farm.spec import AdapterUse, direct_spec
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu,
@@ -13,14 +15,13 @@ TOLERANCE = 4  # of 255: fp16 rounding differences between batch shapes and kern
 
 
 def job(seed, model="tiny-sd"):
-    return SimpleNamespace(prompt="a lighthouse at dusk", negative_prompt="", seed=seed, steps=4, guidance=1.0,
-                           width=64, height=64, model=model, scheduler="LCMScheduler", scheduler_config={},
-                           adapters=[{"name": f"{model}-lcm-lora", "weight": 1.0, "role": "accelerator"}])
+    return direct_spec(seed=seed, model=model, family="sdxl" if "sdxl" in model else "sd15",
+                       adapters=[(f"{model}-lcm-lora", 1.0, "accelerator")])
 
 
 @pytest.fixture(scope="module")
 def runner(model_cache):
-    from workers.runner import Runner
+    from engine.runner import Runner
 
     return Runner(device="cuda", model_cache=model_cache)
 
@@ -36,7 +37,7 @@ def test_fp16_channels_last_and_batch_tolerance(runner, model):
 
 
 def test_fused_accelerator_on_cuda_is_close_to_unfused(runner, model_cache):
-    from workers.runner import Runner
+    from engine.runner import Runner
 
     unfused = Runner(device="cuda", model_cache=model_cache, fuse=False)
     a = runner.render([job(3)]).pixels[0].astype(int)  # fused by default on CUDA
@@ -48,13 +49,13 @@ def test_fused_accelerator_on_cuda_is_close_to_unfused(runner, model_cache):
 def test_compiled_unet_on_cuda_does_not_recompile_when_adapters_switch(model_cache):
     from torch._dynamo.utils import counters
 
-    from workers.runner import Runner
+    from engine.runner import Runner
 
     torch._dynamo.reset()
     compiled = Runner(device="cuda", model_cache=model_cache, compile=True)
     eager = Runner(device="cuda", model_cache=model_cache)
-    styled = lambda weight: SimpleNamespace(**{**vars(job(3)), "adapters": job(3).adapters + [  # noqa: E731
-        {"name": "tiny-sd-toy", "weight": weight, "role": "style"}]})
+    styled = lambda weight: replace(job(3), adapters=job(3).adapters + (  # noqa: E731
+        AdapterUse("tiny-sd-toy", weight, "style"),))
     compiled.render([job(3)])
     graphs = counters["stats"]["unique_graphs"]
     for j in (styled(0.8), styled(0.4), job(3)):

@@ -2,12 +2,13 @@
 
 import random
 import threading
+from dataclasses import replace
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 
 from farm.errors import ConflictError, NotFound
-from farm.ledger import Ledger
+from farm.ledger import Artifact, Ledger
 from farm.ledger.ledger import current_revision, head_revision, make_engine, upgrade
 from farm.ledger.models import Base
 from farm.producer import plan
@@ -76,9 +77,9 @@ def test_batch_and_jobs_are_written_together(ledger):
     assert new.created and len(new.job_ids) == 4
     assert ledger.batch_counts(new.id)["queued"] == 4
     rows = ledger.list_jobs(new.id)
-    assert [r["seed"] for r in rows] == [100, 101, 102, 103]
-    assert [r["index"] for r in rows] == [0, 1, 2, 3]
-    assert rows[0]["adapters"] == [{"name": "tiny-sd-lcm-lora", "weight": 1.0, "role": "accelerator"}]
+    assert [r.seed for r in rows] == [100, 101, 102, 103]
+    assert [r.index for r in rows] == [0, 1, 2, 3]
+    assert rows[0].spec.adapter_dicts() == [{"name": "tiny-sd-lcm-lora", "weight": 1.0, "role": "accelerator"}]
 
 
 def test_unknown_batch(ledger):
@@ -121,15 +122,15 @@ def test_claim_is_a_compare_and_set(ledger):
 def test_completion_needs_the_live_token(ledger):
     new = create(ledger, 1)
     [claim] = ledger.claim(new.job_ids, worker="w1", device="cpu", lease_s=60)
-    artifact = {"store_url": "file:///x", "key": "batches/b/00000-100.png", "sha256": "0" * 64,
-                "bytes": 10, "width": 64, "height": 64, "content_type": "image/png"}
+    artifact = Artifact(store_url="file:///x", key="batches/b/00000-100.png", sha256="0" * 64,
+                        bytes=10, width=64, height=64, content_type="image/png")
     assert not ledger.complete(claim.job_id, "stale-token", artifact=artifact, timings={}, batch_size=1)
     assert ledger.complete(claim.job_id, claim.token, artifact=artifact,
                            timings={"denoise_ms": 12.5, "total_ms": 20.0}, batch_size=4)
     assert not ledger.complete(claim.job_id, claim.token, artifact=artifact, timings={}, batch_size=1)
     [row] = ledger.list_jobs(new.id)
-    assert row["state"] == "succeeded" and row["artifact"] == artifact["key"]
-    assert row["timings"]["denoise"] == 12.5 and row["batch_size"] == 4
+    assert row.state == "succeeded" and row.artifact.key == artifact.key
+    assert row.timings["denoise"] == 12.5 and row.batch_size == 4
 
 
 def test_requeue_then_a_new_claim_fences_the_old_attempt(ledger):
@@ -140,7 +141,7 @@ def test_requeue_then_a_new_claim_fences_the_old_attempt(ledger):
     assert not ledger.fail(old.job_id, old.token, error="late failure from the old attempt")
     assert ledger.fail(fresh.job_id, fresh.token, error="boom")
     [row] = ledger.list_jobs(new.id)
-    assert (row["state"], row["attempts"], row["last_error"]) == ("failed", 2, "boom")
+    assert (row.state, row.attempts, row.last_error) == ("failed", 2, "boom")
 
 
 def test_workers_register_and_heartbeat(ledger):
@@ -150,3 +151,62 @@ def test_workers_register_and_heartbeat(ledger):
     ledger.heartbeat("farm-cpu0@h", rendered=2)
     [worker] = ledger.workers()
     assert (worker.resident_models, worker.images_rendered, worker.state) == (["tiny-sd"], 5, "active")
+
+
+def test_the_ledger_hands_out_typed_values_with_the_spec_it_was_given(ledger):
+    from farm.ledger import BatchInfo, Claim, JobView, StoredJob
+    from farm.ledger.mapping import SPEC_COLUMNS
+
+    p = plan([PromptRow(JobRequest(prompt="a red fox"))],
+             JobRequest(adapters=("tiny-sd-toy:0.5",), negative_prompt="fog", guidance=1.5),
+             variants=2, seed=7, catalog=Catalog(), default_model="tiny-sd", rng=random.Random(0))
+    new = ledger.create_batch(specs=p.specs, spec=p.record(), request_digest=p.request_digest, base_seed=p.base_seed)
+    assert isinstance(ledger.get_batch(new.id), BatchInfo)
+    views = ledger.list_jobs(new.id)
+    assert all(isinstance(v, JobView) for v in views)
+    # spec -> row -> spec is the identity, field for field, and keeps the digest
+    assert [v.spec for v in views] == [replace(s, warnings=()) for s in p.specs]
+    assert [v.digest for v in views] == [s.digest for s in p.specs]
+    assert "kind" in SPEC_COLUMNS and "warnings" not in SPEC_COLUMNS
+    claims = ledger.claim(new.job_ids, worker="w", device="cpu", lease_s=60)
+    assert all(isinstance(c, Claim) and isinstance(c.job, StoredJob) for c in claims)
+    assert [c.spec for c in claims] == [v.spec for v in views]
+    assert [(c.batch_id, c.index) for c in claims] == [(new.id, 0), (new.id, 1)]
+    [loaded] = ledger.load_jobs([claims[1].job_id])
+    assert loaded.spec == claims[1].spec and loaded.state == "running"
+    assert views[0].as_dict()["adapters"] == views[0].spec.adapter_dicts()
+    assert views[0].as_dict()["kind"] == "txt2img"
+
+
+def test_existing_ledgers_upgrade_to_job_kinds(tmp_path):
+    """A ledger at the revision before kinds keeps its jobs; they read back as txt2img."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    upgrade(engine, "0006")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "insert into batches (id, created_at, submitter, request_digest, spec, priority, model, recipe, "
+            "base_seed, job_count, state) values ('b1', '2026-11-01 00:00:00', '', 'd', '{}', 0, 'tiny-sd', "
+            "'lcm-lora', 1, 1, 'active')")
+        conn.exec_driver_sql(
+            "insert into jobs (batch_id, \"index\", prompt, negative_prompt, seed, steps, guidance, width, height, "
+            "model, family, recipe, scheduler, scheduler_config, adapters, digest, state, priority, attempts, axes, "
+            "created_at, queued_at) values ('b1', 0, 'old', '', 1, 4, 1.0, 64, 64, 'tiny-sd', 'sd15', 'lcm-lora', "
+            "'LCMScheduler', '{}', '[]', 'x', 'queued', 0, 0, '{}', '2026-11-01 00:00:00', '2026-11-01 00:00:00')")
+    engine.dispose()
+    ledger = Ledger(url)  # migrates SQLite on first use
+    try:
+        [view] = ledger.list_jobs("b1")
+        assert view.spec.kind == "txt2img" and view.prompt == "old"
+    finally:
+        ledger.close()
+
+
+def test_a_worker_records_the_models_it_serves(ledger):
+    ledger.register_worker(name="a", host="h", pid=1, device="cpu", gpu_name=None, versions={}, models=["tiny-sd"])
+    ledger.register_worker(name="b", host="h", pid=2, device="cpu", gpu_name=None, versions={})
+    a, b = ledger.workers()
+    assert (a.models, a.serves("tiny-sd"), a.serves("tiny-sdxl")) == (["tiny-sd"], True, False)
+    assert (b.models, b.serves("anything")) == (["*"], True)
+    new = create(ledger, 2)
+    assert ledger.unfinished_models(new.id) == {"tiny-sd"}

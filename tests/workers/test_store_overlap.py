@@ -12,13 +12,13 @@ import time
 
 import pytest
 
+from engine.sleeper import SleepRenderer
 from farm.ledger import Ledger
 from farm.producer import plan
 from farm.spec import Catalog, JobRequest
 from farm.storage.local import LocalStore
 from farm.variants import PromptRow
 from workers.handler import Handler
-from workers.sleeper import SleepRenderer
 
 
 class GatedStore(LocalStore):
@@ -64,11 +64,11 @@ def jobs(ledger, n, seed):
     p = plan([PromptRow(JobRequest(prompt="a lighthouse"))], JobRequest(), variants=n, seed=seed,
              catalog=Catalog(), default_model="tiny-sd", rng=random.Random(0))
     ledger.create_batch(specs=p.specs, spec=p.record(), request_digest=p.request_digest, base_seed=p.base_seed)
-    return [j["id"] for j in ledger.list_jobs()][-n:]
+    return [j.id for j in ledger.list_jobs()][-n:]
 
 
 def states(ledger, ids):
-    return [j["state"] for j in ledger.list_jobs() if j["id"] in ids]
+    return [j.state for j in ledger.list_jobs() if j.id in ids]
 
 
 def test_a_message_returns_before_its_images_are_stored_and_their_leases_stay_renewed(farm):
@@ -167,7 +167,7 @@ def test_a_store_that_hangs_ends_the_worker_so_the_reaper_can_hand_its_jobs_on(t
         from tests.workers.test_store_overlap import GatedStore, jobs
         from farm.ledger import Ledger
         from workers.handler import Handler
-        from workers.sleeper import SleepRenderer
+        from engine.sleeper import SleepRenderer
 
         handler_module.STORE_HANG_S = 1.0
         ledger = Ledger("sqlite:///{tmp_path / 'ledger.db'}")

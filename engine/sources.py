@@ -50,7 +50,7 @@ def resolve(source: str, cache_dir: Path, *, name: str | None = None, sha256: st
 
 
 def _build(name: str, cache_dir: Path) -> Path:
-    from workers.pipelines import tiny
+    from engine.pipelines import tiny
 
     build = tiny_build(name)
     if build is None:

@@ -9,19 +9,20 @@ With fixed shapes an image's pixels do not depend on which other images shared i
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
+from typing import Any, Callable
 
-from typing import Callable
-
+from engine.adapters import AdapterSet, HostStateDicts
+from engine.invariance import row_wise_linear
+from engine.sources import Location, resolve
 from farm.catalog import PREVIEW_DECODERS
 from farm.errors import InputError
-from farm.spec import Catalog
-from workers.adapters import AdapterSet, HostStateDicts
-from workers.sources import Location, resolve
+from farm.spec import Catalog, JobSpec
 
 
 class Interrupted(Exception):
@@ -44,15 +45,15 @@ class Rendered:
 
 @dataclass
 class Resident:
-    pipe: object
+    pipe: Any  # a diffusers pipeline of the family
     family: ModuleType
-    base_scheduler: tuple[type, dict]  # the model's own scheduler class and config
+    base_scheduler: tuple[Any, dict]  # the model's own scheduler class and config
     adapters: AdapterSet
     tiny_decoder: object = None  # TAESD for preview jobs, loaded on the first one
 
 
 def family_module(family: str) -> ModuleType:
-    from workers.pipelines import sd, sdxl
+    from engine.pipelines import sd, sdxl
 
     for module in (sd, sdxl):
         if family in module.FAMILIES:
@@ -205,10 +206,8 @@ class Runner:
         if self.is_cuda:
             self.torch.cuda.synchronize(self.device)
 
-    def render(self, jobs: list, should_stop: Callable[[], str | None] | None = None) -> Rendered:
-        """Render jobs that share a group key in one pipeline call. ``jobs`` have the ledger's job
-        fields (prompt, negative_prompt, seed, steps, guidance, width, height, model, scheduler,
-        scheduler_config, adapters)."""
+    def render(self, jobs: list[JobSpec], should_stop: Callable[[], str | None] | None = None) -> Rendered:
+        """Render job specs that share a group key in one pipeline call (prompts and seeds differ)."""
         torch = self.torch
         first = jobs[0]
         timings: dict[str, float] = {}
@@ -216,10 +215,10 @@ class Runner:
         # (peft sets requires_grad and swaps adapter weights in place)
         resident, timings["model_load_ms"] = self.pipeline(first.model)
         pipe, family = resident.pipe, resident.family
-        stack = [(a["name"], a["weight"]) for a in first.adapters]
-        accelerator = next((a["name"] for a in first.adapters if a.get("role") == "accelerator"), None)
+        stack = [(a.name, a.weight) for a in first.adapters]
+        accelerator = next((a.name for a in first.adapters if a.role == "accelerator"), None)
         timings["adapter_load_ms"] = resident.adapters.activate(stack, accelerator)
-        decoder_name = getattr(first, "decoder", None) or "full"
+        decoder_name = first.decoder
         if decoder_name == "tiny":
             started = time.perf_counter()
             decoder = self.tiny_decoder(first.model, resident)
@@ -227,7 +226,9 @@ class Runner:
         else:
             decoder = None  # the pipeline's own VAE
         pipe.scheduler = self._scheduler(resident, first.scheduler, first.scheduler_config or {})
-        with torch.inference_mode():
+        # on the CPU, per-image rows of small products are computed alone (engine.invariance)
+        invariant = contextlib.nullcontext() if self.is_cuda else row_wise_linear(self.bucket)
+        with torch.inference_mode(), invariant:
             guided = first.guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
 
             started = time.perf_counter()

@@ -15,25 +15,24 @@ def replay(ledger: Ledger, job_id: int, *, model_cache: Path, device: str = "cpu
     import numpy as np
     from PIL import Image
 
-    from workers.quiet import quiet_libraries
-    from workers.runner import Runner
-    from workers.runtime import library_versions
+    from engine.quiet import quiet_libraries
+    from engine.runner import Runner
+    from engine.versions import library_versions
 
     quiet_libraries()
-    [row] = ledger.list_jobs(job_id=job_id) or [None]
-    if row is None:
+    [view] = ledger.list_jobs(job_id=job_id) or [None]
+    if view is None:
         raise NotFound(f"no job {job_id}")
-    source = row
-    if row["reused_from"]:  # its image was rendered by an earlier job with the same digest
-        [source] = ledger.list_jobs(job_id=row["reused_from"])
-    if not row["artifact"]:
-        raise NotFound(f"job {job_id} has no stored image to compare with (state {row['state']})")
-    [job] = ledger.load_jobs([job_id])
-    environment = source.get("environment") or {}
+    source = view
+    if view.reused_from:  # its image was rendered by an earlier job with the same digest
+        [source] = ledger.list_jobs(job_id=view.reused_from)
+    if view.artifact is None:
+        raise NotFound(f"job {job_id} has no stored image to compare with (state {view.state})")
+    environment = source.environment or {}
     runner = Runner(device=device, model_cache=model_cache, catalog=ledger.catalog, s3_endpoint_url=s3_endpoint_url,
                     fuse=bool(environment.get("fused")), bucket=environment.get("batch_bucket"))
-    rendered = runner.render([job])
-    stored = ArtifactReader(s3_endpoint_url).read(row["store_url"], row["artifact"], row["sha256"])
+    rendered = runner.render([view.spec])
+    stored = ArtifactReader(s3_endpoint_url).read(view.artifact.store_url, view.artifact.key, view.artifact.sha256)
     before = np.asarray(Image.open(io.BytesIO(stored)).convert("RGB")).astype(int)
     after = rendered.pixels[0].astype(int)
     difference = np.abs(before - after)

@@ -1,8 +1,6 @@
 """Every recipe renders on the tiny model of every family it supports, with the recipe's scheduler
 (class and config), step count and guidance actually applied in the pipeline."""
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -33,17 +31,13 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def runner(model_cache):
-    from workers.runner import Runner
+    from engine.runner import Runner
 
     return Runner(device="cpu", model_cache=model_cache, max_models=2)
 
 
 def as_job(spec):
-    return SimpleNamespace(
-        prompt=spec.prompt, negative_prompt=spec.negative_prompt, seed=spec.seed, steps=spec.steps,
-        guidance=spec.guidance, width=spec.width, height=spec.height, model=spec.model,
-        scheduler=spec.scheduler, scheduler_config=spec.scheduler_config,
-        adapters=[{"name": a.name, "weight": a.weight, "role": a.role} for a in spec.adapters])
+    return spec  # the runner renders the job spec itself
 
 
 @pytest.mark.parametrize("recipe, model, options", CASES, ids=[f"{r}-{m}-{o}" for r, m, o in CASES])

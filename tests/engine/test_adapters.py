@@ -3,27 +3,27 @@ re-attach from host RAM, and a fused accelerator that unfuses bit for bit."""
 
 import gc
 import weakref
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from farm.spec import direct_spec
 
 torch = pytest.importorskip("torch")
 
 
 def make_runner(model_cache, **options):
-    from workers.runner import Runner
+    from engine.runner import Runner
 
     return Runner(device="cpu", model_cache=model_cache, **options)
 
 
 def job(*styles, model="tiny-sd", accelerator=("tiny-sd-lcm-lora", 1.0), seed=5, scheduler="LCMScheduler",
         guidance=1.0, steps=4):
-    adapters = [{"name": accelerator[0], "weight": accelerator[1], "role": "accelerator"}] if accelerator else []
-    adapters += [{"name": n, "weight": w, "role": "style"} for n, w in styles]
-    return SimpleNamespace(prompt="a toy robot", negative_prompt="", seed=seed, steps=steps, guidance=guidance,
-                           width=64, height=64, model=model, scheduler=scheduler, scheduler_config={},
-                           adapters=adapters)
+    adapters = [(accelerator[0], accelerator[1], "accelerator")] if accelerator else []
+    adapters += [(n, w, "style") for n, w in styles]
+    return direct_spec(prompt="a toy robot", seed=seed, steps=steps, guidance=guidance, model=model,
+                       family="sdxl" if "sdxl" in model else "sd15", scheduler=scheduler, adapters=adapters)
 
 
 def pixels(runner, j):

@@ -1,7 +1,7 @@
 """Tiny random-weight pipelines on the CPU, through the same loading and rendering code as real
 models: sizes, determinism, batch invariance, LoRAs, and the runner matching a plain call."""
 
-from types import SimpleNamespace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def runner(model_cache):
-    from workers.runner import Runner
+    from engine.runner import Runner
 
     return Runner(device="cpu", model_cache=model_cache, max_models=2)
 
@@ -21,14 +21,7 @@ def runner(model_cache):
 def job(**fields):
     base = {"prompt": "a lighthouse at dusk", "seed": 100, "model": "tiny-sd"}
     base.update(fields)
-    spec = resolve_job(JobRequest(**base), Catalog(), "tiny-sd")
-    return SimpleNamespace(
-        prompt=spec.prompt, negative_prompt=spec.negative_prompt, seed=spec.seed, steps=spec.steps,
-        guidance=spec.guidance, width=spec.width, height=spec.height, model=spec.model,
-        scheduler=spec.scheduler, scheduler_config=spec.scheduler_config,
-        adapters=[{"name": a.name, "weight": a.weight, "role": a.role} for a in spec.adapters],
-        decoder=spec.decoder,
-    )
+    return resolve_job(JobRequest(**base), Catalog(), "tiny-sd")
 
 
 def render(runner, jobs):
@@ -79,7 +72,7 @@ def test_mixed_prompts_in_one_call_match_their_solo_renders(runner, model):
 def test_loras_change_the_output_and_the_stack_switches_back(runner, model):
     accelerated = render(runner, [job(model=model)])[0]
     styled = render(runner, [job(model=model, adapters=[f"{model}-toy:0.8"])])[0]
-    no_lora = render(runner, [SimpleNamespace(**{**vars(job(model=model)), "adapters": []})])[0]
+    no_lora = render(runner, [replace(job(model=model), adapters=())])[0]
     assert not np.array_equal(accelerated, no_lora)
     assert not np.array_equal(accelerated, styled)
     again = render(runner, [job(model=model)])[0]
@@ -105,7 +98,7 @@ def test_the_runner_matches_a_plain_pipeline_call(runner, model):
 
 
 def test_resident_pipelines_are_an_lru(model_cache):
-    from workers.runner import Runner
+    from engine.runner import Runner
 
     runner = Runner(device="cpu", model_cache=model_cache, max_models=1)
     _, first_ms = runner.pipeline("tiny-sd")
@@ -117,9 +110,9 @@ def test_resident_pipelines_are_an_lru(model_cache):
 
 def test_a_lora_loads_from_a_single_safetensors_file(runner, model_cache):
     """Adapter sources may be one .safetensors file, as most LoRAs are shared."""
+    from engine.runner import Runner
+    from engine.sources import resolve
     from farm.catalog import BUILTIN_ADAPTERS, AdapterEntry
-    from workers.runner import Runner
-    from workers.sources import resolve
 
     directory = resolve("builtin:tiny-sd-toy", model_cache).path
     single = f"{directory}/pytorch_lora_weights.safetensors"
@@ -127,13 +120,13 @@ def test_a_lora_loads_from_a_single_safetensors_file(runner, model_cache):
     from_file = Runner(device="cpu", model_cache=model_cache, catalog=lambda: Catalog(adapters=adapters))
     styled = job(adapters=["tiny-sd-toy:0.8"])
     expected = render(runner, [styled])[0]
-    styled.adapters[1]["name"] = "toy-file"
+    styled = replace(styled, adapters=(styled.adapters[0], replace(styled.adapters[1], name="toy-file")))
     assert np.array_equal(render(from_file, [styled])[0], expected)
 
 
 def test_pickled_weights_are_refused(tmp_path):
+    from engine.sources import resolve
     from farm.errors import InputError
-    from workers.sources import resolve
 
     (tmp_path / "model.ckpt").write_bytes(b"not loaded")
     with pytest.raises(InputError, match="only .safetensors"):
@@ -171,8 +164,8 @@ def test_the_tiny_decoder_matches_a_plain_pipeline_call_with_taesd(runner, model
 
 def test_a_preview_decoder_source_can_be_overridden(model_cache, tmp_path):
     """FARM_PREVIEW_DECODERS points an arch at another TAESD directory (an offline mirror)."""
-    from workers.pipelines.tiny import build_tiny_taesd
-    from workers.runner import Runner
+    from engine.pipelines.tiny import build_tiny_taesd
+    from engine.runner import Runner
 
     mirror = tmp_path / "taesd-mirror"
     build_tiny_taesd(mirror, seed=999)
@@ -191,7 +184,7 @@ def test_a_preview_decoder_source_can_be_overridden(model_cache, tmp_path):
 @pytest.mark.parametrize("model", MODELS)
 def test_bf16_renders_the_same_image_within_rounding(model_cache, runner, model):
     """FARM_DTYPE=bf16: weights and activations in bfloat16; the image is fp32's up to rounding."""
-    from workers.runner import Runner
+    from engine.runner import Runner
 
     bf16 = Runner(device="cpu", model_cache=model_cache, dtype="bf16")
     seeds = (1, 2, 3, 4)

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from workers.sources import Location
+from engine.sources import Location
 
 GiB = 1 << 30
 PEFT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")

@@ -12,7 +12,7 @@ import os
 import time
 from typing import Callable
 
-from workers.runner import Interrupted, Rendered
+from engine.runner import Interrupted, Rendered
 
 STEP_S = 0.02
 
@@ -52,7 +52,8 @@ def _texture(np, seed: int, height: int, width: int):
     """Pixels that depend only on the seed and compress about as well as a rendered image (a
     gradient with grain), so PNG encoding and upload cost what they would for a real render."""
     rng = np.random.default_rng(seed)
-    ramp = np.linspace(0, 160, width, dtype=np.float32)[None, :, None] + np.linspace(0, 64, height, dtype=np.float32)[:, None, None]
+    ramp = (np.linspace(0, 160, width, dtype=np.float32)[None, :, None]
+            + np.linspace(0, 64, height, dtype=np.float32)[:, None, None])
     grain = rng.integers(0, 32, (height, width, 3), dtype=np.uint8)
     return (ramp + grain + seed % 32).clip(0, 255).astype(np.uint8)
 

@@ -1,12 +1,66 @@
-"""Operator commands: worker, up, down, db, recipes."""
+"""The fleet's processes: `farm workers [drain|cordon|uncordon]`, `farm worker`, `farm up`, `farm down`."""
 
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 
 import click
 
+from farm import states
 from farm.cli import State, cli, emit_json
+from farm.errors import InputError
+
+
+@cli.group("workers", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def workers_group(ctx, as_json):
+    """The fleet: every worker that has registered in the ledger."""
+    if ctx.invoked_subcommand is not None:
+        return
+    state: State = ctx.obj
+    now = datetime.now(timezone.utc)
+
+    def shown_state(w) -> str:
+        return states.worker_shown_state(w.state, (now - w.last_heartbeat).total_seconds())
+
+    rows = [{"name": w.name, "host": w.host, "device": w.device, "gpu": w.gpu_name, "state": shown_state(w),
+             "heartbeat_age_s": round((now - w.last_heartbeat).total_seconds(), 1),
+             "resident_models": w.resident_models, "resident_adapters": w.resident_adapters,
+             "current_job": w.current_job, "images_rendered": w.images_rendered, "last_error": w.last_error}
+            for w in state.ledger.workers()]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<32} {r['state']:<9} {r['device']:<7} {r['gpu'] or '':<14} beat "
+                   f"{r['heartbeat_age_s']:>6}s ago  {r['images_rendered']:>6} images  job {r['current_job'] or '-':<6} "
+                   f"models {','.join(r['resident_models']) or '-'}")
+        if r["last_error"]:
+            click.echo(f"    last error: {' '.join(r['last_error'].split())[:200]}")
+
+
+def _worker_state_command(verb: str, state: str, doc: str, done: str) -> None:
+    """`farm workers drain|cordon|uncordon NAME`: the worker notices within its heartbeat interval."""
+    @workers_group.command(verb, help=doc)
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def command(state_obj: State, name, as_json):
+        state_obj.ledger.set_worker_state(name, state)
+        emit_json({"worker": name, "state": state}) if as_json else click.echo(f"worker {name}: {done}")
+
+
+_worker_state_command("drain", "draining", "Ask a worker to hand back its current micro-batch, take no new job, and stop.",
+                      "draining (it notices within its heartbeat interval)")
+
+
+_worker_state_command("cordon", "cordoned", "Stop a worker taking new work (it finishes what it renders and stays up).",
+                      "cordoned")
+
+
+_worker_state_command("uncordon", "active", "Let a cordoned worker take work again.", "active")
 
 
 def _devices(devices, workers):
@@ -19,7 +73,6 @@ def _model_queues(state: State, models: str | None) -> str:
     """The queues of the models a worker serves, in order of preference (with the broker's
     priority queue order, a worker drains its first model's queue before the next)."""
     from farm.dispatch import model_queue
-    from farm.errors import InputError
 
     known = state.catalog().models
     names = [m.strip() for m in models.split(",") if m.strip()] if models else sorted(known)
@@ -94,61 +147,3 @@ def down_cmd(state: State, as_json):
         parts = [name for name, stopped in (("workers", info["workers_stopped"]),
                                             ("redis", info["redis_stopped"])) if stopped]
         click.echo(f"farm down: stopped {', '.join(parts)}" if parts else "farm down: nothing was running")
-
-
-@cli.group("db")
-def db_group():
-    """Ledger schema (Alembic migrations)."""
-
-
-@db_group.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
-@click.pass_obj
-def db_upgrade(state: State, revision):
-    """Apply migrations to FARM_DATABASE_URL (or the farm home's SQLite file)."""
-    from farm.ledger import Ledger
-    from farm.ledger.ledger import current_revision, upgrade
-
-    ledger = Ledger(state.config.database_url, auto_migrate=False)
-    try:
-        before = current_revision(ledger.engine)
-        upgrade(ledger.engine, revision)
-        after = current_revision(ledger.engine)
-    finally:
-        ledger.close()
-    click.echo(f"ledger {ledger.safe_url}: {before or 'empty'} -> {after}")
-
-
-@db_group.command("current")
-@click.pass_obj
-def db_current(state: State):
-    """Show the ledger's schema revision and the newest one this farm knows."""
-    from farm.ledger import Ledger
-    from farm.ledger.ledger import current_revision, head_revision
-
-    ledger = Ledger(state.config.database_url, auto_migrate=False)
-    try:
-        click.echo(f"current {current_revision(ledger.engine) or 'empty'}, head {head_revision()}")
-    finally:
-        ledger.close()
-
-
-@cli.group("recipes")
-def recipes_group():
-    """Few-step recipes: scheduler, steps, guidance, accelerator."""
-
-
-@recipes_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
-def recipes_list(as_json):
-    """The recipes with their allowed and default steps and guidance."""
-    from farm.recipes import RECIPES
-
-    if as_json:
-        emit_json([r.as_dict() for r in RECIPES.values()])
-        return
-    for r in RECIPES.values():
-        steps = ",".join(map(str, r.step_choices)) if r.step_choices else f"{r.steps[0]}-{r.steps[1]}"
-        click.echo(f"{r.name:<10} steps {steps:<12} (default {r.default_steps:<2}) guidance "
-                   f"{r.guidance[0]:g}-{r.guidance[1]:g} (default {r.default_guidance:g})  "
-                   f"{r.scheduler or 'model default':<30} {r.summary}")

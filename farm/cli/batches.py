@@ -1,20 +1,10 @@
-"""Batch control: batches list, cancel, retry, pause, resume."""
+"""`farm batches list` and the batch controls `farm cancel|retry|pause|resume`."""
 
 from __future__ import annotations
 
 import click
 
 from farm.cli import State, cli, emit_json
-
-
-def _republish(state: State, batch: str, job_ids: list[int]) -> int:
-    from farm.cli.jobs import publishing
-    from farm.producer import republish
-
-    if not job_ids:
-        return 0
-    with publishing(state) as publisher:
-        return republish(state.ledger, publisher, job_ids, micro_batch=state.config.micro_batch)
 
 
 @cli.group("batches")
@@ -28,7 +18,7 @@ def batches_group():
 @click.pass_obj
 def batches_list(state: State, limit, as_json):
     """Recent batches, newest first, with counts per state."""
-    rows = state.ledger.batches(limit)
+    rows = [summary.as_dict() for summary in state.farm.batches(limit)]
     if as_json:
         emit_json(rows)
         return
@@ -45,7 +35,7 @@ def batches_list(state: State, limit, as_json):
 @click.pass_obj
 def cancel_cmd(state: State, batch, running, as_json):
     """Cancel a batch: queued jobs never render (with --running, running ones stop too)."""
-    count = state.ledger.cancel(batch, running=running)
+    count = state.farm.cancel(batch, running=running)
     if as_json:
         emit_json({"batch": batch, "cancelled": count})
     else:
@@ -59,21 +49,21 @@ def cancel_cmd(state: State, batch, running, as_json):
 @click.pass_obj
 def retry_cmd(state: State, batch, failed_only, as_json):
     """Queue failed and cancelled jobs again; each gets a new attempt after its old ones."""
-    ids = state.ledger.retry(batch, failed_only=failed_only)
-    messages = _republish(state, batch, ids)
+    requeued = state.farm.retry(batch, failed_only=failed_only)
     if as_json:
-        emit_json({"batch": batch, "retried": len(ids), "messages": messages})
+        emit_json({"batch": batch, "retried": len(requeued.job_ids), "messages": requeued.messages})
     else:
-        click.echo(f"batch {batch}: {len(ids)} jobs queued again")
+        click.echo(f"batch {batch}: {len(requeued.job_ids)} jobs queued again")
 
 
 @cli.command("pause")
 @click.argument("batch")
+@click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def pause_cmd(state: State, batch):
+def pause_cmd(state: State, batch, as_json):
     """Stop starting a batch's jobs (running ones finish); `farm resume` picks them up again."""
-    state.ledger.set_batch_state(batch, "paused")
-    click.echo(f"batch {batch}: paused")
+    state.farm.pause(batch)
+    emit_json({"batch": batch, "state": "paused"}) if as_json else click.echo(f"batch {batch}: paused")
 
 
 @cli.command("resume")
@@ -82,9 +72,8 @@ def pause_cmd(state: State, batch):
 @click.pass_obj
 def resume_cmd(state: State, batch, as_json):
     """Resume a paused batch: its queued jobs are published again."""
-    ids = state.ledger.set_batch_state(batch, "active")
-    messages = _republish(state, batch, ids)
+    requeued = state.farm.resume(batch)
     if as_json:
-        emit_json({"batch": batch, "queued": len(ids), "messages": messages})
+        emit_json({"batch": batch, "queued": len(requeued.job_ids), "messages": requeued.messages})
     else:
-        click.echo(f"batch {batch}: resumed, {len(ids)} queued jobs published again")
+        click.echo(f"batch {batch}: resumed, {len(requeued.job_ids)} queued jobs published again")

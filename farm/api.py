@@ -1,0 +1,400 @@
+"""The farm as a Python library: what the ``farm`` CLI does, for scripts and pipelines.
+
+```python
+import farm
+
+with farm.Farm.local(home="/tmp/x", workers=1) as f:   # private Redis + workers, stopped on exit
+    batch = f.submit("a red fox in snow", model="tiny-sd", variants=4, seed=10)
+    f.wait(batch, timeout=600)                          # counts per state; FarmTimeout if not done
+    paths = f.download(batch, "out/")                   # verified by sha256, plus out/index.html
+f = farm.Farm.connect()                                 # a running fleet, configured by FARM_*
+```
+
+Bad input raises ``farm.InputError`` whose text is the CLI's one-line message; nothing has been
+written then. Every other failure is a ``farm.FarmError`` (``NotFound``, ``ConflictError``,
+``InfrastructureError``, ``FarmTimeout``). A ``Farm`` is not thread-safe: use one per thread.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, TextIO
+
+from farm import localfarm, states
+from farm.config import Config, load_config
+from farm.errors import FarmTimeout, InfrastructureError, InputError
+from farm.planning import plan_submission
+from farm.producer import Plan, SubmitResult, check_key, estimate, republish, submit
+from farm.progress import NoWorkerNotice, watch
+
+if TYPE_CHECKING:  # the ledger (sqlalchemy) is imported on first use, not with the API
+    from farm.ledger import BatchSummary, JobView
+
+FLEET_CHECK_S = 2.0  # how often a wait reads the workers table
+HEALTH_CHECK_S = 1.0  # how often a wait looks at the local farm it owns
+MAX_RESTARTS, RESTART_WINDOW_S = 5, 600.0  # more restarts than this in the window: give up
+
+
+class FarmWarning(UserWarning):
+    """A submission was accepted with a caveat (e.g. a negative prompt that guidance <= 1 ignores)."""
+
+
+@dataclass(frozen=True)
+class Requeued:
+    """Jobs a retry or a resume queued again, and the broker messages that carry them."""
+
+    batch: str
+    job_ids: list[int]
+    messages: int
+
+
+def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
+    """``env``'s FARM_* settings in place of this process's; every other variable (PATH, AWS_*,
+    HF_*) is inherited, so the processes a local farm starts run like this one."""
+    if env is None:
+        return dict(os.environ)
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("FARM_")}, **env}
+
+
+def _submitter() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return ""
+
+
+def _exit_on_sigterm(signum, _frame):
+    # the normal way out, so `with Farm.local(...)` and try/finally blocks stop what they started
+    raise SystemExit(128 + signum)
+
+
+class Farm:
+    """A client of one farm: its ledger, its broker and its store, as FARM_* configure them.
+
+    Build one with ``Farm.connect()`` (a farm that runs already) or ``Farm.local()`` (start the
+    private Redis and workers here, stop them on ``close()``). Close it, or use it as a context
+    manager, to release connections and stop what it started.
+    """
+
+    def __init__(self, config: Config, *, env: Mapping[str, str] | None = None):
+        self.config = config
+        self.env = dict(os.environ if env is None else env)  # for the processes it starts
+        self.no_worker_warn_s = config.no_worker_warn_s
+        self._ledger = None
+        self._publisher = None
+        self._owns_workers = False
+        self._owns_redis = False
+        self._devices: list[str] = []
+        self._supervisor: int | None = None
+        self._restarts: list[float] = []
+        self._next_health_check = 0.0
+        self._previous_sigterm = None
+
+    # -- building one ----------------------------------------------------------------------------
+    @classmethod
+    def connect(cls, env: Mapping[str, str] | None = None) -> "Farm":
+        """The farm FARM_* describe (``env``'s FARM_* variables in place of this process's)."""
+        environment = _environment(env)
+        return cls(load_config(environment), env=environment)
+
+    @classmethod
+    def local(cls, home: str | os.PathLike | None = None, workers: int | None = None, devices: str | None = None,
+              env: Mapping[str, str] | None = None) -> "Farm":
+        """A farm on this machine under ``home`` (default FARM_HOME or ./.farm): starts the private
+        Redis (with no FARM_BROKER_URL) and ``workers`` CPU worker processes (default 1) or one per
+        GPU in ``devices`` ("0,1"), unless they run already. ``close()`` stops what this started;
+        while it waits, workers that died are started again."""
+        environment = _environment(env)
+        if home is not None:
+            environment["FARM_HOME"] = os.fspath(home)
+        farm = cls(load_config(environment), env=environment)
+        try:
+            farm.start_local(workers=workers, devices=devices)
+        except BaseException:
+            farm.close()
+            raise
+        return farm
+
+    def start_local(self, workers: int | None = None, devices: str | None = None) -> "Farm":
+        """Start the private Redis and a worker supervisor under the farm home unless they run;
+        this farm then owns them: ``close()`` stops them, ``wait()`` restarts them if they die,
+        they stop by themselves if this process dies, and SIGTERM ends this process through
+        ``SystemExit`` (status 143) so its cleanup runs."""
+        self._devices = localfarm.parse_devices(devices, workers)  # bad input: nothing started yet
+        self.ledger  # noqa: B018 - open (and migrate) the ledger before workers race to
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        redis_was_up = not self.config.uses_embedded_broker or localfarm.redis_alive(self.config)
+        if localfarm.supervisor_pid(self.config) is None:
+            self._owns_redis = not redis_was_up
+            self._owns_workers = True
+            self._supervisor = self._start_supervisor()["pid"]
+        return self
+
+    def _start_supervisor(self) -> dict:
+        return localfarm.up(self.config, self._devices, env=self.env, owner_pid=os.getpid(),
+                            owner_redis=self._owns_redis)
+
+    def stop_local(self) -> None:
+        """Stop what ``local()``/``start_local()`` started: the workers finish or hand back their
+        current micro-batch, then the private Redis stops. The ledger stays open."""
+        if self._previous_sigterm is not None:
+            # a second SIGTERM while stopping ends the process; the supervisor then sees its owner
+            # gone and stops itself
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+        if self._publisher is not None and self._owns_redis:
+            self._publisher.close()  # before its Redis goes away
+            self._publisher = None
+        if self._owns_workers:
+            self._owns_workers = False
+            localfarm.stop_workers(self.config)
+        if self._owns_redis:
+            self._owns_redis = False
+            localfarm.stop_redis(self.config)
+
+    def close(self) -> None:
+        """``stop_local()``, then release the ledger and broker connections. Safe to call twice."""
+        try:
+            self.stop_local()
+        finally:
+            if self._publisher is not None:
+                self._publisher.close()
+                self._publisher = None
+            if self._ledger is not None:
+                self._ledger.close()
+                self._ledger = None
+
+    def __enter__(self) -> "Farm":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    # -- the parts, opened on first use ------------------------------------------------------------
+    @property
+    def ledger(self):
+        """The SQL ledger (``farm.ledger.Ledger``); a fresh SQLite ledger is created and migrated."""
+        if self._ledger is None:
+            from farm.ledger import Ledger
+
+            self._ledger = Ledger(self.config.database_url)
+        return self._ledger
+
+    @property
+    def publisher(self):
+        """The broker publisher; starts the private Redis when it is the broker and not running."""
+        if self._publisher is None:
+            from farm.dispatch import Publisher
+
+            self._publisher = Publisher(self.config, localfarm.ensure_redis(self.config))
+        return self._publisher
+
+    def catalog(self):
+        """Built-in plus registered models and adapters. A farm home whose SQLite ledger does not
+        exist yet has registered nothing, and reading it must not create it (bad input writes nothing)."""
+        from farm.spec import Catalog
+
+        url = self.config.database_url
+        if self._ledger is None and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+            return Catalog()
+        return self.ledger.catalog()
+
+    # -- submitting ----------------------------------------------------------------------------------
+    def plan(self, prompt: str | None = None, *, file=None, spec=None, variants: int = 1, seed: int | None = None,
+             seeds=None, model: str | None = None, recipe: str | None = None, steps=None, guidance=None, size=None,
+             negative: str | None = None, adapters=(), decoder: str | None = None, wildcards=None,
+             wildcard_mode: str | None = None, wildcard_count: int | None = None, priority: int = 0, rng=None,
+             **job_fields) -> Plan:
+        """Validate and expand a submission without writing anything (the options of ``farm
+        submit``; ``spec`` is a spec file, ``wildcards`` a directory of __name__ lists). Axes:
+        ``steps="1-8"``, ``guidance=[1, 1.5]``, ``seeds="0-3"``, ``adapters=["toy:0.2,0.8"]``."""
+        return plan_submission(
+            self.catalog(), self.config.default_model, prompt=prompt, file=file, spec_file=spec, variants=variants,
+            seed=seed, seeds=seeds, model=model, recipe=recipe, steps=steps, guidance=guidance, size=size,
+            negative=negative, adapters=adapters, decoder=decoder, wildcard_dir=wildcards,
+            wildcard_mode=wildcard_mode, wildcard_count=wildcard_count, priority=priority, rng=rng, **job_fields)
+
+    def dry_run(self, prompt: str | None = None, *, force: bool = False, **options) -> dict:
+        """What ``submit`` would do (``farm submit --dry-run --json``): jobs, renders, reuses, axes
+        and an ETA from recorded timings. Writes and enqueues nothing."""
+        return self.estimate(self.plan(prompt, **options), force=force)
+
+    def estimate(self, planned: Plan, *, force: bool = False) -> dict:
+        """``dry_run`` of a plan already made."""
+        return estimate(self.ledger, planned, force=force)
+
+    def submit(self, prompt: str | None = None, *, key: str | None = None, force: bool = False, **options) -> str:
+        """Validate, expand, record and enqueue a batch; returns its id. ``options``: those of
+        ``plan``. ``key``: an idempotency key (the same key returns the same batch); ``force``:
+        render even jobs whose image exists. Caveats are issued as ``FarmWarning``. For the
+        whole ``SubmitResult`` (jobs, to_render, reused, base_seed), use ``submit_plan(plan(...))``."""
+        check_key(key)
+        planned = self.plan(prompt, **options)
+        for message in planned.warnings:
+            warnings.warn(message, FarmWarning, stacklevel=2)
+        return self.submit_plan(planned, key=key, force=force).batch
+
+    def submit_spec(self, path: str | os.PathLike, **overrides) -> str:
+        """Submit a spec file (.yaml or .json: prompts, axes, wildcards); ``overrides`` beat its fields."""
+        return self.submit(spec=os.fspath(path), **overrides)
+
+    def submit_plan(self, planned: Plan, *, key: str | None = None, force: bool = False) -> SubmitResult:
+        """Record and enqueue a planned batch (one transaction, then its micro-batches of job ids)."""
+        return submit(self.ledger, self.publisher, planned,
+                      micro_batch=lambda spec: self.config.micro_batch_for(spec.family, spec.width, spec.height),
+                      key=check_key(key), submitter=_submitter(), force=force)
+
+    # -- following ---------------------------------------------------------------------------------
+    def status(self, batch: str) -> "BatchSummary":
+        """The batch (``BatchInfo``) with its counts per state: a ``farm.ledger.BatchSummary``."""
+        from farm.ledger import BatchSummary
+
+        info = self.ledger.get_batch(batch)
+        counts = self.ledger.batch_counts(batch)
+        return BatchSummary(info, counts, sum(counts[s] for s in states.TERMINAL))
+
+    def wait(self, batch: str, timeout: float | None = None, progress: TextIO | bool | None = None) -> dict[str, int]:
+        """Wait until every job of the batch has finished (succeeded, failed or cancelled); returns
+        the counts per state. ``progress``: a stream for the progress line (True: stderr).
+
+        Raises ``FarmTimeout`` (with ``.counts``) after ``timeout`` seconds. Says on stderr when no
+        live worker is there to render the batch (after FARM_NO_WORKER_WARN_S, default 30 s), and
+        restarts the workers of a local farm this client started if they died."""
+        stream = sys.stderr if progress is True else (progress or None)
+        total = self.ledger.get_batch(batch).job_count
+        notice = NoWorkerNotice(batch, self.no_worker_warn_s)
+        next_fleet_check = [0.0]
+
+        def check() -> list[str]:
+            lines = self._heal()
+            if lines:
+                notice.reset()  # fresh workers get the whole grace period to register
+            if time.monotonic() >= next_fleet_check[0]:
+                next_fleet_check[0] = time.monotonic() + FLEET_CHECK_S
+                line = notice(self.ledger.workers(), datetime.now(timezone.utc), self.ledger.unfinished_models(batch))
+                lines += [line] if line else []
+            return lines
+
+        counts = watch(lambda: self.ledger.batch_counts(batch), total, stream=stream, timeout=timeout,
+                       check=check, notices=stream or sys.stderr)
+        if sum(counts[s] for s in states.TERMINAL) < total:
+            raise FarmTimeout(batch, counts, timeout or 0)
+        return counts
+
+    def _heal(self) -> list[str]:
+        """Start again what died of the local farm this client owns; the lines that say so.
+
+        Jobs the dead workers held come back through the lease reaper of the new workers' fleet
+        maintenance (after FARM_LEASE_S), so nothing renders twice."""
+        if not self._owns_workers or time.monotonic() < self._next_health_check:
+            return []
+        self._next_health_check = time.monotonic() + HEALTH_CHECK_S
+        lines = []
+        if self.config.uses_embedded_broker and not localfarm.redis_alive(self.config):
+            lines.append("farm: the private Redis died; restarting it")
+            self._owns_redis = True
+        if localfarm.supervisor_pid(self.config) is None:
+            lines.append(f"farm: the local workers died (supervisor pid {self._supervisor}); restarting them")
+        if not lines:
+            return []
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S] + [now]
+        if len(self._restarts) > MAX_RESTARTS:
+            raise InfrastructureError(f"the local farm died {len(self._restarts)} times in "
+                                      f"{RESTART_WINDOW_S / 60:.0f} minutes; see {self.config.run_dir / 'workers.log'}")
+        self._supervisor = self._start_supervisor()["pid"]
+        return lines
+
+    def jobs(self, batch: str | None = None, state: str | None = None, limit: int | None = None) -> list["JobView"]:
+        """Jobs (``farm.ledger.JobView``: id, seed, state, spec, timings in ms, artifact), oldest
+        first; of one batch and/or in one state."""
+        if state is not None and state not in states.STATES:
+            raise InputError("state", f"{state!r} is not one of {', '.join(states.STATES)}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InputError("limit", f"{limit!r} is not a positive number")
+        if batch:
+            self.ledger.get_batch(batch)
+        return self.ledger.list_jobs(batch, state, limit)
+
+    def batches(self, limit: int = 50) -> list["BatchSummary"]:
+        """Recent batches, newest first (``farm.ledger.BatchSummary``: info, counts, done)."""
+        return self.ledger.batches(limit)
+
+    # -- results -------------------------------------------------------------------------------------
+    def download(self, batch: str, out: str | os.PathLike) -> list[Path]:
+        """Copy the batch's stored images into ``out`` (each checked against the ledger's sha256),
+        with an ``index.html`` gallery of them and their parameters; the image paths, in job order."""
+        from farm.gallery import gallery_html
+        from farm.results import fetch_batch
+
+        out = Path(out)
+        fetched = fetch_batch(self.ledger, batch, out, s3_endpoint_url=self.config.s3_endpoint_url)
+        rows = {view.id: view.as_dict() for view in self.ledger.list_jobs(batch)}
+        page = gallery_html(batch, [(path.name, rows[job_id]) for job_id, path in fetched])
+        (out / "index.html").write_text(page, encoding="utf-8")
+        return [path for _, path in fetched]
+
+    def contact_sheet(self, batch: str, out: str | os.PathLike, *, cols: str | None = None,
+                      rows: str | None = None) -> dict:
+        """Draw the batch as a grid labelled with its axis values into the PNG ``out``."""
+        from farm.results import ArtifactReader, sheet_cells
+
+        info = self.ledger.get_batch(batch)
+        jobs = [view.as_dict() for view in self.ledger.list_jobs(batch)]
+        cells, column_axis, row_axis = sheet_cells(jobs, cols, rows)
+        reader = ArtifactReader(self.config.s3_endpoint_url)
+        images = [(c, r, reader.read(j["store_url"], j["artifact"], j["sha256"])) for c, r, j in cells]
+        from engine.sheets import contact_sheet  # draws with PIL: the render engine does
+
+        title = f"batch {batch}  {cells[0][2]['prompt'][:60]}  {info.model}/{info.recipe}"
+        data, grid = contact_sheet(images, title)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(data)
+        return {"batch": batch, "out": os.fspath(out), "columns": len(grid.columns), "rows": len(grid.rows),
+                "column_axis": column_axis, "row_axis": row_axis, "size": list(grid.size)}
+
+    def replay(self, job: int, device: str = "cpu") -> dict:
+        """Re-render a job from its record here; the largest pixel difference to the stored image."""
+        if device not in ("cpu", "cuda"):
+            raise InputError("device", f"{device!r} is not cpu or cuda")
+        from engine.quiet import QUIET_ENV
+
+        for key, value in QUIET_ENV.items():  # before transformers is imported, or it prints anyway
+            os.environ.setdefault(key, value)
+        from engine.replay import replay  # renders: the engine is the only code that imports torch
+
+        return replay(self.ledger, job, model_cache=self.config.model_cache, device=device,
+                      s3_endpoint_url=self.config.s3_endpoint_url)
+
+    # -- control ---------------------------------------------------------------------------------------
+    def cancel(self, batch: str, running: bool = False) -> int:
+        """Cancel queued jobs (they never render; with ``running``, running ones stop at their next
+        denoising step); how many were cancelled."""
+        return self.ledger.cancel(batch, running=running)
+
+    def retry(self, batch: str, failed_only: bool = False) -> Requeued:
+        """Queue failed (and, unless ``failed_only``, cancelled) jobs again, each with a new attempt."""
+        return self._requeued(batch, self.ledger.retry(batch, failed_only=failed_only))
+
+    def pause(self, batch: str) -> None:
+        """Workers stop starting the batch's jobs (running ones finish) until ``resume``."""
+        self.ledger.set_batch_state(batch, states.BATCH_PAUSED)
+
+    def resume(self, batch: str) -> Requeued:
+        """Resume a paused batch: its queued jobs are published again."""
+        return self._requeued(batch, self.ledger.set_batch_state(batch, states.BATCH_ACTIVE))
+
+    def _requeued(self, batch: str, job_ids: list[int]) -> Requeued:
+        messages = republish(self.ledger, self.publisher, job_ids, micro_batch=self.config.micro_batch) if job_ids else 0
+        return Requeued(batch, job_ids, messages)

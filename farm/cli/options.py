@@ -1,0 +1,35 @@
+"""The options that describe jobs, shared by `farm submit` and `farm run`."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+
+def job_options(func):
+    """The options that describe jobs, shared by ``run`` and ``submit``. Values with a range
+    (``1-8``) or a comma list (``1,1.5,2``) are sweep axes, crossed with each other."""
+    options = [
+        click.option("--variants", "-n", type=int, default=1, show_default=True,
+                     help="Images per prompt, with seeds S, S+1, ..."),
+        click.option("--seed", type=int, default=None, help="Base seed S (default: drawn at random and recorded)."),
+        click.option("--seeds", default=None, help="Seed axis: 0-15 or 1,5,9 (instead of --variants)."),
+        click.option("--model", default=None, help="Model name (default: FARM_DEFAULT_MODEL or tiny-sd)."),
+        click.option("--recipe", default=None, help="Few-step recipe (default lcm-lora; see `farm recipes list`)."),
+        click.option("--steps", default=None, help="Denoising steps, or an axis: 1-8, 2,4,8."),
+        click.option("--guidance", default=None, help="Guidance scale, or an axis: 1,1.5,2."),
+        click.option("--size", default=None, help="WIDTHxHEIGHT, or an axis: 512x512,768x512."),
+        click.option("--negative", default=None, help="Negative prompt (ignored when guidance <= 1)."),
+        click.option("--decoder", type=click.Choice(["full", "tiny"]), default=None,
+                     help="full: the model's VAE (default); tiny: TAESD, a much cheaper decoder for previews."),
+        click.option("--adapter", "adapters", multiple=True, metavar="NAME[:WEIGHT[,WEIGHT...]]",
+                     help="A style LoRA on top of the recipe's accelerator; several weights sweep it. Repeatable."),
+        click.option("--spec", "spec", default=None, help="Sweep spec (.yaml or .json): prompts, axes, wildcards."),
+        click.option("--wildcards", "wildcards", default=None,
+                     help="Directory of __name__ lists (NAME.txt, one entry per line)."),
+        click.option("--wildcard-mode", type=click.Choice(["combinatorial", "random"]), default=None,
+                     help="Expand {a|b} and __name__ into every combination, or pick at random (seeded)."),
+        click.option("--wildcard-count", type=int, default=None, help="Random mode: prompts per template."),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), func)

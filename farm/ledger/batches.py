@@ -1,0 +1,174 @@
+"""Batches: writing a submission (all or nothing), idempotency keys, reuse of stored images, and
+batch-wide control (cancel, retry, pause, resume)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Iterable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from farm import states
+from farm.errors import ConflictError, NotFound
+from farm.ledger.mapping import artifact_value, batch_info, spec_columns, stored_job
+from farm.ledger.models import Artifact, Batch, Job
+from farm.ledger.schema import Database, rowcount
+from farm.ledger.values import Artifact as ArtifactValue
+from farm.ledger.values import BatchInfo, NewBatch, StoredJob
+from farm.spec import JobSpec
+
+
+class Batches(Database):
+    def create_batch(
+        self, *, specs: list[JobSpec], spec: dict, request_digest: str, base_seed: int,
+        priority: int = 0, submitter: str = "", idempotency_key: str | None = None,
+        axes: list[dict] | None = None, reuse: dict[int, tuple[int, ArtifactValue]] | None = None,
+    ) -> NewBatch:
+        """Write a batch and all its jobs in one transaction (all or nothing).
+
+        ``reuse`` maps a job index to (job id, artifact) of an earlier job with the same digest:
+        that job is recorded as succeeded from the stored image, without rendering.
+        With an idempotency key, the same key returns the existing batch; the same key with a
+        different request is a conflict.
+        """
+        reuse = reuse or {}
+        if idempotency_key:
+            existing = self._batch_for_key(idempotency_key, request_digest)
+            if existing:
+                return existing
+        now = self.clock()
+        batch_id = secrets.token_hex(5)
+        try:
+            with self.session() as s:
+                s.add(Batch(
+                    id=batch_id, created_at=now, submitter=submitter, idempotency_key=idempotency_key,
+                    request_digest=request_digest, spec=spec, priority=priority,
+                    model=specs[0].model, recipe=specs[0].recipe, base_seed=base_seed,
+                    job_count=len(specs), state=states.BATCH_ACTIVE,
+                ))
+                s.flush()
+                jobs = [
+                    Job(
+                        batch_id=batch_id, index=i, **spec_columns(j),
+                        state=states.SUCCEEDED if i in reuse else states.QUEUED,
+                        priority=priority, attempts=0, axes=(axes[i] if axes else {}),
+                        reused_from=reuse[i][0] if i in reuse else None,
+                        created_at=now, queued_at=now, finished_at=now if i in reuse else None,
+                    )
+                    for i, j in enumerate(specs)
+                ]
+                s.add_all(jobs)
+                s.flush()
+                ids = [job.id for job in jobs]
+                s.add_all(Artifact(job_id=ids[i], created_at=now, **artifact.as_dict())
+                          for i, (_, artifact) in reuse.items())
+        except IntegrityError:
+            if idempotency_key:  # a concurrent submission with the same key won the race
+                existing = self._batch_for_key(idempotency_key, request_digest)
+                if existing:
+                    return existing
+            raise
+        return NewBatch(batch_id, True, ids, [ids[i] for i in range(len(ids)) if i not in reuse])
+
+    def _batch_for_key(self, key: str, request_digest: str) -> NewBatch | None:
+        with self.session() as s:
+            batch = s.scalar(select(Batch).where(Batch.idempotency_key == key))
+            if batch is None:
+                return None
+            if batch.request_digest != request_digest:
+                raise ConflictError(
+                    f"idempotency key {key!r} was used for a different submission (batch {batch.id})"
+                )
+            ids = list(s.scalars(select(Job.id).where(Job.batch_id == batch.id).order_by(Job.index)))
+            return NewBatch(batch.id, False, ids)
+
+    def get_batch(self, batch_id: str) -> BatchInfo:
+        with self.session() as s:
+            batch = s.get(Batch, batch_id)
+            if batch is None:
+                raise NotFound(f"no batch {batch_id!r}")
+            return batch_info(batch)
+
+    def batch_counts(self, batch_id: str) -> dict[str, int]:
+        self.get_batch(batch_id)
+        with self.session() as s:
+            rows = s.execute(
+                select(Job.state, func.count()).where(Job.batch_id == batch_id).group_by(Job.state)
+            ).all()
+        counts = {state: 0 for state in states.STATES}
+        counts.update({state: n for state, n in rows})
+        return counts
+
+    def unfinished_models(self, batch_id: str) -> set[str]:
+        """The models of a batch's jobs that still have to render (queued or running)."""
+        with self.session() as s:
+            return set(s.scalars(select(Job.model).distinct().where(
+                Job.batch_id == batch_id, Job.state.in_((states.QUEUED, states.RUNNING)))))
+
+    def mark_enqueued(self, job_ids: Iterable[int]) -> None:
+        ids = list(job_ids)
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id.in_(ids)).values(enqueued_at=self.clock()))
+
+    def reusable(self, digests: Iterable[str]) -> dict[str, tuple[int, ArtifactValue]]:
+        """For each digest with a stored image: (the earliest such job, its artifact)."""
+        wanted = list(dict.fromkeys(digests))
+        found: dict[str, tuple[int, ArtifactValue]] = {}
+        with self.session() as s:
+            for start in range(0, len(wanted), 500):
+                rows = s.execute(
+                    select(Job.digest, Job.id, Artifact).join(Artifact, Artifact.job_id == Job.id)
+                    .where(Job.digest.in_(wanted[start:start + 500]), Job.state == states.SUCCEEDED)
+                    .order_by(Job.id)
+                ).all()
+                for digest, job_id, a in rows:
+                    found.setdefault(digest, (job_id, artifact_value(a)))
+        return found
+
+    def artifacts(self, batch_id: str) -> list[tuple[StoredJob, ArtifactValue]]:
+        """A batch's jobs that have a stored image, in job order."""
+        self.get_batch(batch_id)
+        with self.session() as s:
+            rows = s.execute(
+                select(Job, Artifact).join(Artifact, Artifact.job_id == Job.id)
+                .where(Job.batch_id == batch_id).order_by(Job.index)
+            ).all()
+            return [(stored_job(job), artifact_value(artifact)) for job, artifact in rows]
+
+    # -- control --------------------------------------------------------------------------------
+    def cancel(self, batch_id: str, *, running: bool = False) -> int:
+        """Cancel a batch's queued jobs (and running ones with ``running``); returns how many."""
+        self.get_batch(batch_id)
+        sources, target = states.transition("cancel")
+        allowed = sources if running else sources - {states.RUNNING}
+        with self.session() as s:
+            result = s.execute(update(Job).where(Job.batch_id == batch_id, Job.state.in_(allowed))
+                               .values(state=target, finished_at=self.clock(), last_error="cancelled"))
+            return rowcount(result)
+
+    def retry(self, batch_id: str, *, failed_only: bool = False) -> list[int]:
+        """Move failed (and, unless ``failed_only``, cancelled) jobs back to queued; their next
+        claim opens a new attempt after the old ones. Returns the job ids to publish."""
+        self.get_batch(batch_id)
+        sources, target = states.transition("retry")
+        allowed = {states.FAILED} if failed_only else sources
+        now = self.clock()
+        with self.session() as s:
+            ids = list(s.scalars(select(Job.id).where(Job.batch_id == batch_id, Job.state.in_(allowed))
+                                 .order_by(Job.id)))
+            if ids:
+                s.execute(update(Job).where(Job.id.in_(ids), Job.state.in_(allowed)).values(
+                    state=target, queued_at=now, enqueued_at=None, current_attempt=None, started_at=None,
+                    finished_at=None))
+        return ids
+
+    def set_batch_state(self, batch_id: str, state: str) -> list[int]:
+        """Pause (workers skip its jobs) or resume (returns the queued job ids to publish again)."""
+        self.get_batch(batch_id)
+        with self.session() as s:
+            s.execute(update(Batch).where(Batch.id == batch_id).values(state=state))
+            if state != states.BATCH_ACTIVE:
+                return []
+            return list(s.scalars(select(Job.id).where(Job.batch_id == batch_id, Job.state == states.QUEUED)
+                                  .order_by(Job.id)))

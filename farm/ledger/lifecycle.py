@@ -1,0 +1,177 @@
+"""The job lifecycle: claim, complete, fail, requeue, leases, and what maintenance asks for.
+
+Every state change is a conditional UPDATE (``farm.states`` says from which states), so a
+duplicate delivery or a completion from a superseded attempt changes nothing. Claim and
+completion are the hot paths: Core statements, one transaction, ``UPDATE ... RETURNING``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Iterable
+
+from sqlalchemy import delete, func, insert, select, update
+
+from farm import states
+from farm.ledger.mapping import stored_job
+from farm.ledger.models import TIMING_FIELDS, Artifact, Attempt, Batch, Job
+from farm.ledger.schema import Database, rowcount
+from farm.ledger.values import Artifact as ArtifactValue
+from farm.ledger.values import Claim, StoredJob
+
+
+class Lifecycle(Database):
+    def load_jobs(self, job_ids: Iterable[int]) -> list[StoredJob]:
+        ids = list(job_ids)
+        with self.session() as s:
+            jobs = {j.id: stored_job(j) for j in s.scalars(select(Job).where(Job.id.in_(ids)))}
+        return [jobs[i] for i in ids if i in jobs]
+
+    def claim(self, job_ids: Iterable[int], *, worker: str, device: str, lease_s: float) -> list[Claim]:
+        """Move queued jobs to running, each with a new attempt and fencing token; returns them
+        with their specs (UPDATE ... RETURNING: no second read).
+
+        A job that is not queued any more (a duplicate delivery, cancelled, done) is skipped.
+        """
+        now = self.clock()
+        sources, target = states.transition("claim")
+        claimed: list[Claim] = []
+        active = select(Batch.id).where(Batch.state == states.BATCH_ACTIVE)  # a paused batch's jobs wait
+        with self.transaction() as s:
+            for job_id in job_ids:
+                token = secrets.token_hex(16)
+                row = s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state.in_(sources), Job.batch_id.in_(active))
+                    .values(state=target, attempts=Job.attempts + 1, current_attempt=token,
+                            started_at=now, finished_at=None)
+                    .returning(*Job.__table__.c)
+                ).first()
+                if row is None:
+                    continue
+                s.execute(insert(Attempt).values(
+                    job_id=job_id, token=token, worker=worker, device=device, started_at=now,
+                    lease_expires_at=now + timedelta(seconds=lease_s), outcome=states.ATTEMPT_RUNNING,
+                ))
+                claimed.append(Claim(stored_job(row), token, now))
+        return claimed
+
+    def _finish(self, event: str, job_id: int, token: str, *, outcome: str, error: str | None,
+                timings: dict | None, batch_size: int | None, artifact: ArtifactValue | None,
+                environment: dict | None = None, not_before: datetime | None = None) -> bool:
+        """Apply a terminal transition if ``token`` still owns the job; False if it does not."""
+        now = self.clock()
+        sources, target = states.transition(event)
+        with self.transaction() as s:
+            values = {"state": target, "finished_at": now if target in states.TERMINAL else None}
+            if error is not None:
+                values["last_error"] = error[:4000]
+            if target == states.QUEUED:
+                values.update(queued_at=now, current_attempt=None, started_at=None, enqueued_at=None,
+                              not_before=not_before)
+            result = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(sources), Job.current_attempt == token)
+                .values(**values)
+            )
+            if rowcount(result) != 1:
+                # superseded: record what this attempt saw, change nothing else
+                s.execute(update(Attempt).where(Attempt.token == token, Attempt.outcome == states.ATTEMPT_RUNNING)
+                          .values(outcome=states.ATTEMPT_SUPERSEDED, finished_at=now))
+                return False
+            attempt_values = {"outcome": outcome, "finished_at": now, "error": error, "batch_size": batch_size}
+            if environment is not None:
+                attempt_values["environment"] = environment
+            for name, value in (timings or {}).items():
+                if name in TIMING_FIELDS:
+                    attempt_values[name] = value
+            s.execute(update(Attempt).where(Attempt.token == token).values(**attempt_values))
+            if artifact is not None:  # deterministic keys: a re-render replaces the row, never adds one
+                s.execute(delete(Artifact).where(Artifact.job_id == job_id))
+                s.execute(insert(Artifact).values(job_id=job_id, created_at=now, **artifact.as_dict()))
+        return True
+
+    def complete(self, job_id: int, token: str, *, artifact: ArtifactValue, timings: dict, batch_size: int,
+                 environment: dict | None = None) -> bool:
+        return self._finish("succeed", job_id, token, outcome=states.ATTEMPT_SUCCEEDED, error=None,
+                            timings=timings, batch_size=batch_size, artifact=artifact, environment=environment)
+
+    def fail(self, job_id: int, token: str, *, error: str, timings: dict | None = None,
+             batch_size: int | None = None) -> bool:
+        return self._finish("fail", job_id, token, outcome=states.ATTEMPT_FAILED, error=error,
+                            timings=timings, batch_size=batch_size, artifact=None)
+
+    def requeue(self, job_id: int, token: str, *, error: str, outcome: str = states.ATTEMPT_REQUEUED,
+                delay_s: float = 0.0) -> bool:
+        """Give a running job back to the queue. It is published again by the caller or, after
+        ``delay_s`` (a retry's backoff), by the fleet's maintenance."""
+        not_before = self.clock() + timedelta(seconds=delay_s) if delay_s else None
+        return self._finish("requeue", job_id, token, outcome=outcome, error=error, timings=None,
+                            batch_size=None, artifact=None, not_before=not_before)
+
+    def fail_attempt(self, job_id: int, token: str, *, error: str, outcome: str) -> bool:
+        """Fail a job for good, recording how its last attempt ended (failed, lost, ...)."""
+        return self._finish("fail", job_id, token, outcome=outcome, error=error, timings=None, batch_size=None,
+                            artifact=None)
+
+    def failures(self, job_id: int) -> int:
+        """Attempts of a job that ended badly (a drained or cancelled attempt does not count)."""
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(Attempt).where(
+                Attempt.job_id == job_id, Attempt.outcome.in_(states.FAILED_OUTCOMES))) or 0
+
+    def close_attempts(self, tokens: Iterable[str], *, outcome: str, error: str | None = None) -> None:
+        """Record how attempts ended when their jobs were taken away (cancelled, superseded)."""
+        with self.session() as s:
+            s.execute(update(Attempt).where(Attempt.token.in_(list(tokens)), Attempt.outcome == states.ATTEMPT_RUNNING)
+                      .values(outcome=outcome, error=error, finished_at=self.clock()))
+
+    def still_running(self, tokens: Iterable[str]) -> bool:
+        """Whether any of these attempts still owns a running job (a cancel or a newer attempt
+        takes it away)."""
+        with self.session() as s:
+            return bool(s.scalar(select(func.count()).select_from(Job).where(
+                Job.current_attempt.in_(list(tokens)), Job.state == states.RUNNING)))
+
+    # -- leases and maintenance -----------------------------------------------------------------
+    def renew_leases(self, tokens: Iterable[str], lease_s: float) -> int:
+        with self.session() as s:
+            return rowcount(s.execute(update(Attempt).where(Attempt.token.in_(list(tokens)),
+                                                            Attempt.outcome == states.ATTEMPT_RUNNING)
+                                      .values(lease_expires_at=self.clock() + timedelta(seconds=lease_s))))
+
+    def expired_leases(self, limit: int = 1000) -> list[tuple[int, str]]:
+        """(job id, token) of running jobs whose live attempt's lease has lapsed."""
+        with self.session() as s:
+            return [(j, t) for j, t in s.execute(  # a running job always has its attempt's token
+                select(Job.id, Job.current_attempt).join(Attempt, Attempt.token == Job.current_attempt)
+                .where(Job.state == states.RUNNING, Attempt.lease_expires_at < self.clock()).limit(limit))
+                if t is not None]
+
+    def publish_candidates(self, enqueued_before: datetime, limit: int = 5000) -> list[tuple[int, bool]]:
+        """(job id, ever published) of queued jobs of active batches that are due (no backoff
+        pending) and were never published or published before ``enqueued_before``."""
+        now = self.clock()
+        with self.session() as s:
+            return [(j, e is not None) for j, e in s.execute(
+                select(Job.id, Job.enqueued_at).join(Batch, Batch.id == Job.batch_id)
+                .where(Job.state == states.QUEUED, Batch.state == states.BATCH_ACTIVE,
+                       (Job.not_before.is_(None)) | (Job.not_before <= now),
+                       (Job.enqueued_at.is_(None)) | (Job.enqueued_at < enqueued_before))
+                .order_by(Job.id).limit(limit))]
+
+    def waiting_too_long(self, enqueued_before: datetime, limit: int = 1000) -> list[int]:
+        """Queued jobs of active batches whose message has waited since ``enqueued_before`` and
+        that are not at the top priority yet (candidates for aging)."""
+        with self.session() as s:
+            return list(s.scalars(
+                select(Job.id).join(Batch, Batch.id == Job.batch_id)
+                .where(Job.state == states.QUEUED, Job.enqueued_at < enqueued_before,
+                       Job.priority < states.MAX_PRIORITY, Batch.state == states.BATCH_ACTIVE)
+                .order_by(Job.id).limit(limit)))
+
+    def promote(self, job_ids: list[int]) -> None:
+        with self.session() as s:
+            s.execute(update(Job).where(Job.id.in_(job_ids), Job.state == states.QUEUED)
+                      .values(priority=Job.priority + 1))

@@ -1,0 +1,73 @@
+"""Reporting: job listings, batch summaries, recorded timings for ETAs and stats. Reads only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from farm import states
+from farm.ledger.mapping import attempt_stat, batch_info, job_view
+from farm.ledger.models import Artifact, Attempt, Batch, Job
+from farm.ledger.schema import Database
+from farm.ledger.values import AttemptStat, BatchSummary, JobView
+
+
+class Queries(Database):
+    def list_jobs(self, batch_id: str | None = None, state: str | None = None, limit: int | None = None,
+                  job_id: int | None = None) -> list[JobView]:
+        """Jobs with their latest attempt's timings and their artifact, oldest first."""
+        with self.session() as s:
+            query = select(Job).order_by(Job.id)
+            if job_id is not None:
+                query = query.where(Job.id == job_id)
+            if batch_id:
+                query = query.where(Job.batch_id == batch_id)
+            if state:
+                query = query.where(Job.state == state)
+            if limit:
+                query = query.limit(limit)
+            jobs = list(s.scalars(query))
+            ids = [j.id for j in jobs]
+            artifacts = {a.job_id: a for a in s.scalars(select(Artifact).where(Artifact.job_id.in_(ids)))} if ids else {}
+            attempts: dict[int, Attempt] = {}
+            if ids:
+                for a in s.scalars(select(Attempt).where(Attempt.job_id.in_(ids)).order_by(Attempt.id)):
+                    attempts[a.job_id] = a  # the latest wins
+            return [job_view(j, attempts.get(j.id), artifacts.get(j.id)) for j in jobs]
+
+    def batches(self, limit: int = 50) -> list[BatchSummary]:
+        with self.session() as s:
+            batches = list(s.scalars(select(Batch).order_by(Batch.created_at.desc()).limit(limit)))
+            ids = [b.id for b in batches]
+            counts: dict[str, dict[str, int]] = {i: {st: 0 for st in states.STATES} for i in ids}
+            for batch_id, state, n in s.execute(select(Job.batch_id, Job.state, func.count())
+                                                .where(Job.batch_id.in_(ids)).group_by(Job.batch_id, Job.state)):
+                counts[batch_id][state] = n
+            return [BatchSummary(batch_info(b), counts[b.id], sum(counts[b.id][t] for t in states.TERMINAL))
+                    for b in batches]
+
+    def history_ms(self, *, model: str, recipe: str, width: int, height: int, steps: int) -> float | None:
+        """Median recorded time per image (total ms) of rendered jobs with these settings; from the
+        same model, recipe and size at other step counts, scaled by steps, when there is none."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Attempt.total_ms, Job.steps).join(Job, Job.id == Attempt.job_id)
+                .where(Job.model == model, Job.recipe == recipe, Job.width == width, Job.height == height,
+                       Attempt.outcome == states.ATTEMPT_SUCCEEDED, Attempt.total_ms.is_not(None))
+                .order_by(Attempt.id.desc()).limit(500)).all()
+        totals = [(float(total), int(n)) for total, n in rows if total is not None]
+        exact = sorted(total for total, n in totals if n == steps)
+        if exact:
+            return exact[len(exact) // 2]
+        per_step = sorted(total / max(1, n) for total, n in totals)
+        return per_step[len(per_step) // 2] * steps if per_step else None
+
+    def attempt_rows(self, since: datetime) -> list[AttemptStat]:
+        """Finished attempts since ``since``, with their job's model and recipe, for stats."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Attempt, Job.model, Job.recipe).join(Job, Job.id == Attempt.job_id)
+                .where(Attempt.finished_at >= since, Attempt.outcome != states.ATTEMPT_RUNNING)
+                .order_by(Attempt.finished_at)).all()
+            return [attempt_stat(a, model, recipe) for a, model, recipe in rows]
