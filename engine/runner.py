@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from engine import offload as offloading
 from engine.adapters import AdapterSet, HostStateDicts
 from engine.invariance import row_wise_linear
 from engine.sources import Location, resolve
@@ -50,6 +51,7 @@ class Resident:
     base_scheduler: tuple[Any, dict]  # the model's own scheduler class and config
     adapters: AdapterSet
     tiny_decoder: object = None  # TAESD for preview jobs, loaded on the first one
+    stack: tuple | None = None  # the adapter stack last activated (offload re-hooks on a change)
 
 
 def family_module(family: str) -> ModuleType:
@@ -77,7 +79,8 @@ class Runner:
                  catalog: Callable[[], Catalog] = Catalog, s3_endpoint_url: str | None = None,
                  fuse: bool | None = None, max_adapters: int = 8, max_adapter_bytes: int = 2 << 30,
                  host_lora_bytes: int = 4 << 30, compile: bool = False,
-                 preview_decoders: dict[str, str] | None = None, dtype: str = "auto"):
+                 preview_decoders: dict[str, str] | None = None, dtype: str = "auto", offload: str = "none",
+                 vae_tiling: bool = False):
         import torch
 
         self.torch = torch
@@ -101,6 +104,9 @@ class Runner:
         self.max_adapter_bytes = max_adapter_bytes
         self.host_loras = HostStateDicts(host_lora_bytes)  # shared by every resident pipeline
         self.preview_decoders = {**PREVIEW_DECODERS, **(preview_decoders or {})}  # arch -> TAESD source
+        offloading.check(offload, self.device.type)
+        self.offload = offload  # engine.offload: keep weights in host RAM, on the device while they run
+        self.vae_tiling = vae_tiling
 
     # -- residency ------------------------------------------------------------------------------
     def _entry(self, kind: str, name: str):
@@ -137,7 +143,8 @@ class Runner:
                                       "(no model_index.json)")
         pipe = family.load(location.path, single_file=location.single_file, revision=entry.revision,
                            dtype=self.dtype, cache_dir=str(self.model_cache / "hub"))
-        pipe.to(self.device)
+        if self.offload == "none":
+            pipe.to(self.device)
         if self.is_cuda:  # NHWC convolutions run on the tensor cores without layout shuffles
             import torch
 
@@ -152,6 +159,9 @@ class Runner:
             # UNet from diffusers' LoRA loader, and no adapter could load. One graph per batch shape.
             pipe.unet.compile(dynamic=False)
         pipe.set_progress_bar_config(disable=True)
+        offloading.enable(pipe, self.offload, self.device)
+        if self.vae_tiling:
+            offloading.enable_vae_tiling(pipe)
         scheduler = pipe.scheduler
         adapters = AdapterSet(pipe, self._locate_adapter, max_loaded=self.max_adapters,
                               max_bytes=self.max_adapter_bytes, host=self.host_loras, fuse=self.fuse,
@@ -217,7 +227,12 @@ class Runner:
         pipe, family = resident.pipe, resident.family
         stack = [(a.name, a.weight) for a in first.adapters]
         accelerator = next((a.name for a in first.adapters if a.role == "accelerator"), None)
-        timings["adapter_load_ms"] = resident.adapters.activate(stack, accelerator)
+        if self.offload != "none" and resident.stack != (stack, accelerator):
+            with offloading.hooks_off(pipe, self.offload, self.device):
+                timings["adapter_load_ms"] = resident.adapters.activate(stack, accelerator)
+        else:
+            timings["adapter_load_ms"] = resident.adapters.activate(stack, accelerator)
+        resident.stack = (stack, accelerator)
         decoder_name = first.decoder
         if decoder_name == "tiny":
             started = time.perf_counter()
@@ -228,7 +243,9 @@ class Runner:
         pipe.scheduler = self._scheduler(resident, first.scheduler, first.scheduler_config or {})
         # on the CPU, per-image rows of small products are computed alone (engine.invariance)
         invariant = contextlib.nullcontext() if self.is_cuda else row_wise_linear(self.bucket)
-        with torch.inference_mode(), invariant:
+        if self.is_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with offloading.grad_mode(self.offload), invariant:
             guided = first.guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
 
             started = time.perf_counter()
@@ -263,9 +280,12 @@ class Runner:
             pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
             pixels = pixels[: len(jobs)].permute(0, 2, 3, 1).contiguous().cpu().numpy()
             timings["vae_decode_ms"] = (time.perf_counter() - started) * 1000
+        # the most device memory this call held (what offload and tiling are for); 0 on the CPU
+        timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.is_cuda else 0.0
         environment = {
             "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "batch_bucket": self.bucket,
-            "fused": resident.adapters.fused is not None, "decoder": decoder_name,
+            "fused": resident.adapters.fused is not None, "decoder": decoder_name, "offload": self.offload,
+            "vae_tiling": self.vae_tiling,
             "adapter_sha256": {name: resident.adapters.digests.get(name) for name, _ in stack},
         }
         return Rendered([pixels[i] for i in range(len(jobs))], timings, rows, type(pipe.scheduler).__name__,

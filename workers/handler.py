@@ -197,7 +197,8 @@ class Handler:
             self.metrics.observe({}, None, rendered.batch_size)
         shared_ms = (time.perf_counter() - started) * 1000
         n = len(group)
-        per_image = {k: v / n for k, v in rendered.timings.items()}  # shared stages, amortised
+        # shared stages amortised over the images; a peak (memory) is the call's, not divided
+        per_image = {k: v / n if k.endswith("_ms") else v for k, v in rendered.timings.items()}
         self.wait_for_stores()  # the previous micro-batch's images: one batch of pixels in flight
         for claim in group:
             self.storing[claim.job_id] = claim

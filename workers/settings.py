@@ -26,6 +26,8 @@ class WorkerSettings:
     metrics_port: int  # 0: no metrics endpoint
     metrics_addr: str
     log_format: str  # "text" or "json"
+    offload: str = "none"  # engine.offload: none, model or sequential (small GPUs)
+    vae_tiling: bool = False  # decode large images in tiles, a batch one image at a time
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -36,6 +38,9 @@ class WorkerSettings:
         log_format = (env.get("FARM_LOG_FORMAT") or "text").lower()
         if log_format not in ("text", "json"):
             raise ConfigError("FARM_LOG_FORMAT", f"expected text or json, got {log_format!r}")
+        offload = (env.get("FARM_OFFLOAD") or "none").lower()
+        if offload not in ("none", "model", "sequential"):
+            raise ConfigError("FARM_OFFLOAD", f"expected none, model or sequential, got {offload!r}")
         return cls(
             name=env.get("FARM_WORKER_NAME") or f"farm-{os.getpid()}@{socket.gethostname()}",
             device=device,
@@ -45,4 +50,6 @@ class WorkerSettings:
             metrics_port=_int(env, "FARM_METRICS_PORT", 0, 0, 65535),
             metrics_addr=env.get("FARM_METRICS_ADDR") or "127.0.0.1",
             log_format=log_format,
+            offload=offload,
+            vae_tiling=_int(env, "FARM_VAE_TILING", 0, 0, 1) == 1,
         )

@@ -89,8 +89,11 @@ def _model_queues(state: State, models: str | None) -> str:
 @click.option("--name-prefix", default="farm", show_default=True, help="Worker names: PREFIX-gpu0@host.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="Worker log lines as text (default) or JSON for shipping (FARM_LOG_FORMAT).")
+@click.option("--offload", type=click.Choice(["none", "model", "sequential"]), default=None,
+              help="Small GPUs: keep weights in host RAM, each model (or layer) on the GPU while it runs (FARM_OFFLOAD).")
+@click.option("--vae-tiling", is_flag=True, default=None, help="Decode large images in tiles (FARM_VAE_TILING=1).")
 @click.pass_obj
-def worker_cmd(state: State, devices, workers, models, name_prefix, log_format):
+def worker_cmd(state: State, devices, workers, models, name_prefix, log_format, offload, vae_tiling):
     """Run workers in the foreground, one pinned process per device, restarted if one dies."""
     from farm import localfarm
     from farm.spec import check_name
@@ -98,6 +101,10 @@ def worker_cmd(state: State, devices, workers, models, name_prefix, log_format):
     check_name("name-prefix", name_prefix)
     if log_format:
         os.environ["FARM_LOG_FORMAT"] = log_format  # the workers inherit it
+    if offload:
+        os.environ["FARM_OFFLOAD"] = offload  # per worker process: each reads its own settings
+    if vae_tiling:
+        os.environ["FARM_VAE_TILING"] = "1"
     device_list = _devices(devices, workers)
     state.ledger  # noqa: B018 - migrate a fresh SQLite ledger once, before the workers race to
     queues = _model_queues(state, models)
