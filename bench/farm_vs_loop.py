@@ -4,7 +4,9 @@ The loop is the seeds' snippet: one ``pipe(prompt, generator=...)`` call per ima
 LCM-LoRA loaded (unfused), each image saved as a PNG. The farm is ``farm submit`` -> Redis ->
 Celery worker(s) -> store -> ledger, with its local private Redis and SQLite ledger. Both run on
 the same model, prompts, seeds and machine, warm (pipelines loaded, one warm-up image each), in one
-run, alternating rounds so machine noise hits both.
+run, alternating rounds so machine noise hits both. Every round uses a fresh seed range and the
+benchmark checks that the farm rendered every image of it: a repeated seed would be reused from
+the store (the farm's dedupe) and measure nothing.
 
     .venv/bin/python bench/farm_vs_loop.py --images 64 --rounds 3 [--workers 1]
 """
@@ -27,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 PROMPT = "a lighthouse at dusk"
 
 
-def loop_images_per_s(model_cache: Path, images: int, out_dir: Path) -> float:
+def loop_images_per_s(model_cache: Path, images: int, out_dir: Path, first_seed: int) -> float:
     import torch
     from diffusers import LCMScheduler, StableDiffusionPipeline
 
@@ -46,7 +48,7 @@ def loop_images_per_s(model_cache: Path, images: int, out_dir: Path) -> float:
 
     one(0)  # warm-up
     started = time.perf_counter()
-    for seed in range(1000, 1000 + images):
+    for seed in range(first_seed, first_seed + images):
         one(seed)
     return images / (time.perf_counter() - started)
 
@@ -56,15 +58,18 @@ def farm_cli(*args, env) -> str:
                           capture_output=True, text=True).stdout
 
 
-def farm_images_per_s(env: dict, images: int) -> float:
+def farm_images_per_s(env: dict, images: int, first_seed: int, prompt: str = PROMPT) -> float:
     from farm.config import load_config
     from farm.ledger import Ledger
 
     ledger = Ledger(load_config(env).database_url)
     try:
         started = time.perf_counter()
-        batch = json.loads(farm_cli("submit", PROMPT, "--model", "tiny-sd", "--variants", str(images),
-                                    "--seed", "1000", "--json", env=env))["batch"]
+        submitted = json.loads(farm_cli("submit", prompt, "--model", "tiny-sd", "--variants", str(images),
+                                        "--seed", str(first_seed), "--json", env=env))
+        if submitted["to_render"] != images:  # the premise: every image of the round is rendered
+            raise RuntimeError(f"the farm would reuse {submitted['reused']} of {images} images: seeds repeated")
+        batch = submitted["batch"]
         while ledger.batch_counts(batch)["succeeded"] + ledger.batch_counts(batch)["failed"] < images:
             time.sleep(0.02)
         elapsed = time.perf_counter() - started
@@ -91,17 +96,19 @@ def main() -> None:
     loop_dir.mkdir()
     farm_cli("up", "--workers", str(args.workers), env=env)
     try:
-        farm_images_per_s(env, 1)  # warm-up: workers started, pipeline loaded
+        farm_images_per_s(env, 1, 0, prompt="warm-up")  # workers started, pipeline loaded
         loop_rates, farm_rates = [], []
-        for _ in range(args.rounds):
-            loop_rates.append(loop_images_per_s(Path(env["FARM_MODEL_CACHE"]), args.images, loop_dir))
-            farm_rates.append(farm_images_per_s(env, args.images))
+        for round_ in range(args.rounds):
+            first_seed = 100_000 * (round_ + 1)  # fresh seeds each round: nothing to reuse
+            loop_rates.append(loop_images_per_s(Path(env["FARM_MODEL_CACHE"]), args.images, loop_dir, first_seed))
+            farm_rates.append(farm_images_per_s(env, args.images, first_seed))
     finally:
         farm_cli("down", env=env)
     result = {
         "benchmark": "farm_vs_loop",
         "model": "tiny-sd", "recipe": "lcm-lora", "steps": 4, "size": "64x64",
         "images_per_round": args.images, "rounds": args.rounds, "farm_workers": args.workers,
+        "fresh_seeds_per_round": True, "farm_rendered_every_image": True,
         "micro_batch": 8, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "loop_images_per_s": [round(r, 2) for r in loop_rates],
         "farm_images_per_s": [round(r, 2) for r in farm_rates],
