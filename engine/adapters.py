@@ -1,5 +1,8 @@
 """LoRA adapters attached to one resident pipeline, through peft (diffusers' LoRA API).
 
+- LoRA files come in the diffusers/peft layout or Kohya's (A1111, Civitai); both load through
+  diffusers' ``load_lora_weights``, which converts Kohya keys itself (``_loadable`` only respells
+  UNet module names it would otherwise map wrong).
 - Adapters stay loaded between micro-batches; switching stacks is a ``set_adapters`` call, never a
   reload of the base model.
 - Loaded adapters are bounded by count and by bytes; the least recently used one that the current
@@ -74,6 +77,25 @@ def _weight_file(location: Location, weight_name: str | None):
     return candidate if candidate.is_file() else None
 
 
+def _loadable(pipe, state: dict) -> dict:
+    """A LoRA state dict as this pipeline's ``load_lora_weights`` converts it right.
+
+    Kohya files spell UNet modules with diffusers names or original (LDM/SGM) names. diffusers
+    maps original names only on SDXL pipelines (its SD1.5 path leaves them unmapped), and there
+    maps diffusers-spelt ``add_embedding`` wrongly; so Kohya keys are respelt to the original
+    names on SDXL and to the diffusers names elsewhere (farm.loras), and diffusers converts the rest.
+    """
+    from farm.loras import KOHYA_PREFIXES, kohya_respelling
+
+    if not state or not all(key.startswith(tuple(KOHYA_PREFIXES)) for key in state):
+        return state  # the diffusers/peft layout loads as it is
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+
+    respelt = kohya_respelling(state, dict(pipe.unet.config),
+                               original=isinstance(pipe, StableDiffusionXLLoraLoaderMixin))
+    return {respelt.get(key, key): tensor for key, tensor in state.items()} if respelt else state
+
+
 def _peft_modules(pipe):
     """(component name, module name, module) of every peft LoRA layer in the pipeline."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -125,7 +147,7 @@ class AdapterSet:
                 self.digests[name] = hashlib.sha256(data).hexdigest()
                 from safetensors.torch import load as load_bytes
 
-                state = load_bytes(data)
+                state = _loadable(self.pipe, load_bytes(data))
                 self.host.put(name, state)
                 self.pipe.load_lora_weights(dict(state), adapter_name=name)
             else:

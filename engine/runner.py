@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
+from engine import embeddings
 from engine import offload as offloading
 from engine.adapters import AdapterSet, HostStateDicts
 from engine.invariance import row_wise_linear
@@ -142,7 +143,8 @@ class Runner:
             raise InputError("model", f"{model}: {location.path} is not a diffusers model directory "
                                       "(no model_index.json)")
         pipe = family.load(location.path, single_file=location.single_file, revision=entry.revision,
-                           dtype=self.dtype, cache_dir=str(self.model_cache / "hub"))
+                           dtype=self.dtype, cache_dir=str(self.model_cache / "hub"), arch=entry.arch,
+                           model_cache=self.model_cache)
         if self.offload == "none":
             pipe.to(self.device)
         if self.is_cuda:  # NHWC convolutions run on the tensor cores without layout shuffles
@@ -233,6 +235,12 @@ class Runner:
         else:
             timings["adapter_load_ms"] = resident.adapters.activate(stack, accelerator)
         resident.stack = (stack, accelerator)
+        # --- issue 12, textual inversion (engine.embeddings): the jobs' embeddings load into the
+        # pipeline once, outside inference mode; prompts are respelt with the tokens they load under
+        started = time.perf_counter()
+        pairs = embeddings.prepare(self, pipe, jobs)
+        timings["adapter_load_ms"] += (time.perf_counter() - started) * 1000
+        # --- end issue 12
         decoder_name = first.decoder
         if decoder_name == "tiny":
             started = time.perf_counter()
@@ -249,7 +257,6 @@ class Runner:
             guided = first.guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
 
             started = time.perf_counter()
-            pairs = [(j.prompt, j.negative_prompt or "") for j in jobs]
             unique = list(dict.fromkeys(pairs))  # one text encoding per distinct prompt
             # the text encoders run at bucketed batch sizes too (SDXL's pooled projection is a
             # one-row GEMV for a single prompt, which rounds differently)

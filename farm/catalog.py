@@ -1,7 +1,8 @@
 """Built-in models and adapters: names the farm knows without registration.
 
-A *family* decides the pipeline class and which recipes apply (sd15, sdxl, ssd-1b). An *arch*
-decides which LoRAs fit: it equals the family for real checkpoints, while the tiny test models
+Registered entries (``farm models|adapters|embeddings add``) come from the ledger's registry; the
+built-ins are here. A *family* decides the pipeline class and which recipes apply (sd15, sdxl,
+ssd-1b). An *arch* decides which LoRAs fit: it equals the family for real checkpoints, while the tiny test models
 have their own (their layers are much smaller than the real family's). A LoRA trained for an arch
 plugs into every model of that arch: that is the point of LCM-LoRA.
 
@@ -34,8 +35,11 @@ class ModelEntry:
     native_size: int
     kind: str = "base"
     revision: str | None = None
-    sha256: str | None = None  # of an s3:// source, checked when a worker fetches it
+    sha256: str | None = None  # of a single file (local or s3://), or an s3:// directory's manifest
     builtin: bool = True
+    # "diffusers" (a directory or hub repo: from_pretrained) or "single-file" (one checkpoint in
+    # the original LDM layout: from_single_file with the arch's local config), farm.checkpoints
+    layout: str = "diffusers"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -52,8 +56,27 @@ class AdapterEntry:
     steps: int | None = None  # Lightning / Hyper-SD LoRAs are distilled for one step count
     guidance_max: float | None = None  # "CFG-preserved" Hyper-SD LoRAs allow more guidance
     revision: str | None = None
-    sha256: str | None = None
+    sha256: str | None = None  # of the weight file (local or s3://), computed at add
+    layout: str | None = None  # "kohya" or "diffusers" (farm.loras), read from the file at add
+    addnet_sha256: str | None = None  # what A1111 writes as "Lora hashes" (farm.weights)
     builtin: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EmbeddingEntry:
+    """A textual-inversion embedding (A1111 ``.safetensors``): prompts use it by ``token``, a word
+    (A1111 uses the file's name); it fits the text encoders of one arch."""
+
+    name: str
+    source: str
+    arch: str
+    token: str
+    vectors: int = 1  # tokens' worth of vectors it stands for
+    sha256: str | None = None  # of the file: the registry's key and A1111's "TI hashes"
+    builtin: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -124,6 +147,7 @@ BUILTIN_MODELS: dict[str, ModelEntry] = {
 }
 
 BUILTIN_ADAPTERS: dict[str, AdapterEntry] = {a.name: a for a in _tiny_adapters() + _real_adapters()}
+BUILTIN_EMBEDDINGS: dict[str, EmbeddingEntry] = {}  # embeddings are the users' own files
 
 # Decoders a job may pick: the model's own VAE, or a tiny autoencoder (TAESD) for previews. TAESD
 # decodes the same latents with a fraction of the VAE's FLOPs (SDXL's VAE decode at 1024 costs

@@ -2,6 +2,13 @@
 
 Other tools (A1111, ComfyUI importers, civitai) read the ``parameters`` PNG text chunk; the
 ``farm`` chunk carries the full job record so an image alone is enough to reproduce it.
+
+The ``parameters`` text is A1111's (``create_infotext``): the prompt, ``Negative prompt: ...``,
+then one line of ``key: value`` pairs, a value quoted as JSON when it holds a comma, a colon or a
+newline. Image sites link the files that made an image by the hashes in it: ``Model hash`` (10 hex
+digits of the checkpoint file's sha256, right before ``Model``), ``Lora hashes`` (``"name: 12 hex
+digits, ..."``, of each LoRA's tensor bytes) and ``TI hashes`` (``"token: 12 hex digits, ..."``, of
+each embedding file). They come from the registry (``resource_hashes``); the worker hashes nothing.
 """
 
 from __future__ import annotations
@@ -9,7 +16,8 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 
-from farm.spec import JobSpec
+from farm.spec import Catalog, JobSpec
+from farm.weights import a1111_model_hash, a1111_short_hash
 
 # diffusers scheduler class (+ distinguishing config) -> the sampler name A1111 users know
 SAMPLER_NAMES = {
@@ -34,6 +42,39 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
+def quote(value) -> str:
+    """A value as A1111 writes it: JSON-quoted when a comma, colon or newline would split it."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+def _label(name: str) -> str:
+    return name.replace(":", "").replace(",", "")  # as A1111 cleans names in its hash lists
+
+
+def resource_hashes(spec: JobSpec, catalog: Catalog | None) -> dict:
+    """The full sha256s the registry holds for the files that shaped ``spec``'s image:
+    ``{"model": sha256, "loras": {name: sha256}, "embeddings": {token: sha256}}``, each present
+    only where known (a single-file model, registered LoRA and embedding files). A diffusers model
+    directory has no ``model`` hash: A1111 and image sites know a checkpoint by its single file,
+    and no one file of a directory is that."""
+    if catalog is None:
+        return {}
+    hashes: dict = {}
+    model = catalog.models.get(spec.model)
+    if model is not None and model.sha256 and getattr(model, "layout", None) == "single-file":
+        hashes["model"] = model.sha256
+    loras = {a.name: lora.addnet_sha256 for a in spec.adapters
+             if (lora := catalog.adapters.get(a.name)) is not None and lora.addnet_sha256}
+    if loras:
+        hashes["loras"] = loras
+    embeddings = {ti.token: ti.sha256 for name in spec.embeddings
+                  if (ti := catalog.embeddings.get(name)) is not None and ti.sha256}
+    if embeddings:
+        hashes["embeddings"] = embeddings
+    return hashes
+
+
 def a1111_parameters(job: dict) -> str:
     """The ``parameters`` text: prompt (with <lora:name:weight> tags), negative prompt, settings."""
     adapters = job.get("adapters") or []
@@ -42,33 +83,43 @@ def a1111_parameters(job: dict) -> str:
     lines = [f"{prompt} {tags}".strip()]
     if job.get("negative_prompt"):
         lines.append(f"Negative prompt: {_clean(job['negative_prompt'])}")
+    hashes = job.get("hashes") or {}
     fields = [
         ("Steps", job["steps"]),
         ("Sampler", sampler_name(job.get("scheduler"), job.get("scheduler_config"))),
         ("CFG scale", f"{job['guidance']:g}"),
         ("Seed", job["seed"]),
         ("Size", f"{job['width']}x{job['height']}"),
-        ("Model", job["model"]),
     ]
+    if hashes.get("model"):
+        fields.append(("Model hash", a1111_model_hash(hashes["model"])))
+    fields.append(("Model", job["model"]))
     if job.get("model_revision"):
         fields.append(("Model revision", job["model_revision"]))
     if adapters:
-        weights = ", ".join(f"{a['name']}: {a['weight']:g}" for a in adapters)
-        fields.append(("Lora weights", f'"{weights}"'))
+        fields.append(("Lora weights", ", ".join(f"{a['name']}: {a['weight']:g}" for a in adapters)))
+    loras = hashes.get("loras") or {}
+    lora_hashes = [f"{_label(a['name'])}: {a1111_short_hash(loras[a['name']])}" for a in adapters if a["name"] in loras]
+    if lora_hashes:
+        fields.append(("Lora hashes", ", ".join(lora_hashes)))
+    if hashes.get("embeddings"):
+        fields.append(("TI hashes", ", ".join(f"{_label(token)}: {a1111_short_hash(sha)}"
+                                              for token, sha in hashes["embeddings"].items())))
     fields.append(("Recipe", job["recipe"]))
     if job.get("decoder") == "tiny":
         fields.append(("VAE", "TAESD (preview)"))  # A1111's key for the decoder that made the image
     if job.get("id") is not None:
         fields.append(("Farm job", job["id"]))
-    lines.append(", ".join(f"{k}: {v}" for k, v in fields))
+    lines.append(", ".join(f"{k}: {quote(v)}" for k, v in fields))
     return "\n".join(lines)
 
 
 def job_record(spec: JobSpec, *, job_id: int | None, batch: str | None, index: int | None, worker: str,
-               device: str, versions: dict, scheduler: str | None = None, environment: dict | None = None) -> dict:
+               device: str, versions: dict, scheduler: str | None = None, environment: dict | None = None,
+               hashes: dict | None = None) -> dict:
     """Everything needed to understand and reproduce one image (its PNG's ``farm`` chunk): every
     spec field, where the job sat, and what rendered it. ``scheduler`` makes "the model's default"
-    concrete."""
+    concrete; ``hashes`` (``resource_hashes``) name the files by sha256."""
     record: dict = {"id": job_id, "batch": batch, "index": index}
     for f in fields(spec):
         if f.name != "warnings":
@@ -78,6 +129,8 @@ def job_record(spec: JobSpec, *, job_id: int | None, batch: str | None, index: i
     record.update(digest=spec.digest, worker=worker, device=device, versions=versions)
     if environment is not None:
         record["environment"] = environment
+    if hashes:
+        record["hashes"] = hashes
     return record
 
 

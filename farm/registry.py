@@ -1,4 +1,5 @@
-"""Registering models and adapters: validation of names and sources, pure.
+"""Registering models and adapters: validation of names and sources, pure but for a look into a
+local model source (farm.checkpoints reads a safetensors header or a directory's configs).
 
 A source is a hub id (``org/name``), a local path (a directory, or one ``.safetensors`` file), or
 an ``s3://bucket/key`` URI that workers fetch once into their cache and verify by sha256. Built-in
@@ -8,6 +9,7 @@ names are reserved.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,14 +17,19 @@ from farm.catalog import (
     ADAPTER_KINDS,
     ARCHS,
     BUILTIN_ADAPTERS,
+    BUILTIN_EMBEDDINGS,
     BUILTIN_MODELS,
     FAMILIES,
     MODEL_KINDS,
     NATIVE_SIZE,
     AdapterEntry,
+    EmbeddingEntry,
     ModelEntry,
 )
+from farm.checkpoints import DIFFUSERS, SINGLE_FILE, check_model_source
+from farm.embeddings import check_token, inspect_embedding
 from farm.errors import InputError
+from farm.loras import inspect_lora
 from farm.recipes import RECIPES
 from farm.spec import check_name
 
@@ -90,9 +97,21 @@ def model_entry(name: str, *, source: str, family: str, kind: str = "base", arch
     size = native_size or NATIVE_SIZE[family]
     if not 64 <= size <= 2048 or size % 8:
         raise InputError("native-size", f"{size} must be a multiple of 8 within 64..2048")
-    return ModelEntry(name=name, source=check_source(source, cwd=cwd), family=family, arch=arch,
-                      native_size=size, kind=kind, builtin=False,
-                      revision=_optional(REVISION_RE, "revision", revision, "revision"))
+    source = check_source(source, cwd=cwd)
+    return ModelEntry(name=name, source=source, family=family, arch=arch, native_size=size, kind=kind, builtin=False,
+                      revision=_optional(REVISION_RE, "revision", revision, "revision"),
+                      layout=model_layout(source, family=family, arch=arch))
+
+
+def model_layout(source: str, *, family: str, arch: str) -> str:
+    """A local source is looked into now (a safetensors header, or a directory's configs) and
+    refused if it is not of ``family`` and ``arch``; an s3:// one is looked into once fetched (the
+    CLI fetches it at add); a hub id is a diffusers repository."""
+    if source.startswith("s3://"):
+        return SINGLE_FILE if source.endswith(".safetensors") else DIFFUSERS
+    if Path(source).is_absolute():  # check_source made every local path absolute
+        return check_model_source(source, family=family, arch=arch)
+    return DIFFUSERS
 
 
 def adapter_entry(name: str, *, source: str, kind: str, family: str, weight_name: str | None = None,
@@ -122,3 +141,59 @@ def adapter_entry(name: str, *, source: str, kind: str, family: str, weight_name
                                               "weight file name (NAME.safetensors, no directories)"),
                         recipe=recipe if kind == "accelerator" else None, steps=steps, guidance_max=guidance_max,
                         revision=_optional(REVISION_RE, "revision", revision, "revision"), builtin=False)
+
+
+def embedding_entry(name: str, *, source: str, family: str, token: str | None = None, cwd: Path) -> EmbeddingEntry:
+    """A textual-inversion embedding for ``family`` (an arch); prompts use it by ``token``
+    (default: its name, as A1111 does). Its file is read and checked by ``with_file``."""
+    _check_new_name(name, BUILTIN_EMBEDDINGS, "embedding")
+    if family not in ARCHS:
+        raise InputError("family", f"{family!r} is not a family ({', '.join(ARCHS)})")
+    token = check_token(name if token is None else token)
+    source = check_source(source, cwd=cwd)
+    if not source.endswith(".safetensors"):
+        raise InputError("source", f"{source}: an embedding is registered from its .safetensors file (a local "
+                                   "path or s3://)")
+    return EmbeddingEntry(name=name, source=source, arch=family, token=token, builtin=False)
+
+
+# -- the files behind entries: users' own LoRAs, embeddings and single-file models ----------------
+DEFAULT_LORA_FILE = "pytorch_lora_weights.safetensors"  # what diffusers looks for in a directory
+
+
+def weight_file(entry, root: str | Path | None = None) -> Path | None:
+    """The one weight file of an entry under ``root`` (default: its local source), or None when
+    there is none to look into here (a hub id, a diffusers model directory)."""
+    base = Path(root if root is not None else entry.source)
+    if not base.is_absolute():
+        return None  # a hub id: diffusers resolves the file on the worker
+    if base.is_file():
+        return base
+    if isinstance(entry, ModelEntry) or not base.is_dir():
+        return None  # a diffusers model directory has many files; farm.checkpoints looked into it
+    weight_name = getattr(entry, "weight_name", None)
+    if weight_name:
+        path = base / weight_name
+        if not path.is_file():
+            raise InputError("weight-name", f"{path}: no such file")
+        return path
+    if (base / DEFAULT_LORA_FILE).is_file():
+        return base / DEFAULT_LORA_FILE
+    candidates = sorted(base.glob("*.safetensors"))
+    if len(candidates) == 1:  # as diffusers picks it
+        return candidates[0]
+    raise InputError("weight-name", f"{base}: {len(candidates)} .safetensors files; name the LoRA's with --weight-name")
+
+
+def with_file(entry, path: str | Path):
+    """``entry`` completed from its weight file: read without torch, checked against the entry's
+    arch (InputError naming the file otherwise) and hashed."""
+    from farm.weights import sha256_file
+
+    if isinstance(entry, AdapterEntry):
+        lora = inspect_lora(path, entry.arch)
+        return replace(entry, sha256=lora.sha256, layout=lora.layout, addnet_sha256=lora.addnet_sha256)
+    if isinstance(entry, EmbeddingEntry):
+        embedding = inspect_embedding(path, entry.arch)
+        return replace(entry, sha256=embedding.sha256, vectors=embedding.vectors)
+    return replace(entry, sha256=sha256_file(path))  # a model: farm.checkpoints checked it in model_entry

@@ -15,7 +15,17 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Mapping
 
-from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, DECODERS, NATIVE_SIZE, AdapterEntry, ModelEntry
+from farm.catalog import (
+    BUILTIN_ADAPTERS,
+    BUILTIN_EMBEDDINGS,
+    BUILTIN_MODELS,
+    DECODERS,
+    NATIVE_SIZE,
+    AdapterEntry,
+    EmbeddingEntry,
+    ModelEntry,
+)
+from farm.embeddings import used_embeddings
 from farm.errors import InputError
 from farm.recipes import DEFAULT_RECIPE, resolve_recipe
 
@@ -37,10 +47,12 @@ class AdapterUse:
 
 @dataclass(frozen=True)
 class Catalog:
-    """The models and adapters a submission may name (built-ins, later plus the ledger's registry)."""
+    """The models, adapters and embeddings a submission may name (built-ins, later plus the
+    ledger's registry)."""
 
     models: Mapping[str, ModelEntry] = field(default_factory=lambda: dict(BUILTIN_MODELS))
     adapters: Mapping[str, AdapterEntry] = field(default_factory=lambda: dict(BUILTIN_ADAPTERS))
+    embeddings: Mapping[str, EmbeddingEntry] = field(default_factory=lambda: dict(BUILTIN_EMBEDDINGS))
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,13 @@ class JobSpec:
     warnings: tuple[str, ...] = ()
     decoder: str = "full"
     kind: str = "txt2img"
+    # the textual-inversion embeddings the prompt and negative prompt use (by their tokens), found
+    # at submission (farm.embeddings); names, sorted
+    embeddings: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        # a ledger row gives a JSON list (or NULL): the digest compares with the default, ()
+        object.__setattr__(self, "embeddings", tuple(self.embeddings or ()))
 
     @property
     def digest(self) -> str:
@@ -118,8 +137,9 @@ class JobSpec:
 
 def group_key(spec: JobSpec) -> tuple:
     """Jobs with equal keys can share one pipeline call: every field but prompt, negative prompt
-    and seed (each image has its own generator)."""
-    per_image = ("prompt", "negative_prompt", "seed", "warnings")
+    and seed (each image has its own generator), and the embeddings the prompts use (the worker
+    loads those of every job in the call; an embedding changes only the prompts that use it)."""
+    per_image = ("prompt", "negative_prompt", "seed", "warnings", "embeddings")
     return tuple(
         json.dumps(getattr(spec, f.name), sort_keys=True, default=str) if f.name == "scheduler_config"
         else tuple((a.name, a.weight) for a in spec.adapters) if f.name == "adapters"
@@ -274,12 +294,15 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
     if kind not in KINDS:
         raise InputError("kind", f"{kind!r} is not a job kind (known: {', '.join(KINDS)})")
 
+    embeddings, notes = used_embeddings([prompt, negative], catalog.embeddings, model.arch)
+
     return JobSpec(
         prompt=prompt, negative_prompt=negative, seed=seed, steps=recipe.steps,
         guidance=recipe.guidance, width=width, height=height, model=model_name,
         model_revision=model.revision, family=model.family, recipe=recipe.name,
         scheduler=recipe.scheduler, scheduler_config=recipe.scheduler_config,
-        adapters=tuple(stack), warnings=recipe.warnings, decoder=decoder, kind=kind,
+        adapters=tuple(stack), warnings=recipe.warnings + notes, decoder=decoder, kind=kind,
+        embeddings=embeddings,
     )
 
 

@@ -61,19 +61,24 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
-            head = handle.read(8)
-            if head[:2] == b"PK":
+            head = handle.read(9)
+            length = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else 0
+            # a safetensors file is a length and then its JSON header; its first bytes are the
+            # length's, so they can be anything (0x80, "PK"): only a file that is not one by its
+            # own structure is told apart as a zip or a pickle
+            plausible = head[8:9] == b"{" and length <= MAX_HEADER_BYTES and 8 + length <= size
+            if not plausible and head[:4] == b"PK\x03\x04":
                 raise _refuse(path, "a zip archive (a PyTorch .ckpt/.pt checkpoint?): only .safetensors files "
                                     "are loaded, since pickles can run code; convert it to safetensors first")
-            if head[:1] == b"\x80":
+            if not plausible and head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
                 raise _refuse(path, "a Python pickle: only .safetensors files are loaded, since pickles can run "
                                     "code; convert it to safetensors first")
             if len(head) < 8:
                 raise _refuse(path, f"not a safetensors file ({size} bytes)")
-            (length,) = struct.unpack("<Q", head)
             if length > MAX_HEADER_BYTES or 8 + length > size:
                 raise _refuse(path, "not a safetensors file (its header length does not fit the file: "
                                     "truncated, or another format)")
+            handle.seek(8)
             raw = handle.read(length)
     except OSError as exc:
         raise _refuse(path, exc.strerror or str(exc)) from None

@@ -26,7 +26,7 @@ from datetime import datetime
 from engine.imaging import encode_png
 from farm import retry, states
 from farm.ledger import Artifact, Claim, Ledger
-from farm.metadata import a1111_parameters, job_record, job_record_json
+from farm.metadata import a1111_parameters, job_record, job_record_json, resource_hashes
 from farm.spec import JobSpec
 from farm.storage import Store, artifact_key
 
@@ -307,9 +307,12 @@ class Handler:
         spec = claim.spec
         try:
             environment = {**environment, "versions": self.versions, "device_name": self.device}
+            # issue 12: the files' sha256s from the registry (the runner's catalog), for the PNG's
+            # Model hash / Lora hashes / TI hashes; nothing is hashed here
+            hashes = resource_hashes(spec, getattr(self.runner, "catalog", None))
             record = job_record(spec, job_id=claim.job_id, batch=claim.batch_id, index=claim.index,
                                 worker=self.worker, device=self.device, versions=self.versions,
-                                scheduler=scheduler, environment=environment)
+                                scheduler=scheduler, environment=environment, hashes=hashes)
             started = time.perf_counter()
             png = encode_png(pixels, a1111_parameters(record), job_record_json(record))
             encoded = time.perf_counter()

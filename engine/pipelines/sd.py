@@ -5,12 +5,19 @@ from __future__ import annotations
 FAMILIES = ("sd15",)
 
 
-def load(location: str, *, single_file: bool, revision: str | None, dtype, cache_dir: str | None):
+def load(location: str, *, single_file: bool, revision: str | None, dtype, cache_dir: str | None,
+         arch: str = "sd15", model_cache: str | None = None):
+    """A diffusers directory or hub id; or a single-file checkpoint, with ``arch``'s local config
+    (``model_cache`` holds a tiny arch's, engine.pipelines.single_file)."""
     from diffusers import StableDiffusionPipeline
 
     kwargs = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     if single_file:
-        return StableDiffusionPipeline.from_single_file(location, **kwargs)
+        from engine.pipelines import single_file as files
+
+        # the real SD1.5 config names a feature extractor, which only the safety checker uses
+        return files.load(StableDiffusionPipeline, location, arch=arch, model_cache=model_cache,
+                          feature_extractor=None, **kwargs)
     return StableDiffusionPipeline.from_pretrained(
         location, revision=revision, cache_dir=cache_dir, use_safetensors=True, **kwargs
     )

@@ -6,13 +6,19 @@ from __future__ import annotations
 FAMILIES = ("sdxl", "ssd-1b")
 
 
-def load(location: str, *, single_file: bool, revision: str | None, dtype, cache_dir: str | None):
+def load(location: str, *, single_file: bool, revision: str | None, dtype, cache_dir: str | None,
+         arch: str = "sdxl", model_cache: str | None = None):
+    """A diffusers directory or hub id; or a single-file checkpoint, with ``arch``'s local config
+    (``model_cache`` holds a tiny arch's, engine.pipelines.single_file)."""
     import torch
     from diffusers import StableDiffusionXLPipeline
 
     kwargs = {"dtype": dtype, "add_watermarker": False}
     if single_file:
-        pipe = StableDiffusionXLPipeline.from_single_file(location, **kwargs)
+        from engine.pipelines import single_file as files
+
+        pipe = files.load(StableDiffusionXLPipeline, location, arch=arch, model_cache=model_cache,
+                          **kwargs)
     else:
         pipe = StableDiffusionXLPipeline.from_pretrained(
             location, revision=revision, cache_dir=cache_dir, use_safetensors=True, **kwargs

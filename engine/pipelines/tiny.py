@@ -19,7 +19,7 @@ from pathlib import Path
 TINY_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # The tiny models' native size (the real families use 512 and 1024).
 TINY_NATIVE_SIZE = 64
-_BUILD_FORMAT = 2  # bump when the builders change, so stale caches are rebuilt
+_BUILD_FORMAT = 3  # bump when the builders change, so stale caches are rebuilt
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -141,21 +141,25 @@ def build_tiny_sdxl(directory: Path, *, seed: int = 0, lcm: bool = False, ssd: b
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    # The two text encoders have different widths, as the real ones do (768 and 1280): with equal
+    # widths diffusers' from_single_file cannot tell them apart by shape and loads the first
+    # encoder's weights into text_encoder_2, leaving its text_projection unloaded (meta).
+    width, width_2 = 32, 64
     torch.manual_seed(seed)
     unet = _tiny_unet(
         attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
         addition_time_embed_dim=8, transformer_layers_per_block=(1, 1) if ssd else (1, 2),
-        cross_attention_dim=64,
-        # 6 size/crop conditioning values x 8 + the pooled text embedding (32)
-        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=width + width_2,  # both encoders' hidden states, concatenated
+        # 6 size/crop conditioning values x 8 + the pooled text embedding (the second encoder's)
+        projection_class_embeddings_input_dim=6 * 8 + width_2,
         **({"time_cond_proj_dim": 32} if lcm else {}),
     )
     torch.manual_seed(seed + 1)
     vae = _tiny_vae()
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(_clip_config(32))
+    text_encoder = CLIPTextModel(_clip_config(width))
     torch.manual_seed(seed + 3)
-    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(32, projection=32))
+    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(width_2, projection=width_2))
     pipe = StableDiffusionXLPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
         tokenizer=_clip_tokenizer(), tokenizer_2=_clip_tokenizer(pad_token="!"), scheduler=_scheduler(),

@@ -116,6 +116,7 @@ from farm.cli import (  # noqa: E402,F401
     adapters,
     batches,
     db,
+    embeddings,
     jobs,
     maintenance,
     models,

@@ -30,7 +30,11 @@ def adapters_group():
 @click.pass_obj
 def adapters_add(state: State, name, source, weight_name, kind, family, recipe, steps, guidance_max, revision,
                  as_json):
-    """Register a LoRA; s3:// sources are fetched once and their sha256 recorded."""
+    """Register a LoRA (diffusers/peft or Kohya/A1111 layout); s3:// sources are fetched once.
+
+    A local or s3:// file is read (its header, no weights loaded) and every layer it adapts must
+    be a layer of --family, with the same widths, or it is refused and nothing is registered. Its
+    sha256 is recorded, and a file registered already under another name is refused."""
     from farm.registry import adapter_entry
 
     entry = adapter_entry(name, source=source, kind=kind, family=family, weight_name=weight_name, recipe=recipe,
@@ -44,7 +48,7 @@ def adapters_add(state: State, name, source, weight_name, kind, family, recipe, 
 def adapters_list(state: State, as_json):
     """Built-in and registered adapters."""
     print_entries(state.catalog().adapters.values(), as_json,
-                   ("name", "kind", "arch", "recipe", "steps", "source", "weight_name"))
+                  ("name", "kind", "arch", "recipe", "steps", "layout", "source", "weight_name", "sha256"))
 
 
 @adapters_group.command("remove")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from farm.ledger import models
-from farm.ledger.values import TIMING_NAMES, Artifact, AttemptStat, BatchInfo, JobView, StoredJob, WorkerInfo
+from farm.ledger.values import PEAK_MEMORY, TIMING_NAMES, Artifact, AttemptStat, BatchInfo, JobView, StoredJob, WorkerInfo
 from farm.spec import AdapterUse, JobSpec
 
 NOT_STORED = ("warnings",)  # shown at submission, not part of the job
@@ -50,7 +50,8 @@ def stored_job(row) -> StoredJob:
 
 
 def timings_of(attempt) -> dict[str, float | None]:
-    return {name: getattr(attempt, f"{name}_ms") for name in TIMING_NAMES}
+    return {**{name: getattr(attempt, f"{name}_ms") for name in TIMING_NAMES},
+            PEAK_MEMORY: getattr(attempt, PEAK_MEMORY)}
 
 
 def artifact_of(row: models.Artifact | None) -> Artifact | None:

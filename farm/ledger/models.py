@@ -96,6 +96,8 @@ class Job(Base):
     adapters: Mapped[list] = mapped_column(JSON)  # [{"name", "weight", "role"}], accelerator first
     decoder: Mapped[str] = mapped_column(String(8), default="full", server_default="full")  # or "tiny" (TAESD)
     kind: Mapped[str] = mapped_column(String(16), default="txt2img", server_default="txt2img")  # spec.KINDS
+    # the textual-inversion embeddings its prompts use (names, sorted)
+    embeddings: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     digest: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -137,11 +139,12 @@ class Attempt(Base):
     image_encode_ms: Mapped[float | None] = mapped_column(Float)
     upload_ms: Mapped[float | None] = mapped_column(Float)
     total_ms: Mapped[float | None] = mapped_column(Float)
+    peak_memory_mb: Mapped[float | None] = mapped_column(Float)  # of the pipeline call; 0 on a CPU
 
 
 TIMING_FIELDS = (
     "queue_wait_ms", "model_load_ms", "adapter_load_ms", "text_encode_ms", "denoise_ms",
-    "vae_decode_ms", "image_encode_ms", "upload_ms", "total_ms",
+    "vae_decode_ms", "image_encode_ms", "upload_ms", "total_ms", "peak_memory_mb",
 )
 
 
@@ -193,6 +196,7 @@ class RegisteredModel(Base):
     revision: Mapped[str | None] = mapped_column(String(64))
     native_size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str | None] = mapped_column(String(64))  # of an s3:// source
+    layout: Mapped[str] = mapped_column(String(16), default="diffusers")  # or "single-file"
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -210,6 +214,22 @@ class RegisteredAdapter(Base):
     steps: Mapped[int | None] = mapped_column(Integer)
     guidance_max: Mapped[float | None] = mapped_column(Float)
     revision: Mapped[str | None] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))  # of its file: a duplicate is refused
+    layout: Mapped[str | None] = mapped_column(String(16))  # "kohya" or "diffusers"; None: not looked into
+    addnet_sha256: Mapped[str | None] = mapped_column(String(64))  # A1111's "Lora hashes"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RegisteredEmbedding(Base):
+    """A textual-inversion embedding added with `farm embeddings add`."""
+
+    __tablename__ = "embeddings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    arch: Mapped[str] = mapped_column(String(32))
+    token: Mapped[str] = mapped_column(String(64))
+    vectors: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -1,17 +1,29 @@
-"""The registries: models and adapters added with `farm models add` / `farm adapters add`, and
-the catalog a submission may name (built-ins plus these)."""
+"""The registries: models, adapters and embeddings added with `farm models|adapters|embeddings
+add`, and the catalog a submission may name (built-ins plus these)."""
 
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Any, Mapping
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, AdapterEntry, ModelEntry
-from farm.errors import ConflictError, NotFound
-from farm.ledger.models import RegisteredAdapter, RegisteredModel
+from farm.catalog import (
+    BUILTIN_ADAPTERS,
+    BUILTIN_EMBEDDINGS,
+    BUILTIN_MODELS,
+    AdapterEntry,
+    EmbeddingEntry,
+    ModelEntry,
+)
+from farm.errors import ConflictError, InputError, NotFound
+from farm.ledger.models import RegisteredAdapter, RegisteredEmbedding, RegisteredModel
 from farm.ledger.schema import Database
 from farm.spec import Catalog
+
+TABLES: dict[str, Any] = {"model": RegisteredModel, "adapter": RegisteredAdapter, "embedding": RegisteredEmbedding}
+BUILTINS: dict[str, Mapping[str, object]] = {"model": BUILTIN_MODELS, "adapter": BUILTIN_ADAPTERS,
+                                             "embedding": BUILTIN_EMBEDDINGS}
 
 
 def _entry(cls, row):
@@ -19,33 +31,58 @@ def _entry(cls, row):
     return cls(**{f.name: getattr(row, f.name) for f in fields(cls) if f.name != "builtin"}, builtin=False)
 
 
+def _file_of(entry) -> str:
+    """The file an entry names, as the user gave it (a weight file inside a directory or repo)."""
+    weight_name = getattr(entry, "weight_name", None)
+    if weight_name and not entry.source.endswith(".safetensors"):
+        return f"{entry.source.rstrip('/')}/{weight_name}"
+    return entry.source
+
+
 class Registry(Database):
     def add_model(self, entry: ModelEntry, sha256: str | None = None) -> None:
-        self._register(RegisteredModel, "model", entry, sha256)
+        self._register("model", entry, sha256)
 
     def add_adapter(self, entry: AdapterEntry, sha256: str | None = None) -> None:
-        self._register(RegisteredAdapter, "adapter", entry, sha256)
+        self._register("adapter", entry, sha256)
 
-    def _register(self, table, what: str, entry, sha256: str | None) -> None:
-        """A registry row from an entry: the columns are the entry's fields (less ``builtin``)."""
+    def add_embedding(self, entry: EmbeddingEntry) -> None:
+        self._register("embedding", entry, None)
+
+    def _register(self, what: str, entry, sha256: str | None) -> None:
+        """A registry row from an entry: the columns are the entry's fields (less ``builtin``).
+        Refused, writing nothing: a name taken, a file registered already under another name (by
+        sha256), an embedding token another embedding of the arch has."""
+        table = TABLES[what]
         values = {k: v for k, v in entry.as_dict().items() if k != "builtin"}
+        values["sha256"] = sha256 or values.get("sha256")
         with self.session() as s:
             if s.get(table, entry.name) is not None:
                 raise ConflictError(f"{what} {entry.name} is already registered (remove it first)")
-            s.add(table(**{**values, "sha256": sha256, "created_at": self.clock()}))
+            if values["sha256"]:
+                same = s.scalars(select(table.name).where(table.sha256 == values["sha256"])).first()
+                if same is not None:
+                    raise InputError("source", f"{_file_of(entry)} is already registered as {same} (same sha256)")
+            if what == "embedding":
+                clash = s.scalars(select(RegisteredEmbedding.name).where(
+                    RegisteredEmbedding.arch == entry.arch,
+                    func.lower(RegisteredEmbedding.token) == entry.token.lower())).first()
+                if clash is not None:
+                    raise InputError("token", f"{entry.token} is already the token of embedding {clash} for "
+                                              f"{entry.arch} models; pick another with --token")
+            s.add(table(**{**values, "created_at": self.clock()}))
 
     def remove_registered(self, what: str, name: str) -> None:
-        table = {"model": RegisteredModel, "adapter": RegisteredAdapter}[what]
+        table = TABLES[what]
         with self.session() as s:
             row = s.get(table, name)
             if row is None:
-                builtin = name in (BUILTIN_MODELS if what == "model" else BUILTIN_ADAPTERS)
-                raise NotFound(f"{name} is a built-in {what} and cannot be removed" if builtin
+                raise NotFound(f"{name} is a built-in {what} and cannot be removed" if name in BUILTINS[what]
                                else f"no registered {what} {name!r}")
             s.delete(row)
 
     def catalog(self) -> Catalog:
-        """Built-in models and adapters plus the registered ones."""
+        """Built-in models, adapters and embeddings plus the registered ones."""
         with self.session() as s:
             models = dict(BUILTIN_MODELS)
             for m in s.scalars(select(RegisteredModel)):
@@ -53,4 +90,7 @@ class Registry(Database):
             adapters = dict(BUILTIN_ADAPTERS)
             for a in s.scalars(select(RegisteredAdapter)):
                 adapters[a.name] = _entry(AdapterEntry, a)
-        return Catalog(models=models, adapters=adapters)
+            embeddings = dict(BUILTIN_EMBEDDINGS)
+            for e in s.scalars(select(RegisteredEmbedding)):
+                embeddings[e.name] = _entry(EmbeddingEntry, e)
+        return Catalog(models=models, adapters=adapters, embeddings=embeddings)

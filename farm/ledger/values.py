@@ -9,7 +9,8 @@ from datetime import datetime
 from farm.spec import JobSpec
 
 TIMING_NAMES = ("queue_wait", "model_load", "adapter_load", "text_encode", "denoise", "vae_decode",
-                "image_encode", "upload", "total")
+                "image_encode", "upload", "total")  # ms, each a column NAME_ms of the attempt
+PEAK_MEMORY = "peak_memory_mb"  # reported with the timings: the pipeline call's peak device memory
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -210,3 +210,15 @@ def test_a_worker_records_the_models_it_serves(ledger):
     assert (b.models, b.serves("anything")) == (["*"], True)
     new = create(ledger, 2)
     assert ledger.unfinished_models(new.id) == {"tiny-sd"}
+
+
+def test_the_peak_device_memory_is_kept_with_the_timings(ledger):
+    new = create(ledger, 1)
+    [claim] = ledger.claim(new.job_ids, worker="w1", device="cuda:0", lease_s=60)
+    artifact = Artifact(store_url="file:///x", key="k.png", sha256="0" * 64, bytes=1, width=64, height=64,
+                        content_type="image/png")
+    ledger.complete(claim.job_id, claim.token, artifact=artifact, batch_size=4,
+                    timings={"denoise_ms": 10.0, "peak_memory_mb": 6144.5})
+    [view] = ledger.list_jobs(new.id)
+    assert view.timings["peak_memory_mb"] == 6144.5 and view.timings["denoise"] == 10.0
+    assert view.as_dict()["timings"]["peak_memory_mb"] == 6144.5
