@@ -25,7 +25,7 @@ from datetime import datetime
 
 from engine.imaging import encode_png
 from farm import retry, states
-from farm.ledger import Artifact, Claim, Ledger
+from farm.ledger import Artifact, Claim, Completion, Ledger
 from farm.metadata import a1111_parameters, job_record, job_record_json, resource_hashes
 from farm.spec import JobSpec
 from farm.storage import Store, artifact_key
@@ -81,6 +81,9 @@ class Handler:
         self.hang_deadline: float | None = None  # monotonic time past which a render counts as hung
         self.store_deadline: float | None = None  # ... and past which the images being stored do
         self.pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="farm-io")
+        # records a micro-batch once its uploads are done; its own thread, so it never waits on
+        # the uploads from inside the pool that runs them
+        self.recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-record")
         self._closed = threading.Event()
         threading.Thread(target=self._keep, name="farm-leases", daemon=True).start()
 
@@ -203,16 +206,18 @@ class Handler:
         for claim in group:
             self.storing[claim.job_id] = claim
         self.store_deadline = time.monotonic() + STORE_HANG_S
-        self._stores = [
-            self.pool.submit(self._store_and_count, claim, pixels, per_image, shared_ms / n,
+        uploads = [
+            self.pool.submit(self._upload_one, claim, pixels, per_image, shared_ms / n,
                              rendered.batch_size, rendered.scheduler, rendered.environment or {})
             for claim, pixels in zip(group, rendered.pixels)
         ]
+        # the images encode and upload in parallel; the micro-batch is recorded in one transaction
+        self._stores = [self.recorder.submit(self._record, group, uploads)]
         if self.store_overlap:
             counts["storing"] = len(group)  # counted as they finish, in the background
         else:
-            for future in self._stores:
-                counts[future.result()] += 1
+            for outcome in self._stores[0].result():
+                counts[outcome] += 1
         return counts
 
     def wait_for_stores(self) -> None:
@@ -221,18 +226,39 @@ class Handler:
         for future in stores:
             future.result()
 
-    def _store_and_count(self, claim: Claim, pixels, *args) -> str:
+    def _record(self, group: list[Claim], uploads: list) -> list[str]:
+        """Wait for a micro-batch's uploads, then complete every stored image in one ledger
+        transaction (a failed upload has been retried or failed on its own already)."""
+        outcomes: dict[int, str] = {}
+        stored: list[tuple[Claim, Completion]] = []
+        for claim, future in zip(group, uploads):
+            result = future.result()
+            if isinstance(result, Completion):
+                stored.append((claim, result))
+            else:
+                outcomes[claim.job_id] = result
         try:
-            outcome = self._store_one(claim, pixels, *args)
+            done = self.ledger.complete_many([c for _, c in stored])
+            for (claim, completion), ok in zip(stored, done):
+                outcomes[claim.job_id] = "succeeded" if ok else "skipped"
+                if ok and self.metrics:
+                    self.metrics.observe({}, completion.timings, None)
+        except Exception as exc:  # noqa: BLE001 - a ledger fault: each job is retried
+            error = retry.describe(exc)
+            log.error("recording failed: %s", error, extra={"jobs": [c.job_id for c, _ in stored]})
+            for claim, _ in stored:
+                outcomes[claim.job_id] = self._retry_or_fail(claim, error)
         finally:
-            self.storing.pop(claim.job_id, None)
+            for claim in group:
+                self.storing.pop(claim.job_id, None)
+        ordered = [outcomes[claim.job_id] for claim in group]
         if self.store_overlap:
             with self._lock:
-                if outcome == "succeeded":
-                    self.rendered_unreported += 1
+                self.rendered_unreported += ordered.count("succeeded")
             if self.metrics:
-                self.metrics.observe({outcome: 1}, None, None)
-        return outcome
+                for outcome in ordered:
+                    self.metrics.observe({outcome: 1}, None, None)
+        return ordered
 
     def _interrupted(self, group: list[Claim], exc, counts: dict) -> dict:
         if exc.reason == "cancelled":
@@ -302,8 +328,10 @@ class Handler:
         self._publish_now(requeued)
 
     # -- storing --------------------------------------------------------------------------------
-    def _store_one(self, claim: Claim, pixels, timings: dict, render_ms: float,
-                   batch_size: int, scheduler: str, environment: dict) -> str:
+    def _upload_one(self, claim: Claim, pixels, timings: dict, render_ms: float,
+                    batch_size: int, scheduler: str, environment: dict) -> Completion | str:
+        """Encode and upload one image; what to record for it, or (after a failure that was
+        retried or failed) its outcome."""
         spec = claim.spec
         try:
             environment = {**environment, "versions": self.versions, "device_name": self.device}
@@ -327,16 +355,13 @@ class Handler:
             timings["total_ms"] = render_ms + (uploaded - started) * 1000
             artifact = Artifact(store_url=self.store.url, key=key, sha256=digest, bytes=len(png),
                                 width=spec.width, height=spec.height, content_type="image/png")
-            done = self.ledger.complete(claim.job_id, claim.token, artifact=artifact, timings=timings,
-                                        batch_size=batch_size, environment=environment)
-            if done and self.metrics:
-                self.metrics.observe({}, timings, None)
-            return "succeeded" if done else "skipped"
-        except Exception as exc:  # noqa: BLE001 - a store or ledger fault: retry the job
+            return Completion(claim.job_id, claim.token, artifact, timings, batch_size, environment)
+        except Exception as exc:  # noqa: BLE001 - a store fault: retry the job
             error = retry.describe(exc)
             log.error("storing failed: %s", error, extra={"job": claim.job_id, "batch": claim.batch_id})
             return self._retry_or_fail(claim, error)
 
     def close(self) -> None:
         self._closed.set()
+        self.recorder.shutdown(wait=True)
         self.pool.shutdown(wait=True)

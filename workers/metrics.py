@@ -27,6 +27,24 @@ class WorkerMetrics:
         self.gpu_memory = Gauge("farm_gpu_memory_bytes", "CUDA memory allocated by this process", ["worker"],
                                 registry=self.registry)
         self.labels = labels
+        self._sql = None
+
+    def watch_sql(self, counts) -> None:
+        """Serve the ledger's statement and transaction counts (farm.ledger.schema.SqlCounts)."""
+        from prometheus_client.core import CounterMetricFamily
+
+        worker = self.labels["worker"]
+
+        class SqlCollector:
+            def collect(self):
+                for name, value, what in (("farm_sql_statements", counts.statements, "statements"),
+                                          ("farm_sql_transactions", counts.transactions, "transactions")):
+                    family = CounterMetricFamily(name, f"SQL {what} this worker sent to the ledger", labels=["worker"])
+                    family.add_metric([worker], value)
+                    yield family
+
+        self._sql = SqlCollector()
+        self.registry.register(self._sql)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

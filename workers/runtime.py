@@ -98,6 +98,7 @@ def build(config: Config, settings: WorkerSettings) -> Runtime:
         from workers.metrics import WorkerMetrics
 
         metrics = WorkerMetrics(name)
+        metrics.watch_sql(ledger.sql_counts)
         metrics.serve(settings.metrics_port, settings.metrics_addr)
         log.info("metrics on %s:%s", settings.metrics_addr, settings.metrics_port)
     handler = Handler(ledger=ledger, store=store, runner=renderer, worker=name, device=device, versions=versions,

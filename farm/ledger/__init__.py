@@ -7,11 +7,12 @@ from farm.ledger.values import (
     BatchInfo,
     BatchSummary,
     Claim,
+    Completion,
     JobView,
     NewBatch,
     StoredJob,
     WorkerInfo,
 )
 
-__all__ = ["Ledger", "Claim", "NewBatch", "utcnow", "Artifact", "AttemptStat", "BatchInfo",
+__all__ = ["Ledger", "Claim", "Completion", "NewBatch", "utcnow", "Artifact", "AttemptStat", "BatchInfo",
            "BatchSummary", "JobView", "StoredJob", "WorkerInfo"]

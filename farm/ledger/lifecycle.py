@@ -18,7 +18,7 @@ from farm.ledger.mapping import stored_job
 from farm.ledger.models import TIMING_FIELDS, Artifact, Attempt, Batch, Job
 from farm.ledger.schema import Database, rowcount
 from farm.ledger.values import Artifact as ArtifactValue
-from farm.ledger.values import Claim, StoredJob
+from farm.ledger.values import Claim, Completion, StoredJob
 
 
 class Lifecycle(Database):
@@ -61,36 +61,54 @@ class Lifecycle(Database):
                 timings: dict | None, batch_size: int | None, artifact: ArtifactValue | None,
                 environment: dict | None = None, not_before: datetime | None = None) -> bool:
         """Apply a terminal transition if ``token`` still owns the job; False if it does not."""
+        with self.transaction() as s:
+            return self._apply(s, event, job_id, token, outcome=outcome, error=error, timings=timings,
+                               batch_size=batch_size, artifact=artifact, environment=environment,
+                               not_before=not_before)
+
+    def _apply(self, s, event: str, job_id: int, token: str, *, outcome: str, error: str | None,
+               timings: dict | None, batch_size: int | None, artifact: ArtifactValue | None,
+               environment: dict | None = None, not_before: datetime | None = None) -> bool:
+        """One job's transition inside the caller's transaction (see ``_finish``)."""
         now = self.clock()
         sources, target = states.transition(event)
-        with self.transaction() as s:
-            values = {"state": target, "finished_at": now if target in states.TERMINAL else None}
-            if error is not None:
-                values["last_error"] = error[:4000]
-            if target == states.QUEUED:
-                values.update(queued_at=now, current_attempt=None, started_at=None, enqueued_at=None,
-                              not_before=not_before)
-            result = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state.in_(sources), Job.current_attempt == token)
-                .values(**values)
-            )
-            if rowcount(result) != 1:
-                # superseded: record what this attempt saw, change nothing else
-                s.execute(update(Attempt).where(Attempt.token == token, Attempt.outcome == states.ATTEMPT_RUNNING)
-                          .values(outcome=states.ATTEMPT_SUPERSEDED, finished_at=now))
-                return False
-            attempt_values = {"outcome": outcome, "finished_at": now, "error": error, "batch_size": batch_size}
-            if environment is not None:
-                attempt_values["environment"] = environment
-            for name, value in (timings or {}).items():
-                if name in TIMING_FIELDS:
-                    attempt_values[name] = value
-            s.execute(update(Attempt).where(Attempt.token == token).values(**attempt_values))
-            if artifact is not None:  # deterministic keys: a re-render replaces the row, never adds one
-                s.execute(delete(Artifact).where(Artifact.job_id == job_id))
-                s.execute(insert(Artifact).values(job_id=job_id, created_at=now, **artifact.as_dict()))
+        values = {"state": target, "finished_at": now if target in states.TERMINAL else None}
+        if error is not None:
+            values["last_error"] = error[:4000]
+        if target == states.QUEUED:
+            values.update(queued_at=now, current_attempt=None, started_at=None, enqueued_at=None,
+                          not_before=not_before)
+        result = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state.in_(sources), Job.current_attempt == token)
+            .values(**values)
+        )
+        if rowcount(result) != 1:
+            # superseded: record what this attempt saw, change nothing else
+            s.execute(update(Attempt).where(Attempt.token == token, Attempt.outcome == states.ATTEMPT_RUNNING)
+                      .values(outcome=states.ATTEMPT_SUPERSEDED, finished_at=now))
+            return False
+        attempt_values = {"outcome": outcome, "finished_at": now, "error": error, "batch_size": batch_size}
+        if environment is not None:
+            attempt_values["environment"] = environment
+        for name, value in (timings or {}).items():
+            if name in TIMING_FIELDS:
+                attempt_values[name] = value
+        s.execute(update(Attempt).where(Attempt.token == token).values(**attempt_values))
+        if artifact is not None:  # deterministic keys: a re-render replaces the row, never adds one
+            s.execute(delete(Artifact).where(Artifact.job_id == job_id))
+            s.execute(insert(Artifact).values(job_id=job_id, created_at=now, **artifact.as_dict()))
         return True
+
+    def complete_many(self, done: list[Completion]) -> list[bool]:
+        """Complete a micro-batch's jobs in one transaction (one commit per micro-batch, not per
+        image: the ledger's cost at fleet scale); each is still a compare-and-set on its token."""
+        if not done:
+            return []
+        with self.transaction() as s:
+            return [self._apply(s, "succeed", c.job_id, c.token, outcome=states.ATTEMPT_SUCCEEDED, error=None,
+                                timings=c.timings, batch_size=c.batch_size, artifact=c.artifact,
+                                environment=c.environment) for c in done]
 
     def complete(self, job_id: int, token: str, *, artifact: ArtifactValue, timings: dict, batch_size: int,
                  environment: dict | None = None) -> bool:

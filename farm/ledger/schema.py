@@ -8,6 +8,7 @@ SQLite (default) is migrated automatically on first use; PostgreSQL is migrated 
 from __future__ import annotations
 
 import fcntl
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -89,6 +90,28 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class SqlCounts:
+    """Statements and transactions this process sent to the ledger: what one image, or one idle
+    worker, costs the central database (served as worker metrics; read by bench/cost.py)."""
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.transactions = 0
+        self._lock = threading.Lock()
+
+    def attach(self, engine: Engine) -> None:
+        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "commit", self._commit)
+
+    def _statement(self, *_args) -> None:
+        with self._lock:
+            self.statements += 1
+
+    def _commit(self, *_args) -> None:
+        with self._lock:
+            self.transactions += 1
+
+
 def rowcount(result: Any) -> int:
     """Rows an UPDATE or DELETE changed (the typed Result hides the cursor's count)."""
     return int(result.rowcount)
@@ -101,6 +124,8 @@ class Database:
         self.url = url
         self.clock = clock
         self.engine = make_engine(url)
+        self.sql_counts = SqlCounts()
+        self.sql_counts.attach(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if auto_migrate:
             self.ensure_schema()

@@ -64,6 +64,18 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Completion:
+    """A rendered and stored image, ready to be recorded against its claim."""
+
+    job_id: int
+    token: str
+    artifact: Artifact
+    timings: dict
+    batch_size: int
+    environment: dict | None = None
+
+
+@dataclass(frozen=True)
 class NewBatch:
     id: str
     created: bool  # False: an idempotency key returned an existing batch

@@ -289,6 +289,32 @@ def test_metrics_endpoint_after_a_batch(fault_farm):
     assert succeeded and float(succeeded[0].split()[-1]) == 4.0
 
 
+def test_metrics_count_the_sql_a_worker_sends(fault_farm):
+    """What a worker costs the central ledger, per worker: statements and transactions."""
+    import urllib.request
+
+    port = servers.free_port()
+    farm = fault_farm(seconds=0.02, workers=1, extra={"FARM_METRICS_PORT": str(port)})
+    farm.start()
+
+    def counts():
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None  # the worker is still starting
+        values = {line.split("{")[0]: float(line.split()[-1]) for line in text.splitlines()
+                  if line.startswith(("farm_sql_statements_total", "farm_sql_transactions_total"))}
+        return values if len(values) == 2 else None
+
+    before = servers.wait_until(counts, 30, what="the metrics endpoint")
+    batch = farm.submit("counted", 8)["batch"]
+    farm.wait_done(batch, 8, timeout=60)
+    after = counts()
+    # each image is at least a claim and a completion
+    assert after["farm_sql_transactions_total"] - before["farm_sql_transactions_total"] >= 2
+    assert after["farm_sql_statements_total"] - before["farm_sql_statements_total"] >= 8 * 3
+
+
 def test_json_logs_carry_the_worker(fault_farm):
     farm = fault_farm(seconds=0.05, workers=1, extra={"FARM_LOG_FORMAT": "json"})
     farm.start()

@@ -222,3 +222,23 @@ def test_the_peak_device_memory_is_kept_with_the_timings(ledger):
     [view] = ledger.list_jobs(new.id)
     assert view.timings["peak_memory_mb"] == 6144.5 and view.timings["denoise"] == 10.0
     assert view.as_dict()["timings"]["peak_memory_mb"] == 6144.5
+
+
+def test_a_micro_batch_completes_in_one_transaction_each_job_fenced(ledger):
+    from farm.ledger import Completion
+
+    new = create(ledger, 4)
+    claims = ledger.claim(new.job_ids, worker="w1", device="cpu", lease_s=60)
+    assert ledger.requeue(claims[2].job_id, claims[2].token, error="lease lapsed")  # superseded meanwhile
+
+    def done(c):
+        artifact = Artifact(store_url="file:///x", key=f"{c.job_id}.png", sha256="0" * 64, bytes=1, width=64,
+                            height=64, content_type="image/png")
+        return Completion(c.job_id, c.token, artifact, {"total_ms": 5.0}, 4)
+
+    before = ledger.sql_counts.transactions
+    assert ledger.complete_many([done(c) for c in claims]) == [True, True, False, True]
+    assert ledger.sql_counts.transactions - before == 1
+    states_ = [v.state for v in ledger.list_jobs(new.id)]
+    assert states_ == ["succeeded", "succeeded", "queued", "succeeded"]
+    assert [v.artifact is not None for v in ledger.list_jobs(new.id)] == [True, True, False, True]
