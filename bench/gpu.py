@@ -1,14 +1,24 @@
 """GPU benchmark: SD1.5 and SDXL architectures built from their real configs with random fp16
-weights (nothing to download), 4 steps, the seeds' plain loop against the farm's runner.
+weights (nothing to download), 4 steps, the seeds' plain loop against the farm's runner; and the
+flow-matching families, FLUX.1-schnell and SD3.5 Large (Turbo), from their published configs with
+random bf16 weights (recipes schnell and sd35-turbo: 4 steps, no guidance, T5 at 256 tokens).
 
-Reports images/s, the fraction of the FLOP bound (FLOPs of one UNet forward and one VAE decode
-counted with torch.utils.flop_counter.FlopCounterMode, against the device's dense fp16 peak), and
-the share of time in text encoding, denoising, VAE decode and PNG encoding.
+Reports images/s, the fraction of the FLOP bound (FLOPs of one UNet or transformer forward and one
+VAE decode counted with torch.utils.flop_counter.FlopCounterMode, against the device's dense
+fp16/bf16 peak; the text encoders' FLOPs are reported but left out of the bound, as the farm
+encodes each distinct prompt once), and the share of time in text encoding, denoising, VAE decode
+and PNG encoding.
 
-    .venv/bin/python bench/gpu.py [--families sd15,sdxl] [--batch 1,2,4,8] [--dtype fp16|bf16] [--peak-tflops 989]
+    .venv/bin/python bench/gpu.py [--families sd15,sdxl,flux,sd3] [--batch 1,2,4,8] [--images 16]
+                                  [--dtype auto|fp16|bf16] [--peak-tflops 989]
 
-On a machine without CUDA it says so and exits 2; `--cpu-smoke` runs SD1.5 at 64 px on the CPU in
-fp32 to check the code path (the numbers mean nothing there).
+The flow families are built in memory on the device (FLUX.1-schnell is 12B + 4.7B (T5) parameters,
+34 GB in bf16: no save and reload through the disk) and handed to the runner in place of its
+``from_pretrained``; everything after loading is the runner's own path.
+
+On a machine without CUDA it says so and exits 2; `--cpu-smoke` runs SD1.5 (or `--families`, e.g.
+flux,sd3 with their layers scaled down) at 64 px on the CPU in fp32 to check the code path (the
+numbers mean nothing there).
 """
 
 from __future__ import annotations
@@ -44,6 +54,37 @@ SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_bloc
 VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
            up_block_types=("UpDecoderBlock2D",) * 4)
+
+# -- the flow-matching families, as published (black-forest-labs/FLUX.1-schnell,
+# stabilityai/stable-diffusion-3.5-large): transformer, text encoders, VAE, scheduler
+FLOW_FAMILIES = ("flux", "sd3")
+FLUX_SCHNELL = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                    guidance_embeds=False, axes_dims_rope=(16, 56, 56))
+SD35_LARGE = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38,
+                  attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,
+                  caption_projection_dim=2432, pooled_projection_dim=2048, pos_embed_max_size=192,
+                  qk_norm="rms_norm")
+T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+              relative_attention_num_buckets=32, relative_attention_max_distance=128,
+              feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+              decoder_start_token_id=0, tie_word_embeddings=False)
+FLOW_VAE = dict(VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, force_upcast=True)
+FLOW_VAE_FACTORS = {"flux": dict(scaling_factor=0.3611, shift_factor=0.1159),
+                    "sd3": dict(scaling_factor=1.5305, shift_factor=0.0609)}
+FLOW_SCHEDULERS = {"flux": dict(shift=1.0, use_dynamic_shifting=False), "sd3": dict(shift=3.0)}
+FLOW_RECIPES = {"flux": "schnell", "sd3": "sd35-turbo"}
+MAX_SEQUENCE_LENGTH = 256  # both recipes'
+# --cpu-smoke: the same builders with every width and depth scaled down (the numbers mean nothing)
+SMOKE = {"flux": dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                      joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6)),
+         "sd3": dict(num_layers=2, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=128,
+                     caption_projection_dim=32, pooled_projection_dim=32 + 64, pos_embed_max_size=32),
+         # T5 as wide as the transformer's joint attention; CLIP-L 32 wide, CLIP-bigG 64
+         "t5": {"flux": dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
+                "sd3": dict(d_model=128, d_kv=8, d_ff=64, num_layers=2, num_heads=4)},
+         "clip": {768: 32, 1280: 64},
+         "vae": dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=8)}
 
 
 def build(family: str, directory: Path, dtype) -> Path:
@@ -90,6 +131,100 @@ def build(family: str, directory: Path, dtype) -> Path:
     return target
 
 
+def build_flow(family: str, device, dtype, smoke: bool):
+    """FLUX.1-schnell's or SD3.5 Large's pipeline with random weights, made on ``device`` in
+    ``dtype`` (scaled down for ``smoke``); tokenizers are the tiny offline ones (engine.pipelines:
+    their ids are valid ids of the real vocabularies)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from engine.pipelines.tiny import _clip_tokenizer
+    from engine.pipelines.tiny_flow import t5_tokenizer
+
+    def clip(hidden, layers, heads, act):  # CLIP ViT-L (768) or OpenCLIP ViT-bigG (1280)
+        if smoke:
+            hidden, layers, heads = SMOKE["clip"][hidden], 2, 4
+        return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=hidden * 4,
+                              num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                              projection_dim=hidden, hidden_act=act, bos_token_id=518, eos_token_id=519,
+                              pad_token_id=519)
+
+    t5_config = T5Config(**{**T5_XXL, **(SMOKE["t5"][family] if smoke else {})})
+    vae_config = {**FLOW_VAE, **FLOW_VAE_FACTORS[family], **(SMOKE["vae"] if smoke else {})}
+    previous = torch.get_default_dtype()
+    torch.manual_seed(0)
+    torch.set_default_dtype(dtype)  # random init straight in bf16, on the device
+    try:
+        with torch.device(device):
+            t5 = T5EncoderModel(t5_config)
+            vae = AutoencoderKL(**vae_config)
+            scheduler = FlowMatchEulerDiscreteScheduler(**FLOW_SCHEDULERS[family])
+            if family == "flux":
+                transformer = FluxTransformer2DModel(**{**FLUX_SCHNELL, **(SMOKE["flux"] if smoke else {})})
+                pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=CLIPTextModel(clip(768, 12, 12,
+                                    "quick_gelu")), tokenizer=_clip_tokenizer(), text_encoder_2=t5,
+                                    tokenizer_2=t5_tokenizer(), transformer=transformer)
+            else:
+                transformer = SD3Transformer2DModel(**{**SD35_LARGE, **(SMOKE["sd3"] if smoke else {})})
+                pipe = StableDiffusion3Pipeline(
+                    transformer=transformer, scheduler=scheduler, vae=vae,
+                    text_encoder=CLIPTextModelWithProjection(clip(768, 12, 12, "quick_gelu")),
+                    tokenizer=_clip_tokenizer(),
+                    text_encoder_2=CLIPTextModelWithProjection(clip(1280, 32, 20, "gelu")),
+                    tokenizer_2=_clip_tokenizer(pad_token="!"), text_encoder_3=t5, tokenizer_3=t5_tokenizer())
+    finally:
+        torch.set_default_dtype(previous)
+    return pipe  # every weight is made on the device in dtype (no cast: diffusers warns about casts)
+
+
+def flow_flops(pipe, family: str, size: int, device) -> dict:
+    """FLOPs of one transformer forward (one image, no CFG, T5 at 256 tokens), one VAE decode at
+    ``size``, and one prompt's text encoding (CLIP + T5)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    t = pipe.transformer
+    dtype, latent = t.dtype, size // 8
+    if family == "flux":
+        tokens = (latent // 2) ** 2
+        kwargs = dict(hidden_states=torch.randn(1, tokens, t.config.in_channels, device=device, dtype=dtype),
+                      encoder_hidden_states=torch.randn(1, MAX_SEQUENCE_LENGTH, t.config.joint_attention_dim,
+                                                        device=device, dtype=dtype),
+                      pooled_projections=torch.randn(1, t.config.pooled_projection_dim, device=device, dtype=dtype),
+                      timestep=torch.ones(1, device=device, dtype=dtype),
+                      img_ids=pipe._prepare_latent_image_ids(1, latent // 2, latent // 2, device, dtype),
+                      txt_ids=torch.zeros(MAX_SEQUENCE_LENGTH, 3, device=device, dtype=dtype))
+    else:
+        kwargs = dict(hidden_states=torch.randn(1, 16, latent, latent, device=device, dtype=dtype),
+                      encoder_hidden_states=torch.randn(1, 77 + MAX_SEQUENCE_LENGTH, t.config.joint_attention_dim,
+                                                        device=device, dtype=dtype),
+                      pooled_projections=torch.randn(1, t.config.pooled_projection_dim, device=device, dtype=dtype),
+                      timestep=torch.ones(1, device=device, dtype=dtype))
+    z = torch.randn(1, 16, latent, latent, device=device, dtype=pipe.vae.dtype)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as transformer_counter:
+            t(**kwargs, return_dict=False)
+        with FlopCounterMode(display=False) as vae_counter:
+            pipe.vae.decode(z)
+        with FlopCounterMode(display=False) as text_counter:
+            if family == "flux":
+                pipe.encode_prompt(["a lighthouse at dusk"], device=device, max_sequence_length=MAX_SEQUENCE_LENGTH)
+            else:
+                pipe.encode_prompt(["a lighthouse at dusk"], None, None, device=device, do_classifier_free_guidance=False,
+                                   max_sequence_length=MAX_SEQUENCE_LENGTH)
+    return {"unet_tflop": transformer_counter.get_total_flops() / 1e12,
+            "vae_decode_tflop": vae_counter.get_total_flops() / 1e12,
+            "text_encode_tflop": text_counter.get_total_flops() / 1e12}
+
+
 def flops(pipe, family: str, size: int, device) -> dict:
     """FLOPs of one UNet forward (one image, no CFG) and one VAE decode at ``size``."""
     import torch
@@ -111,17 +246,18 @@ def flops(pipe, family: str, size: int, device) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", default="sd15,sdxl")
+    parser.add_argument("--families", default=None, help="sd15,sdxl (default), flux, sd3")
     parser.add_argument("--batch", default="1,2,4,8")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--peak-tflops", type=float, default=None)
-    parser.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16", help="the runner's (FARM_DTYPE)")
+    parser.add_argument("--dtype", choices=["auto", "fp16", "bf16"], default="auto",
+                        help="the runner's (FARM_DTYPE); auto: fp16 for sd15/sdxl, bf16 for flux/sd3")
     parser.add_argument("--cpu-smoke", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu.json"))
     args = parser.parse_args()
 
     import torch
-    from diffusers import LCMScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler, LCMScheduler
 
     from engine.imaging import encode_png
     from engine.quiet import quiet_libraries
@@ -132,33 +268,51 @@ def main() -> None:
         print("no CUDA device: run this on a GPU machine (or --cpu-smoke to check the code path)", file=sys.stderr)
         sys.exit(2)
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
-    dtype = torch.float32 if args.cpu_smoke else {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     name = "cpu" if args.cpu_smoke else torch.cuda.get_device_name(0)
     peak = args.peak_tflops or next((v for k, v in PEAKS.items() if k in name), None)
-    families = ["sd15"] if args.cpu_smoke else args.families.split(",")
+    families = (args.families or ("sd15" if args.cpu_smoke else "sd15,sdxl")).split(",")
     cache = Path(os.environ.get("FARM_MODEL_CACHE") or tempfile.mkdtemp(prefix="farm-gpu-"))
     images = 4 if args.cpu_smoke else args.images
     results = []
     for family in families:
-        size = 64 if args.cpu_smoke else (512 if family == "sd15" else 1024)
-        model_dir = build(family, cache / f"random-{str(dtype).replace('torch.', '')}", dtype)
-        from engine.runner import Runner
+        from diffusers import AutoencoderTiny
+
+        from engine.runner import Runner, family_module
         from farm.catalog import ModelEntry
         from farm.spec import Catalog
 
-        entry = ModelEntry(f"random-{family}", str(model_dir), family, family, size)
-        taesd_dir = model_dir.parent / f"taesd-{family}"
+        flow = family in FLOW_FAMILIES
+        size = 64 if args.cpu_smoke else (512 if family == "sd15" else 1024)
+        wanted = args.dtype if args.dtype != "auto" else ("bf16" if flow else "fp16")  # as the runner's auto
+        dtype = torch.float32 if args.cpu_smoke else {"fp16": torch.float16, "bf16": torch.bfloat16}[wanted]
+        label = str(dtype).replace("torch.", "")
+        module, original_load = family_module(family), None
+        prebuilt = None
+        if flow:
+            started = time.perf_counter()
+            prebuilt = build_flow(family, device, dtype, smoke=args.cpu_smoke)
+            print(family, f"built in memory in {time.perf_counter() - started:.1f} s", flush=True)
+            entry = ModelEntry(f"random-{family}", f"random/{family}", family, family, size, kind="turbo")
+            original_load = module.load
+            module.load = lambda *_args, _pipe=prebuilt, **_kwargs: _pipe  # the runner's from_pretrained, in memory
+            taesd_dir, taesd = cache / f"taesd-{family}-{label}", AutoencoderTiny(latent_channels=16)  # TAEF1/TAESD3
+        else:
+            model_dir = build(family, cache / f"random-{label}", dtype)
+            entry = ModelEntry(f"random-{family}", str(model_dir), family, family, size)
+            taesd_dir, taesd = model_dir.parent / f"taesd-{family}", AutoencoderTiny()  # TAESD's layout
         if not (taesd_dir / "config.json").exists():
-            from diffusers import AutoencoderTiny
-
             torch.manual_seed(1)
-            AutoencoderTiny().to(dtype).save_pretrained(str(taesd_dir), safe_serialization=True)  # TAESD's layout
+            taesd.to(dtype).save_pretrained(str(taesd_dir), safe_serialization=True)
         runner = Runner(device=device.type, model_cache=cache, bucket=1, preview_decoders={family: str(taesd_dir)},
                         dtype="fp32" if args.cpu_smoke else args.dtype,
                         catalog=lambda entry=entry: Catalog(models={entry.name: entry}, adapters={}))
-        resident, load_ms = runner.pipeline(entry.name)
+        try:
+            resident, load_ms = runner.pipeline(entry.name)
+        finally:
+            if original_load is not None:
+                module.load = original_load
         pipe = resident.pipe
-        counted = flops(pipe, family, size, device)
+        counted = flow_flops(pipe, family, size, device) if flow else flops(pipe, family, size, device)
         steps = 4
         bound_s = steps * counted["unet_tflop"] / peak + counted["vae_decode_tflop"] / peak if peak else None
 
@@ -166,23 +320,31 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize()
 
-        # the seeds' loop: one pipe() call per image, PIL output, PNG encode
-        pipe.scheduler = LCMScheduler.from_config(resident.base_scheduler[1])
+        # the seeds' loop: one pipe() call per image, PIL output, PNG encode (the flow families: the
+        # model's FlowMatchEuler, no guidance, T5 at the recipe's 256 tokens)
+        if flow:
+            pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(resident.base_scheduler[1])
+            call = {"guidance_scale": 0.0, "max_sequence_length": MAX_SEQUENCE_LENGTH}
+        else:
+            pipe.scheduler = LCMScheduler.from_config(resident.base_scheduler[1])
+            call = {"guidance_scale": 1.0}
         gen = lambda s: torch.Generator("cpu").manual_seed(s)  # noqa: E731
-        pipe("warm-up", num_inference_steps=steps, guidance_scale=1.0, width=size, height=size, generator=gen(0))
+        pipe("warm-up", num_inference_steps=steps, width=size, height=size, generator=gen(0), **call)
         sync()
         started = time.perf_counter()
         for seed in range(images):
-            image = pipe("a lighthouse at dusk", num_inference_steps=steps, guidance_scale=1.0, width=size,
-                         height=size, generator=gen(seed)).images[0]
+            image = pipe("a lighthouse at dusk", num_inference_steps=steps, width=size, height=size,
+                         generator=gen(seed), **call).images[0]
             image.save(io.BytesIO(), format="PNG")
         sync()
         loop_rate = images / (time.perf_counter() - started)
 
         curve = []
         for micro in [int(b) for b in args.batch.split(",")]:
+            recipe = ({"recipe": FLOW_RECIPES[family], "scheduler": "FlowMatchEulerDiscreteScheduler", "guidance": 0.0}
+                      if flow else {})
             jobs = [direct_spec(seed=s, steps=steps, width=size, height=size, model=entry.name,
-                                family=entry.family) for s in range(images)]
+                                family=entry.family, **recipe) for s in range(images)]
             runner.render(jobs[:micro])  # warm-up at this shape
             stage = {"text_encode_ms": 0.0, "denoise_ms": 0.0, "vae_decode_ms": 0.0, "image_encode_ms": 0.0}
             started = time.perf_counter()
@@ -236,11 +398,13 @@ def main() -> None:
         preview = {"micro_batch": best, "images_per_s": round(images / (time.perf_counter() - started), 3),
                    "decode_ms_per_image": round(decode_ms / images, 2)}
         print(family, "preview", json.dumps(preview), flush=True)
-        results.append({"family": family, "size": size, "steps": steps, "dtype": str(dtype), "preview_taesd": preview,
+        results.append({"family": family, "size": size, "steps": steps, "dtype": str(resident.dtype or dtype),
+                        "recipe": FLOW_RECIPES.get(family, "lcm-lora"), "preview_taesd": preview,
                         "host_syncs": syncs, **{
             k: round(v, 3) for k, v in counted.items()}, "flop_bound_ms_per_image": round(bound_s * 1000, 1)
             if bound_s else None, "loop_images_per_s": round(loop_rate, 3), "runner": curve,
             "model_load_ms": round(load_ms)})
+        del pipe, resident, prebuilt, rendered  # the next family needs the memory
         runner._unload(entry.name)
     report = {"benchmark": "gpu", "device": name, "peak_tflops": peak, "results": results,
               "machine": {"platform": platform.platform()}}

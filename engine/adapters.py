@@ -32,7 +32,7 @@ from typing import Callable
 from engine.sources import Location
 
 GiB = 1 << 30
-PEFT_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+PEFT_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")  # transformer: FLUX, SD3
 
 
 @dataclass
@@ -89,6 +89,8 @@ def _loadable(pipe, state: dict) -> dict:
 
     if not state or not all(key.startswith(tuple(KOHYA_PREFIXES)) for key in state):
         return state  # the diffusers/peft layout loads as it is
+    if getattr(pipe, "unet", None) is None:
+        return state  # FLUX: diffusers converts Kohya's (BFL-named) keys itself
     from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 
     respelt = kohya_respelling(state, dict(pipe.unet.config),
@@ -194,7 +196,8 @@ class AdapterSet:
                     self._originals[key] = module.get_base_layer().weight.detach().to("cpu", copy=True)
                 self._fused_layers.append(key)
         self.pipe.set_adapters(names, adapter_weights=[float(w) for _, w in stack])
-        components = [c for c in PEFT_COMPONENTS if getattr(self.pipe, c, None) is not None]
+        loadable = getattr(self.pipe, "_lora_loadable_modules", PEFT_COMPONENTS)  # FLUX's T5 takes no LoRA
+        components = [c for c in PEFT_COMPONENTS if getattr(self.pipe, c, None) is not None and c in loadable]
         self.pipe.fuse_lora(components=components, lora_scale=1.0, adapter_names=names)
         self.pipe.unload_lora_weights()
         self.loaded.clear()

@@ -11,7 +11,8 @@ from farm.results import ArtifactReader
 
 
 def replay(ledger: Ledger, job_id: int, *, model_cache: Path, device: str = "cpu",
-           s3_endpoint_url: str | None = None) -> dict:
+           s3_endpoint_url: str | None = None, store_url: str | None = None) -> dict:
+    """``store_url``: the farm's store, where the input images of image jobs are (issue 13)."""
     import numpy as np
     from PIL import Image
 
@@ -30,7 +31,8 @@ def replay(ledger: Ledger, job_id: int, *, model_cache: Path, device: str = "cpu
         raise NotFound(f"job {job_id} has no stored image to compare with (state {view.state})")
     environment = source.environment or {}
     runner = Runner(device=device, model_cache=model_cache, catalog=ledger.catalog, s3_endpoint_url=s3_endpoint_url,
-                    fuse=bool(environment.get("fused")), bucket=environment.get("batch_bucket"))
+                    fuse=bool(environment.get("fused")), bucket=environment.get("batch_bucket"),
+                    store_url=store_url)
     rendered = runner.render([view.spec])
     stored = ArtifactReader(s3_endpoint_url).read(view.artifact.store_url, view.artifact.key, view.artifact.sha256)
     before = np.asarray(Image.open(io.BytesIO(stored)).convert("RGB")).astype(int)

@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
 from engine import embeddings
+from engine import kinds as image_kinds
 from engine import offload as offloading
 from engine.adapters import AdapterSet, HostStateDicts
+from engine.inputs import InputCache
 from engine.invariance import row_wise_linear
 from engine.sources import Location, resolve
 from farm.catalog import PREVIEW_DECODERS
@@ -53,15 +55,35 @@ class Resident:
     adapters: AdapterSet
     tiny_decoder: object = None  # TAESD for preview jobs, loaded on the first one
     stack: tuple | None = None  # the adapter stack last activated (offload re-hooks on a change)
+    derived: dict = field(default_factory=dict)  # (kind, controlnet) -> its pipeline on these modules (issue 13)
+    dtype: Any = None  # the pipeline's weights (FARM_DTYPE, or the family's choice under auto)
 
 
 def family_module(family: str) -> ModuleType:
-    from engine.pipelines import sd, sdxl
+    from engine.pipelines import flux, sd, sd3, sdxl
 
-    for module in (sd, sdxl):
+    for module in (sd, sdxl, flux, sd3):
         if family in module.FAMILIES:
             return module
     raise InputError("model", f"no pipeline for the {family!r} family")
+
+
+def family_call(family: ModuleType, pipe, spec: JobSpec) -> dict:
+    """What one pipeline call of ``spec``'s micro-batch needs beyond the arguments every family
+    shares: ``guided`` (whether CFG runs, so negative prompts are encoded) and extra keyword
+    arguments for the family's ``encode`` and ``decode`` and for the pipeline call. A family
+    module says so with ``prepare(pipe, spec)`` (FLUX: no CFG, T5's sequence length, the size to
+    unpack latents); the UNet families run CFG above guidance 1 unless the UNet embeds guidance."""
+    if hasattr(family, "prepare"):
+        return family.prepare(pipe, spec)
+    guided = spec.guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
+    return {"guided": guided, "encode": {}, "call": {}, "decode": {}}
+
+
+def denoiser(pipe):
+    """The pipeline's denoising network: the UNet, or the transformer (FLUX, SD3)."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
 
 
 def _stop_check(should_stop: Callable[[], str | None]):
@@ -81,15 +103,16 @@ class Runner:
                  fuse: bool | None = None, max_adapters: int = 8, max_adapter_bytes: int = 2 << 30,
                  host_lora_bytes: int = 4 << 30, compile: bool = False,
                  preview_decoders: dict[str, str] | None = None, dtype: str = "auto", offload: str = "none",
-                 vae_tiling: bool = False):
+                 vae_tiling: bool = False, store_url: str | None = None):
         import torch
 
         self.torch = torch
         self.device = torch.device(device)
         self.is_cuda = self.device.type == "cuda"
         # fp16 on CUDA by default; bf16 trades mantissa bits for fp32's range (no VAE upcast needed)
-        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-        self.dtype = dtypes.get(dtype) or (torch.float16 if self.is_cuda else torch.float32)
+        self._dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+        self.dtype = self._dtypes.get(dtype) or (torch.float16 if self.is_cuda else torch.float32)
+        self.auto_dtype = dtype == "auto"  # a family may pick its own on CUDA (FLUX and SD3: bf16)
         self.bucket = bucket or (1 if self.is_cuda else 4)
         self.model_cache = model_cache
         self.max_models = max_models
@@ -108,8 +131,19 @@ class Runner:
         offloading.check(offload, self.device.type)
         self.offload = offload  # engine.offload: keep weights in host RAM, on the device while they run
         self.vae_tiling = vae_tiling
+        # issue 13: the images jobs start from (fetched from the farm's store once, kept by sha256
+        # under the model cache) and the ControlNets they use (engine.kinds)
+        self.inputs = InputCache(Path(model_cache) / "inputs", store_url, s3_endpoint_url=s3_endpoint_url)
+        self.controlnets = image_kinds.ControlNets(self)
 
     # -- residency ------------------------------------------------------------------------------
+    def model_dtype(self, family: ModuleType):
+        """The dtype a pipeline of ``family`` loads in: FARM_DTYPE, or under ``auto`` on CUDA the
+        family's own choice (FLUX and SD3: bf16, as they are published; the rest fp16)."""
+        if self.auto_dtype and self.is_cuda and getattr(family, "CUDA_DTYPE", None):
+            return self._dtypes[family.CUDA_DTYPE]
+        return self.dtype
+
     def _entry(self, kind: str, name: str):
         entries = self.catalog.models if kind == "model" else self.catalog.adapters
         if name not in entries:
@@ -138,28 +172,29 @@ class Runner:
         while len(self.resident) >= self.max_models:
             self._unload(next(iter(self.resident)))
         family = family_module(entry.family)
+        dtype = self.model_dtype(family)
         location = self._resolve(entry)
         if not (location.single_file or location.is_hub or (Path(location.path) / "model_index.json").exists()):
             raise InputError("model", f"{model}: {location.path} is not a diffusers model directory "
                                       "(no model_index.json)")
         pipe = family.load(location.path, single_file=location.single_file, revision=entry.revision,
-                           dtype=self.dtype, cache_dir=str(self.model_cache / "hub"), arch=entry.arch,
+                           dtype=dtype, cache_dir=str(self.model_cache / "hub"), arch=entry.arch,
                            model_cache=self.model_cache)
         if self.offload == "none":
             pipe.to(self.device)
         if self.is_cuda:  # NHWC convolutions run on the tensor cores without layout shuffles
             import torch
 
-            pipe.unet.to(memory_format=torch.channels_last)
+            denoiser(pipe).to(memory_format=torch.channels_last)
             pipe.vae.to(memory_format=torch.channels_last)
-            if self.dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+            if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
                 # SDXL's VAE overflows in fp16 (NaN, black images); diffusers upcasts it for every
                 # decode, we keep it in fp32 once (an fp16-fixed VAE says force_upcast: false)
                 pipe.vae.to(torch.float32)
         if self.compile:  # inductor: Triton kernels on CUDA, C++ on a CPU (needs a compiler)
             # in place (Module.compile), not torch.compile(unet): the wrapper it returns hides the
             # UNet from diffusers' LoRA loader, and no adapter could load. One graph per batch shape.
-            pipe.unet.compile(dynamic=False)
+            denoiser(pipe).compile(dynamic=False)
         pipe.set_progress_bar_config(disable=True)
         offloading.enable(pipe, self.offload, self.device)
         if self.vae_tiling:
@@ -168,7 +203,7 @@ class Runner:
         adapters = AdapterSet(pipe, self._locate_adapter, max_loaded=self.max_adapters,
                               max_bytes=self.max_adapter_bytes, host=self.host_loras, fuse=self.fuse,
                               fuse_stack=self.compile)
-        resident = Resident(pipe, family, (type(scheduler), dict(scheduler.config)), adapters)
+        resident = Resident(pipe, family, (type(scheduler), dict(scheduler.config)), adapters, dtype=dtype)
         self.resident[model] = resident
         return resident, (time.perf_counter() - started) * 1000
 
@@ -183,7 +218,7 @@ class Runner:
             if location.single_file:
                 raise InputError("decoder", f"{source}: a tiny autoencoder loads from a diffusers directory "
                                             "(config.json + weights), not a single file")
-            decoder = AutoencoderTiny.from_pretrained(location.path, dtype=self.dtype,
+            decoder = AutoencoderTiny.from_pretrained(location.path, dtype=resident.dtype or self.dtype,
                                                       cache_dir=str(self.model_cache / "hub"))
             decoder.to(self.device)
             if self.is_cuda:
@@ -249,19 +284,23 @@ class Runner:
         else:
             decoder = None  # the pipeline's own VAE
         pipe.scheduler = self._scheduler(resident, first.scheduler, first.scheduler_config or {})
+        # issue 13: an image kind runs its own pipeline (made of the resident one's modules) on its inputs
+        kind_call = None if first.kind == "txt2img" else \
+            image_kinds.prepare(self, resident, jobs, len(jobs) + (-len(jobs)) % self.bucket, timings)
         # on the CPU, per-image rows of small products are computed alone (engine.invariance)
         invariant = contextlib.nullcontext() if self.is_cuda else row_wise_linear(self.bucket)
         if self.is_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
         with offloading.grad_mode(self.offload), invariant:
-            guided = first.guidance > 1.0 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
+            call = family_call(family, pipe, first)  # CFG or not; the family's extra arguments
+            guided = call["guided"]
 
             started = time.perf_counter()
             unique = list(dict.fromkeys(pairs))  # one text encoding per distinct prompt
             # the text encoders run at bucketed batch sizes too (SDXL's pooled projection is a
             # one-row GEMV for a single prompt, which rounds differently)
             padded = unique + [unique[0]] * ((-len(unique)) % self.bucket)
-            embeds = family.encode(pipe, [p for p, _ in padded], [n for _, n in padded], guided)
+            embeds = family.encode(pipe, [p for p, _ in padded], [n for _, n in padded], guided, **call["encode"])
             rows = len(jobs) + (-len(jobs)) % self.bucket
             index = [unique.index(p) for p in pairs]
             index += [index[0]] * (rows - len(jobs))  # padding rows repeat the first prompt
@@ -274,26 +313,32 @@ class Runner:
             generators += [torch.Generator("cpu").manual_seed(0) for _ in range(rows - len(jobs))]
             started = time.perf_counter()
             # the pipeline's own denoising loop (scheduler, guidance, size conditioning), to latents
-            latents = pipe(**embeds, generator=generators, num_inference_steps=first.steps,
-                           guidance_scale=first.guidance, width=first.width, height=first.height,
-                           output_type="latent", return_dict=False,
+            denoise, sized = (pipe, {"width": first.width, "height": first.height}) if kind_call is None else \
+                (kind_call.pipe, kind_call.kwargs)  # issue 13: an image kind's pipeline, images and size
+            latents = denoise(**embeds, generator=generators, num_inference_steps=first.steps,
+                              guidance_scale=first.guidance, **sized,
+                              output_type="latent", return_dict=False, **call["call"],
                            callback_on_step_end=_stop_check(should_stop) if should_stop else None)[0]
             self._sync()
             timings["denoise_ms"] = (time.perf_counter() - started) * 1000
 
             started = time.perf_counter()
-            images = family.decode(pipe, latents, decoder)
+            images = family.decode(pipe, latents, decoder, **call["decode"])
             # to uint8 on the device: the host gets 1 byte per channel, not 4
             pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
             pixels = pixels[: len(jobs)].permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            if kind_call is not None and kind_call.finish is not None:  # the inpaint overlay (issue 13)
+                pixels = kind_call.finish(pixels)
             timings["vae_decode_ms"] = (time.perf_counter() - started) * 1000
         # the most device memory this call held (what offload and tiling are for); 0 on the CPU
         timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.is_cuda else 0.0
         environment = {
-            "device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "batch_bucket": self.bucket,
+            "device": str(self.device), "dtype": str(resident.dtype or self.dtype).replace("torch.", ""),
+            "batch_bucket": self.bucket,
             "fused": resident.adapters.fused is not None, "decoder": decoder_name, "offload": self.offload,
             "vae_tiling": self.vae_tiling,
             "adapter_sha256": {name: resident.adapters.digests.get(name) for name, _ in stack},
+            **(kind_call.environment if kind_call is not None else {}),
         }
         return Rendered([pixels[i] for i in range(len(jobs))], timings, rows, type(pipe.scheduler).__name__,
                         environment)

@@ -32,6 +32,20 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def _fit(label: str, font, width: int) -> str:
+    """``label`` within ``width`` pixels, so neighbouring labels never run together: the values
+    alone when "axis=value, ..." is too long, then cut with an ellipsis."""
+    if not hasattr(font, "getlength") or font.getlength(label) <= width:
+        return label
+    values = ", ".join(part.split("=", 1)[-1] for part in label.split(", "))
+    if font.getlength(values) <= width:
+        return values
+    label = values
+    while label and font.getlength(label + "…") > width:
+        label = label[:-1]
+    return label + "…"
+
+
 def layout(cells: list[tuple[str, str, int, int]]) -> Layout:
     """``cells``: (column label, row label, width, height); labels keep their first-seen order."""
     columns = list(dict.fromkeys(c for c, _, _, _ in cells))
@@ -53,9 +67,11 @@ def contact_sheet(cells: list[tuple[str, str, bytes]], title: str) -> tuple[byte
     small, big = _font(12), _font(16)
     draw.text((8, 6), title[:160], fill="black", font=big)
     for i, label in enumerate(grid.columns):
-        draw.text((LABEL_W + i * grid.cell_w + 4, TITLE_H + 4), label[:40], fill="black", font=small)
+        draw.text((LABEL_W + i * grid.cell_w + 4, TITLE_H + 4), _fit(label[:40], small, grid.cell_w - 8),
+                  fill="black", font=small)
     for j, label in enumerate(grid.rows):
-        draw.text((4, TITLE_H + HEADER_H + j * grid.cell_h + 4), label[:40], fill="black", font=small)
+        draw.text((4, TITLE_H + HEADER_H + j * grid.cell_h + 4), _fit(label[:40], small, LABEL_W - 8),
+                  fill="black", font=small)
     for column, row, image in images:
         scale = max(1, min(grid.cell_w // image.width, grid.cell_h // image.height))
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)

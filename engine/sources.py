@@ -50,15 +50,21 @@ def resolve(source: str, cache_dir: Path, *, name: str | None = None, sha256: st
 
 
 def _build(name: str, cache_dir: Path) -> Path:
-    from engine.pipelines import tiny
+    from engine.pipelines import tiny, tiny_flow
 
     build = tiny_build(name)
     if build is None:
         raise InputError("source", f"no built-in model or adapter named {name!r}")
     what, base, seed = build
     builtin_dir = Path(cache_dir) / "builtin"
+    if what == "controlnet":  # issue 13: copied from the tiny model's freshly loaded UNet
+        from engine.pipelines import tiny_controlnet
+
+        return tiny_controlnet.ensure_tiny_controlnet(base, name, builtin_dir, seed=seed)
+    # the tiny FLUX / SD3 models, their LoRAs and decoders have their own builders (base: a model or an arch)
+    builders = tiny_flow if base in tiny_flow.BUILDERS else tiny
     if what == "model":
-        return tiny.ensure_tiny_model(base, builtin_dir)
+        return builders.ensure_tiny_model(base, builtin_dir)
     if what == "decoder":
-        return tiny.ensure_tiny_taesd(name, builtin_dir, seed=seed)
-    return tiny.ensure_tiny_lora(base, name, builtin_dir, seed=seed)
+        return builders.ensure_tiny_taesd(name, builtin_dir, seed=seed)
+    return builders.ensure_tiny_lora(base, name, builtin_dir, seed=seed)

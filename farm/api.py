@@ -205,25 +205,44 @@ class Farm:
         exist yet has registered nothing, and reading it must not create it (bad input writes nothing)."""
         from farm.spec import Catalog
 
+        ledger = self._existing_ledger()
+        return Catalog() if ledger is None else ledger.catalog()
+
+    def _existing_ledger(self):
+        """The ledger, or None for a farm home whose SQLite ledger does not exist yet (reading must
+        not create it: bad input writes nothing)."""
         url = self.config.database_url
         if self._ledger is None and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-            return Catalog()
-        return self.ledger.catalog()
+            return None
+        return self.ledger
+
+    def input_reader(self):
+        """What reads a submission's input images (issue 13): files, s3:// objects, earlier jobs'
+        images (``job:ID``) and batches (``from_batch``); a ``farm.inputs.InputReader``."""
+        from farm.inputs import InputReader
+
+        return InputReader(ledger=self._existing_ledger, s3_endpoint_url=self.config.s3_endpoint_url)
 
     # -- submitting ----------------------------------------------------------------------------------
     def plan(self, prompt: str | None = None, *, file=None, spec=None, variants: int = 1, seed: int | None = None,
              seeds=None, model: str | None = None, recipe: str | None = None, steps=None, guidance=None, size=None,
              negative: str | None = None, adapters=(), decoder: str | None = None, wildcards=None,
              wildcard_mode: str | None = None, wildcard_count: int | None = None, priority: int = 0, rng=None,
-             **job_fields) -> Plan:
+             from_batch: str | None = None, **job_fields) -> Plan:
         """Validate and expand a submission without writing anything (the options of ``farm
         submit``; ``spec`` is a spec file, ``wildcards`` a directory of __name__ lists). Axes:
-        ``steps="1-8"``, ``guidance=[1, 1.5]``, ``seeds="0-3"``, ``adapters=["toy:0.2,0.8"]``."""
+        ``steps="1-8"``, ``guidance=[1, 1.5]``, ``seeds="0-3"``, ``adapters=["toy:0.2,0.8"]``.
+
+        Jobs that start from images (issue 13): ``kind``, ``init_image``, ``mask_image``,
+        ``control_image`` (a path, an s3:// URI or ``"job:ID"``; a list is an axis), ``strength``,
+        ``mask_blur``, ``controlnet``, ``control_scale``, ``control_preprocess="canny"``, ``upscale``
+        (the hires factor), and ``from_batch`` (every succeeded image of a batch, as init images)."""
         return plan_submission(
             self.catalog(), self.config.default_model, prompt=prompt, file=file, spec_file=spec, variants=variants,
             seed=seed, seeds=seeds, model=model, recipe=recipe, steps=steps, guidance=guidance, size=size,
             negative=negative, adapters=adapters, decoder=decoder, wildcard_dir=wildcards,
-            wildcard_mode=wildcard_mode, wildcard_count=wildcard_count, priority=priority, rng=rng, **job_fields)
+            wildcard_mode=wildcard_mode, wildcard_count=wildcard_count, priority=priority, rng=rng,
+            from_batch=from_batch, inputs=self.input_reader(), **job_fields)
 
     def dry_run(self, prompt: str | None = None, *, force: bool = False, **options) -> dict:
         """What ``submit`` would do (``farm submit --dry-run --json``): jobs, renders, reuses, axes
@@ -251,9 +270,14 @@ class Farm:
 
     def submit_plan(self, planned: Plan, *, key: str | None = None, force: bool = False) -> SubmitResult:
         """Record and enqueue a planned batch (one transaction, then its micro-batches of job ids)."""
+        store = None
+        if planned.inputs:  # issue 13: the input images go to the store before the batch is recorded
+            from farm.storage import open_store
+
+            store = open_store(self.config.store_url, s3_endpoint_url=self.config.s3_endpoint_url)
         return submit(self.ledger, self.publisher, planned,
                       micro_batch=lambda spec: self.config.micro_batch_for(spec.family, spec.width, spec.height),
-                      key=check_key(key), submitter=_submitter(), force=force)
+                      key=check_key(key), submitter=_submitter(), force=force, store=store)
 
     # -- following ---------------------------------------------------------------------------------
     def status(self, batch: str) -> "BatchSummary":
@@ -341,23 +365,40 @@ class Farm:
         out = Path(out)
         fetched = fetch_batch(self.ledger, batch, out, s3_endpoint_url=self.config.s3_endpoint_url)
         rows = {view.id: view.as_dict() for view in self.ledger.list_jobs(batch)}
+        self._download_inputs([rows[job_id] for job_id, _ in fetched], out)  # issue 13: beside their variations
         page = gallery_html(batch, [(path.name, rows[job_id]) for job_id, path in fetched])
         (out / "index.html").write_text(page, encoding="utf-8")
         return [path for _, path in fetched]
 
+    def _download_inputs(self, rows: list[dict], out: Path) -> None:
+        """The input images the jobs started from, into ``out/inputs/<sha256>.png`` (verified)."""
+        from farm.results import read_input
+
+        wanted = sorted({row[name] for row in rows for name in ("init_image", "mask_image", "control_image")
+                         if row.get(name)})
+        if not wanted:
+            return
+        (out / "inputs").mkdir(parents=True, exist_ok=True)
+        for sha256 in wanted:
+            (out / "inputs" / f"{sha256}.png").write_bytes(
+                read_input(self.config.store_url, sha256, self.config.s3_endpoint_url))
+
     def contact_sheet(self, batch: str, out: str | os.PathLike, *, cols: str | None = None,
                       rows: str | None = None) -> dict:
         """Draw the batch as a grid labelled with its axis values into the PNG ``out``."""
-        from farm.results import ArtifactReader, sheet_cells
+        from farm.results import ArtifactReader, sheet_cells, source_cells
 
         info = self.ledger.get_batch(batch)
         jobs = [view.as_dict() for view in self.ledger.list_jobs(batch)]
         cells, column_axis, row_axis = sheet_cells(jobs, cols, rows)
         reader = ArtifactReader(self.config.s3_endpoint_url)
         images = [(c, r, reader.read(j["store_url"], j["artifact"], j["sha256"])) for c, r, j in cells]
+        images = source_cells(cells, self.config.store_url, self.config.s3_endpoint_url) + images  # issue 13
         from engine.sheets import contact_sheet  # draws with PIL: the render engine does
 
         title = f"batch {batch}  {cells[0][2]['prompt'][:60]}  {info.model}/{info.recipe}"
+        if row_axis == "init_image":  # variations (issue 13): say what the short column labels are
+            title += f"  ({column_axis.replace('+', ', ')} across)"
         data, grid = contact_sheet(images, title)
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_bytes(data)
@@ -375,7 +416,7 @@ class Farm:
         from engine.replay import replay  # renders: the engine is the only code that imports torch
 
         return replay(self.ledger, job, model_cache=self.config.model_cache, device=device,
-                      s3_endpoint_url=self.config.s3_endpoint_url)
+                      s3_endpoint_url=self.config.s3_endpoint_url, store_url=self.config.store_url)
 
     # -- control ---------------------------------------------------------------------------------------
     def cancel(self, batch: str, running: bool = False) -> int:

@@ -2,9 +2,10 @@
 
 Registered entries (``farm models|adapters|embeddings add``) come from the ledger's registry; the
 built-ins are here. A *family* decides the pipeline class and which recipes apply (sd15, sdxl,
-ssd-1b). An *arch* decides which LoRAs fit: it equals the family for real checkpoints, while the tiny test models
-have their own (their layers are much smaller than the real family's). A LoRA trained for an arch
-plugs into every model of that arch: that is the point of LCM-LoRA.
+ssd-1b, and the flow-matching transformer families flux and sd3). An *arch* decides which LoRAs
+fit: it equals the family for real checkpoints, while the tiny test models have their own (their
+layers are much smaller than the real family's). A LoRA trained for an arch plugs into every model
+of that arch: that is the point of LCM-LoRA.
 
 A model's *kind* says what it is: ``base`` (a normal checkpoint, accelerated by a LoRA), ``lcm``
 (an LCM-distilled checkpoint) or ``turbo`` (SDXL-Turbo style). Accelerator LoRAs say which recipe
@@ -18,12 +19,20 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-FAMILIES = ("sd15", "sdxl", "ssd-1b")
-NATIVE_SIZE = {"sd15": 512, "sdxl": 1024, "ssd-1b": 1024}
+FAMILIES = ("sd15", "sdxl", "ssd-1b", "flux", "sd3")
+NATIVE_SIZE = {"sd15": 512, "sdxl": 1024, "ssd-1b": 1024, "flux": 1024, "sd3": 1024}
+# flow-matching transformer families (engine/pipelines/flux.py, sd3.py): a transformer instead of
+# a UNet, CLIP + T5 text encoders, a 16-channel VAE with a shift factor
+FLOW_FAMILIES = ("flux", "sd3")
+# image sides must be multiples of this (default 8, the VAE's factor): FLUX packs 2x2 latent
+# patches and SD3's transformer has 2x2 patches, so 8 x 2
+SIZE_MULTIPLE = {"flux": 16, "sd3": 16}
+# kind "turbo" covers every timestep-distilled checkpoint: SDXL-Turbo, FLUX.1-schnell, SD3.5 Large Turbo
 MODEL_KINDS = ("base", "lcm", "turbo")
 ADAPTER_KINDS = ("accelerator", "style")
-TINY_ARCHS = ("tiny-sd", "tiny-sdxl", "tiny-ssd-1b")
-ARCHS = FAMILIES + TINY_ARCHS
+TINY_ARCHS = ("tiny-sd", "tiny-sdxl", "tiny-ssd-1b")  # UNet families (engine/pipelines/tiny.py)
+TINY_FLOW_ARCHS = ("tiny-flux", "tiny-sd3")  # engine/pipelines/tiny_flow.py
+ARCHS = FAMILIES + TINY_ARCHS + TINY_FLOW_ARCHS
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,25 @@ class EmbeddingEntry:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ControlNetEntry:
+    """A ControlNet (issue 13): a copy of its arch's UNet encoder that steers a render with a control
+    image (edges, depth, pose). ``arch`` is the UNet it was trained against; ``layout`` says how its
+    weights load: a diffusers directory or hub repo (``from_pretrained``), or one ``.safetensors``
+    file in the diffusers or the original (LDM) key layout (``single-file``)."""
+
+    name: str
+    source: str
+    arch: str
+    revision: str | None = None
+    sha256: str | None = None  # of a single file (local or s3://), or an s3:// directory's manifest
+    layout: str = "diffusers"
+    builtin: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 _TINY_LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
@@ -103,6 +131,11 @@ def _tiny_adapters() -> list[AdapterEntry]:
                                 "accelerator", _TINY_LORA_FILE, recipe="lightning", steps=n))
     out.append(AdapterEntry("tiny-sdxl-turbo-lora", "builtin:tiny-sdxl-turbo-lora", "tiny-sdxl", "accelerator",
                             _TINY_LORA_FILE, recipe="turbo"))
+    for arch in TINY_FLOW_ARCHS:  # style LoRAs on the transformer (diffusers layout)
+        for style in ("toy", "ink"):
+            out.append(AdapterEntry(f"{arch}-{style}", f"builtin:{arch}-{style}", arch, "style", _TINY_LORA_FILE))
+    out.append(AdapterEntry("tiny-flux-hyper-8step", "builtin:tiny-flux-hyper-8step", "tiny-flux", "accelerator",
+                            _TINY_LORA_FILE, recipe="flux-hyper", steps=8))
     return out
 
 
@@ -126,6 +159,9 @@ def _real_adapters() -> list[AdapterEntry]:
                             "Hyper-SDXL-12steps-CFG-lora.safetensors", recipe="hyper", steps=12, guidance_max=8.0))
     out.append(AdapterEntry("hyper-sd15-12step-cfg", "ByteDance/Hyper-SD", "sd15", "accelerator",
                             "Hyper-SD15-12steps-CFG-lora.safetensors", recipe="hyper", steps=12, guidance_max=8.0))
+    # Hyper-SD's FLUX.1-dev LoRA for 8 steps, used at its model card's scale 0.125 (recipe flux-hyper)
+    out.append(AdapterEntry("hyper-flux-8step", "ByteDance/Hyper-SD", "flux", "accelerator",
+                            "Hyper-FLUX.1-dev-8steps-lora.safetensors", recipe="flux-hyper", steps=8))
     return out
 
 
@@ -138,16 +174,35 @@ BUILTIN_MODELS: dict[str, ModelEntry] = {
         ModelEntry("tiny-sd-lcm", "builtin:tiny-sd-lcm", "sd15", "tiny-sd", 64, kind="lcm"),
         ModelEntry("tiny-sdxl-lcm", "builtin:tiny-sdxl-lcm", "sdxl", "tiny-sdxl", 64, kind="lcm"),
         ModelEntry("tiny-sdxl-turbo", "builtin:tiny-sdxl-turbo", "sdxl", "tiny-sdxl", 64, kind="turbo"),
+        # FLUX.1-schnell's layout (timestep-distilled: kind turbo), FLUX.1-dev's, SD3.5 Large Turbo's
+        ModelEntry("tiny-flux", "builtin:tiny-flux", "flux", "tiny-flux", 64, kind="turbo"),
+        ModelEntry("tiny-flux-dev", "builtin:tiny-flux-dev", "flux", "tiny-flux", 64),
+        ModelEntry("tiny-sd3", "builtin:tiny-sd3", "sd3", "tiny-sd3", 64, kind="turbo"),
         ModelEntry("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", "sd15", 512),
         ModelEntry("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", "sdxl", 1024),
         ModelEntry("ssd-1b", "segmind/SSD-1B", "ssd-1b", "ssd-1b", 1024),
         ModelEntry("sdxl-turbo", "stabilityai/sdxl-turbo", "sdxl", "sdxl", 512, kind="turbo"),
         ModelEntry("lcm-dreamshaper-v7", "SimianLuo/LCM_Dreamshaper_v7", "sd15", "sd15", 512, kind="lcm"),
+        ModelEntry("flux-schnell", "black-forest-labs/FLUX.1-schnell", "flux", "flux", 1024, kind="turbo"),
+        ModelEntry("flux-dev", "black-forest-labs/FLUX.1-dev", "flux", "flux", 1024),
+        ModelEntry("sd35-large-turbo", "stabilityai/stable-diffusion-3.5-large-turbo", "sd3", "sd3", 1024,
+                   kind="turbo"),
     )
 }
 
 BUILTIN_ADAPTERS: dict[str, AdapterEntry] = {a.name: a for a in _tiny_adapters() + _real_adapters()}
 BUILTIN_EMBEDDINGS: dict[str, EmbeddingEntry] = {}  # embeddings are the users' own files
+# ControlNets (issue 13): a tiny one per tiny UNet arch, built locally (engine/pipelines/tiny_controlnet.py),
+# and the canny ControlNets people use with the real families; `farm controlnets add` registers more
+CONTROLNET_ARCHS = ("sd15", "sdxl", "ssd-1b") + TINY_ARCHS  # the UNet archs (FLUX/SD3 ControlNets differ)
+BUILTIN_CONTROLNETS: dict[str, ControlNetEntry] = {
+    c.name: c
+    for c in (
+        *(ControlNetEntry(f"{arch}-canny", f"builtin:{arch}-canny", arch) for arch in TINY_ARCHS),
+        ControlNetEntry("controlnet-canny-sd15", "lllyasviel/control_v11p_sd15_canny", "sd15"),
+        ControlNetEntry("controlnet-canny-sdxl", "diffusers/controlnet-canny-sdxl-1.0", "sdxl"),
+    )
+}
 
 # Decoders a job may pick: the model's own VAE, or a tiny autoencoder (TAESD) for previews. TAESD
 # decodes the same latents with a fraction of the VAE's FLOPs (SDXL's VAE decode at 1024 costs
@@ -157,13 +212,15 @@ PREVIEW_DECODERS = {
     "sd15": "madebyollin/taesd",
     "sdxl": "madebyollin/taesdxl",
     "ssd-1b": "madebyollin/taesdxl",  # SSD-1B keeps SDXL's VAE
-    **{arch: f"builtin:{arch}-taesd" for arch in TINY_ARCHS},
+    "flux": "madebyollin/taef1",  # 16 latent channels
+    "sd3": "madebyollin/taesd3",
+    **{arch: f"builtin:{arch}-taesd" for arch in TINY_ARCHS + TINY_FLOW_ARCHS},
 }
 assert set(PREVIEW_DECODERS) == set(ARCHS), "every arch a model may have needs a preview decoder"
 
 
 def tiny_build(name: str) -> tuple[str, str, int] | None:
-    """How to build ``builtin:NAME``: (what: "model", "lora" or "decoder", tiny base model or arch,
+    """How to build ``builtin:NAME``: (what: "model", "lora", "decoder" or "controlnet", tiny base model or arch,
     seed), or None.
 
     Each tiny model and LoRA has its own seed, derived from its name so the list never drifts.
@@ -176,6 +233,9 @@ def tiny_build(name: str) -> tuple[str, str, int] | None:
     entry = BUILTIN_ADAPTERS.get(name)
     if entry is not None and entry.source == f"builtin:{name}":
         return "lora", entry.arch, seed
-    if name.endswith("-taesd") and name[: -len("-taesd")] in TINY_ARCHS:
+    if name.endswith("-taesd") and name[: -len("-taesd")] in TINY_ARCHS + TINY_FLOW_ARCHS:
         return "decoder", name[: -len("-taesd")], seed
+    controlnet = BUILTIN_CONTROLNETS.get(name)
+    if controlnet is not None and controlnet.source == f"builtin:{name}":
+        return "controlnet", controlnet.arch, seed  # copied from the tiny model of that name's UNet
     return None

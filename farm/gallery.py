@@ -22,10 +22,23 @@ def gallery_html(batch: str, items: list[tuple[str, dict]]) -> str:
             facts.append(("negative", job["negative_prompt"]))
         if job.get("reused_from"):
             facts.append(("reused from job", job["reused_from"]))
+        sources = ""
+        if job.get("kind") not in (None, "txt2img"):  # issue 13: what it started from, beside it
+            facts.append(("kind", job["kind"]))
+            facts += [(name, job[name]) for name in ("strength", "denoise_steps", "mask_blur", "upscale", "controlnet",
+                                                     "control_scale", "control_preprocess")
+                      if job.get(name) not in (None, 0)]
+            sources = "".join(
+                f'<a href="inputs/{job[name]}.png"><img class="source" src="inputs/{job[name]}.png" '
+                f'alt="{label}" title="{label} {job[name][:12]}"></a>'
+                for name, label in (("init_image", "source"), ("mask_image", "mask"), ("control_image", "control"))
+                if job.get(name))
+            sources = f'<div class="sources">{sources}</div>'
+
         rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
         cards.append(
             f'<figure><a href="{html.escape(filename)}"><img src="{html.escape(filename)}" loading="lazy" '
-            f'alt="{html.escape(job["prompt"])}"></a><figcaption><p>{html.escape(job["prompt"])}</p>'
+            f'alt="{html.escape(job["prompt"])}"></a>{sources}<figcaption><p>{html.escape(job["prompt"])}</p>'
             f"<table>{rows}</table></figcaption></figure>"
         )
     return f"""<!doctype html>
@@ -35,6 +48,7 @@ body {{ font-family: system-ui, sans-serif; margin: 1rem; background: #fafafa; }
 main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(220px, 1fr)); gap: 1rem; }}
 figure {{ margin: 0; background: white; padding: .5rem; border: 1px solid #ddd; }}
 img {{ width: 100%; image-rendering: pixelated; }}
+.sources {{ display: flex; gap: .25rem; }} .sources a {{ width: 30%; }} .source {{ border: 1px solid #888; }}
 table {{ font-size: .75rem; border-collapse: collapse; }} th {{ text-align: left; padding-right: .5rem; color: #555; }}
 </style></head>
 <body><h1>batch {html.escape(batch)}</h1><p>{len(items)} images</p>

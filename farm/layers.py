@@ -7,7 +7,9 @@ module tree the way ``UNet2DConditionModel`` and ``CLIPTextModel`` build it. Onl
 can adapt are listed (linear and convolution layers; norms and embeddings are not).
 
 Every UNet layer also has its name in the original (LDM/SGM) UNet that checkpoints and Kohya's SDXL
-LoRAs use (``input_blocks.4.1.proj_in`` is ``down_blocks.1.attentions.0.proj_in``).
+LoRAs use (``input_blocks.4.1.proj_in`` is ``down_blocks.1.attentions.0.proj_in``). The flow-matching
+families (FLUX, SD3) have a transformer instead (``TRANSFORMER_CONFIGS``, ``transformer_layers``;
+FLUX's layers also by Black Forest Labs' names, ``flux_original_layers``).
 
 tests/test_layers.py checks every table against the real modules (the tiny models as built,
 the real families instantiated on torch's meta device) and the real families' configs against the
@@ -225,3 +227,134 @@ def clip_layers(config: dict) -> dict[str, Layer]:
 def encoder_widths(arch: str) -> dict[str, int]:
     """component -> width of its token embeddings (what a textual-inversion vector must have)."""
     return {component: config["hidden_size"] for component, config in TEXT_ENCODERS[arch]}
+
+
+# -- transformer families (FLUX, SD3) ---------------------------------------------------------------
+# The denoiser of the flow-matching families is a transformer, not a UNet. The fields of its
+# diffusers config that decide its layers, per arch: the real ones are FLUX.1's (schnell's and
+# dev's transformers differ only by dev's guidance embedding, listed here, so one arch covers both)
+# and SD3.5 Large's; the tiny ones are engine/pipelines/tiny_flow.py's.
+FLUX_TRANSFORMER = {"patch_size": 1, "in_channels": 64, "num_layers": 19, "num_single_layers": 38,
+                    "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+                    "pooled_projection_dim": 768, "guidance_embeds": True}
+SD3_TRANSFORMER = {"patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 38, "attention_head_dim": 64,
+                   "num_attention_heads": 38, "joint_attention_dim": 4096, "caption_projection_dim": 2432,
+                   "pooled_projection_dim": 2048}
+TRANSFORMER_CONFIGS: dict[str, tuple[str, dict]] = {  # arch -> (kind, config)
+    "flux": ("flux", FLUX_TRANSFORMER),
+    "tiny-flux": ("flux", {**FLUX_TRANSFORMER, "num_layers": 1, "num_single_layers": 2,
+                           "attention_head_dim": 16, "num_attention_heads": 2, "joint_attention_dim": 32,
+                           "pooled_projection_dim": 32}),
+    "sd3": ("sd3", SD3_TRANSFORMER),
+    "tiny-sd3": ("sd3", {**SD3_TRANSFORMER, "num_layers": 2, "attention_head_dim": 16, "num_attention_heads": 2,
+                         "joint_attention_dim": 128, "caption_projection_dim": 32, "pooled_projection_dim": 96}),
+}
+TEXT_ENCODERS.update({
+    "flux": (("text_encoder", _CLIP_L),),  # T5 (text_encoder_2) takes no LoRA in diffusers
+    "tiny-flux": (("text_encoder", _TINY_CLIP),),
+    "sd3": (("text_encoder", {**_CLIP_L, "projection_dim": 768}), ("text_encoder_2", _CLIP_G)),
+    "tiny-sd3": (("text_encoder", {**_TINY_CLIP, "projection_dim": 32}), ("text_encoder_2", _TINY_CLIP_2)),
+})
+
+
+def _flux_layers(config: dict) -> dict[str, Layer]:
+    """``FluxTransformer2DModel(**config)``'s linear layers (MLP ratio 4, GELU feed-forwards)."""
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    out = config.get("out_channels") or config["in_channels"]
+    layers = {"time_text_embed.timestep_embedder.linear_1": Layer("linear", 256, dim),
+              "time_text_embed.timestep_embedder.linear_2": Layer("linear", dim, dim)}
+    if config.get("guidance_embeds"):
+        layers["time_text_embed.guidance_embedder.linear_1"] = Layer("linear", 256, dim)
+        layers["time_text_embed.guidance_embedder.linear_2"] = Layer("linear", dim, dim)
+    layers["time_text_embed.text_embedder.linear_1"] = Layer("linear", config["pooled_projection_dim"], dim)
+    layers["time_text_embed.text_embedder.linear_2"] = Layer("linear", dim, dim)
+    layers["context_embedder"] = Layer("linear", config["joint_attention_dim"], dim)
+    layers["x_embedder"] = Layer("linear", config["in_channels"], dim)
+    for i in range(config["num_layers"]):
+        block = f"transformer_blocks.{i}"
+        layers[f"{block}.norm1.linear"] = Layer("linear", dim, 6 * dim)
+        layers[f"{block}.norm1_context.linear"] = Layer("linear", dim, 6 * dim)
+        for proj in ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"):
+            layers[f"{block}.attn.{proj}"] = Layer("linear", dim, dim)
+        for ff in ("ff", "ff_context"):
+            layers[f"{block}.{ff}.net.0.proj"] = Layer("linear", dim, 4 * dim)
+            layers[f"{block}.{ff}.net.2"] = Layer("linear", 4 * dim, dim)
+    for i in range(config["num_single_layers"]):
+        block = f"single_transformer_blocks.{i}"
+        layers[f"{block}.norm.linear"] = Layer("linear", dim, 3 * dim)
+        layers[f"{block}.proj_mlp"] = Layer("linear", dim, 4 * dim)
+        layers[f"{block}.proj_out"] = Layer("linear", 5 * dim, dim)
+        for proj in ("to_q", "to_k", "to_v"):
+            layers[f"{block}.attn.{proj}"] = Layer("linear", dim, dim)
+    layers["norm_out.linear"] = Layer("linear", dim, 2 * dim)
+    layers["proj_out"] = Layer("linear", dim, config["patch_size"] ** 2 * out)
+    return layers
+
+
+def _sd3_layers(config: dict) -> dict[str, Layer]:
+    """``SD3Transformer2DModel(**config)``'s linear and convolution layers (SD3.5 Large: no dual
+    attention layers; the last block's context stream only feeds the image stream)."""
+    if config.get("dual_attention_layers"):
+        raise ValueError("SD3.5 Medium's dual attention layers are not described here")
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    patch = config["patch_size"]
+    layers = {"pos_embed.proj": Layer("conv", config["in_channels"], dim, patch),
+              "time_text_embed.timestep_embedder.linear_1": Layer("linear", 256, dim),
+              "time_text_embed.timestep_embedder.linear_2": Layer("linear", dim, dim),
+              "time_text_embed.text_embedder.linear_1": Layer("linear", config["pooled_projection_dim"], dim),
+              "time_text_embed.text_embedder.linear_2": Layer("linear", dim, dim),
+              "context_embedder": Layer("linear", config["joint_attention_dim"], config["caption_projection_dim"])}
+    for i in range(config["num_layers"]):
+        block, last = f"transformer_blocks.{i}", i == config["num_layers"] - 1
+        layers[f"{block}.norm1.linear"] = Layer("linear", dim, 6 * dim)
+        layers[f"{block}.norm1_context.linear"] = Layer("linear", dim, (2 if last else 6) * dim)
+        for proj in ("to_q", "to_k", "to_v", "add_k_proj", "add_v_proj", "add_q_proj", "to_out.0"):
+            layers[f"{block}.attn.{proj}"] = Layer("linear", dim, dim)
+        if not last:
+            layers[f"{block}.attn.to_add_out"] = Layer("linear", dim, dim)
+        for ff in ("ff",) if last else ("ff", "ff_context"):
+            layers[f"{block}.{ff}.net.0.proj"] = Layer("linear", dim, 4 * dim)
+            layers[f"{block}.{ff}.net.2"] = Layer("linear", 4 * dim, dim)
+    layers["norm_out.linear"] = Layer("linear", dim, 2 * dim)
+    layers["proj_out"] = Layer("linear", dim, patch * patch * config.get("out_channels", config["in_channels"]))
+    return layers
+
+
+def transformer_layers(arch: str) -> dict[str, Layer]:
+    """The adaptable layers of a transformer arch's denoiser, by their diffusers names."""
+    kind, config = TRANSFORMER_CONFIGS[arch]
+    return _flux_layers(config) if kind == "flux" else _sd3_layers(config)
+
+
+def flux_original_layers(arch: str) -> dict[str, Layer]:
+    """FLUX's layers as Black Forest Labs' checkpoints name them (what Kohya's FLUX LoRAs spell,
+    ``lora_unet_double_blocks_0_img_attn_qkv``): q, k and v are one fused layer, a single block's
+    ``linear1`` is q, k, v and the MLP's input together."""
+    kind, config = TRANSFORMER_CONFIGS[arch]
+    if kind != "flux":
+        raise KeyError(arch)
+    dim = config["num_attention_heads"] * config["attention_head_dim"]
+    layers = {"img_in": Layer("linear", config["in_channels"], dim),
+              "txt_in": Layer("linear", config["joint_attention_dim"], dim),
+              "time_in.in_layer": Layer("linear", 256, dim), "time_in.out_layer": Layer("linear", dim, dim),
+              "vector_in.in_layer": Layer("linear", config["pooled_projection_dim"], dim),
+              "vector_in.out_layer": Layer("linear", dim, dim),
+              "final_layer.linear": Layer("linear", dim, config["patch_size"] ** 2 * config["in_channels"]),
+              "final_layer.adaLN_modulation.1": Layer("linear", dim, 2 * dim)}
+    if config.get("guidance_embeds"):
+        layers["guidance_in.in_layer"] = Layer("linear", 256, dim)
+        layers["guidance_in.out_layer"] = Layer("linear", dim, dim)
+    for i in range(config["num_layers"]):
+        for stream in ("img", "txt"):
+            base = f"double_blocks.{i}.{stream}"
+            layers[f"{base}_attn.qkv"] = Layer("linear", dim, 3 * dim)
+            layers[f"{base}_attn.proj"] = Layer("linear", dim, dim)
+            layers[f"{base}_mlp.0"] = Layer("linear", dim, 4 * dim)
+            layers[f"{base}_mlp.2"] = Layer("linear", 4 * dim, dim)
+            layers[f"{base}_mod.lin"] = Layer("linear", dim, 6 * dim)
+    for i in range(config["num_single_layers"]):
+        base = f"single_blocks.{i}"
+        layers[f"{base}.linear1"] = Layer("linear", dim, 3 * dim + 4 * dim)
+        layers[f"{base}.linear2"] = Layer("linear", dim + 4 * dim, dim)
+        layers[f"{base}.modulation.lin"] = Layer("linear", dim, 3 * dim)
+    return layers

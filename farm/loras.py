@@ -18,6 +18,10 @@ diffusers' ``load_lora_weights``, which converts Kohya files itself; ``kohya_res
 renames UNet modules into the spelling diffusers' converter maps right for the pipeline at hand
 (its SD1.5 path does not map original names at all, its SDXL path does not map diffusers-spelled
 ``add_embedding``).
+
+FLUX and SD3 LoRAs adapt the ``transformer`` (``transformer.<module>.lora_A``) and CLIP text
+encoders; Kohya's FLUX files name Black Forest Labs' layers (``lora_unet_double_blocks_0_img_attn_qkv``,
+q, k and v fused), which diffusers converts. diffusers converts no Kohya SD3 file: those are refused.
 """
 
 from __future__ import annotations
@@ -27,7 +31,17 @@ import re
 from dataclasses import dataclass
 
 from farm.errors import InputError
-from farm.layers import TEXT_ENCODERS, UNET_CONFIGS, Layer, clip_layers, original_names, unet_layers
+from farm.layers import (
+    TEXT_ENCODERS,
+    TRANSFORMER_CONFIGS,
+    UNET_CONFIGS,
+    Layer,
+    clip_layers,
+    flux_original_layers,
+    original_names,
+    transformer_layers,
+    unet_layers,
+)
 from farm.weights import addnet_sha256, read_header, sha256_file
 
 LAYOUTS = ("kohya", "diffusers")
@@ -60,8 +74,12 @@ def _refuse(path, what: str) -> InputError:
 
 
 def arch_layers(arch: str) -> dict[tuple[str, str], Layer]:
-    """(component, module) -> Layer for every layer a LoRA of ``arch`` may adapt."""
-    layers = {("unet", name): layer for name, layer in unet_layers(UNET_CONFIGS[arch]).items()}
+    """(component, module) -> Layer for every layer a LoRA of ``arch`` may adapt (FLUX, SD3: the
+    transformer's instead of the UNet's)."""
+    if arch in TRANSFORMER_CONFIGS:
+        layers = {("transformer", name): layer for name, layer in transformer_layers(arch).items()}
+    else:
+        layers = {("unet", name): layer for name, layer in unet_layers(UNET_CONFIGS[arch]).items()}
     for component, config in TEXT_ENCODERS[arch]:
         layers.update({(component, name): layer for name, layer in clip_layers(config).items()})
     return layers
@@ -75,6 +93,13 @@ def kohya_names(arch: str) -> dict[str, tuple[str, str]]:
     """Kohya module key (``lora_unet_input_blocks_1_0_emb_layers_1``) -> (component, module), in
     both UNet spellings."""
     names: dict[str, tuple[str, str]] = {}
+    if arch in TRANSFORMER_CONFIGS:  # FLUX: Black Forest Labs' names (farm.layers.flux_original_layers)
+        for name in flux_original_layers(arch):
+            names["lora_unet_" + _flat(name)] = ("transformer", name)
+        for name in clip_layers(dict(TEXT_ENCODERS[arch])["text_encoder"]):
+            for prefix in ("lora_te_", "lora_te1_"):
+                names[prefix + _flat(name)] = ("text_encoder", name)
+        return names
     config = UNET_CONFIGS[arch]
     original = original_names(config)
     for name in unet_layers(config):
@@ -110,20 +135,20 @@ def _kohya_modules(path, keys: list[str]) -> dict[str, dict[str, str]]:
 def _diffusers_module(key: str) -> tuple[str, str, str] | None:
     """(component, module, "down"|"up") of a diffusers/peft LoRA key, or None."""
     component, _, rest = key.partition(".")
-    if component not in ("unet", "text_encoder", "text_encoder_2"):
+    if component not in ("unet", "transformer", "text_encoder", "text_encoder_2"):
         component, rest = "unet", key  # attention-processor files without a prefix
     processor = _ATTENTION_PROCESSOR.search(rest)
     if processor:
         proj = "to_out.0" if processor.group(1) == "out" else f"to_{processor.group(1)}"
         return component, rest[: processor.start()] + "." + proj, processor.group(2)
-    old_text = _OLD_TEXT_ATTENTION.search(rest) if component != "unet" else None
+    old_text = _OLD_TEXT_ATTENTION.search(rest) if component.startswith("text_encoder") else None
     if old_text:
         return component, rest[: old_text.start()] + f".{old_text.group(1)}_proj", old_text.group(2)
     for pattern, part in _DIFFUSERS_SUFFIXES:
         match = pattern.search(rest)
         if match:
             module = rest[: match.start()]
-            if component != "unet" and not module.startswith(("text_model.", "text_projection")):
+            if component.startswith("text_encoder") and not module.startswith(("text_model.", "text_projection")):
                 module = "text_model." + module  # transformers 5 dropped the text_model level
             return component, module, part(match)
     return None
@@ -162,6 +187,11 @@ def inspect_lora(path: str | os.PathLike, arch: str) -> LoraFile:
     layers = arch_layers(arch)
     pairs: dict[str, tuple[tuple[str, str] | None, dict[str, str]]] = {}  # shown name -> (layer, parts)
     if layout == "kohya":
+        if arch in TRANSFORMER_CONFIGS:
+            if TRANSFORMER_CONFIGS[arch][0] != "flux":
+                raise _refuse(path, f"a Kohya-layout LoRA for {arch}: diffusers converts Kohya LoRAs of FLUX only; "
+                                    "use the diffusers/peft layout (transformer.<module>.lora_A/lora_B)")
+            layers.update({("transformer", n): layer for n, layer in flux_original_layers(arch).items()})
         names = kohya_names(arch)
         for prefix, parts in _kohya_modules(path, keys).items():
             pairs[prefix] = (names.get(prefix), parts)

@@ -28,6 +28,7 @@ SAMPLER_NAMES = {
     "TCDScheduler": "TCD",
     "DPMSolverSinglestepScheduler": "DPM++ 2S",
     "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "FlowMatchEulerDiscreteScheduler": "Euler",  # FLUX and SD3 (what Forge and ComfyUI call it)
 }
 
 
@@ -72,7 +73,37 @@ def resource_hashes(spec: JobSpec, catalog: Catalog | None) -> dict:
                   if (ti := catalog.embeddings.get(name)) is not None and ti.sha256}
     if embeddings:
         hashes["embeddings"] = embeddings
+    controlnet = catalog.controlnets.get(spec.controlnet) if spec.controlnet else None  # issue 13
+    if controlnet is not None and controlnet.sha256:
+        hashes["controlnet"] = controlnet.sha256
     return hashes
+
+
+def image_kind_fields(job: dict) -> list[tuple[str, object]]:
+    """A1111's keys for an image job (issue 13): ``Denoising strength`` (img2img, inpaint and the
+    hires pass), ``Mask blur``, ``Hires upscale``/``Hires upscaler``, and the ControlNet unit as the
+    A1111 ControlNet extension writes it (``ControlNet 0: "Module: canny, Model: NAME [hash], Weight:
+    0.8, ..."``, quoted because it holds commas and colons)."""
+    from farm.kinds import CANNY_THRESHOLDS, UPSCALER
+
+    kind = job.get("kind") or "txt2img"
+    out: list[tuple[str, object]] = []
+    if job.get("strength") is not None and kind != "controlnet":
+        out.append(("Denoising strength", f"{job['strength']:g}"))
+    if kind == "inpaint":
+        out.append(("Mask blur", job.get("mask_blur") or 0))
+    if kind == "upscale":
+        out += [("Hires upscale", f"{job['upscale']:g}"), ("Hires upscaler", UPSCALER)]
+    if kind == "controlnet":
+        sha = (job.get("hashes") or {}).get("controlnet")
+        module = job.get("control_preprocess") or "none"
+        unit = [("Module", module), ("Model", f"{job['controlnet']} [{sha[:8]}]" if sha else job["controlnet"]),
+                ("Weight", f"{job['control_scale']:g}"), ("Resize Mode", "Just Resize")]
+        if module == "canny":
+            unit += [("Threshold A", CANNY_THRESHOLDS[0]), ("Threshold B", CANNY_THRESHOLDS[1])]
+        unit += [("Guidance Start", 0), ("Guidance End", 1), ("Pixel Perfect", False), ("Control Mode", "Balanced")]
+        out.append(("ControlNet 0", ", ".join(f"{k}: {v}" for k, v in unit)))
+    return out
 
 
 def a1111_parameters(job: dict) -> str:
@@ -105,6 +136,7 @@ def a1111_parameters(job: dict) -> str:
     if hashes.get("embeddings"):
         fields.append(("TI hashes", ", ".join(f"{_label(token)}: {a1111_short_hash(sha)}"
                                               for token, sha in hashes["embeddings"].items())))
+    fields += image_kind_fields(job)  # issue 13
     fields.append(("Recipe", job["recipe"]))
     if job.get("decoder") == "tiny":
         fields.append(("VAE", "TAESD (preview)"))  # A1111's key for the decoder that made the image
@@ -126,6 +158,10 @@ def job_record(spec: JobSpec, *, job_id: int | None, batch: str | None, index: i
             record[f.name] = getattr(spec, f.name)
     record["adapters"] = spec.adapter_dicts()
     record["scheduler"] = spec.scheduler or scheduler
+    if spec.kind != "txt2img":  # issue 13: the denoising steps that ran (int(steps x strength)) beside steps
+        from farm.kinds import denoise_steps
+
+        record["denoise_steps"] = denoise_steps(spec.kind, spec.steps, spec.strength)
     record.update(digest=spec.digest, worker=worker, device=device, versions=versions)
     if environment is not None:
         record["environment"] = environment

@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from farm.errors import InputError
+from farm.kinds import INPUT_FIELDS
 from farm.producer import Plan, plan
 from farm.spec import Catalog, JobRequest, parse_float, parse_int, parse_size
 from farm.sweep import SpecFile, Sweep, is_axis, load_spec
@@ -38,7 +39,8 @@ def read_text(option: str, file: str) -> str:
         raise InputError(option, f"{file}: {exc.strerror}") from None
 
 
-def _rows(prompt: str | None, file: str | None, spec: SpecFile | None) -> list[PromptRow]:
+def _rows(prompt: str | None, file: str | None, spec: SpecFile | None, lent: bool = False) -> list[PromptRow]:
+    """``lent``: the jobs start from earlier jobs' images, which lend their prompts when none is given."""
     given = [name for name, value in (("PROMPT", prompt), ("--file", file), ("--spec", spec)) if value is not None]
     if len(given) > 1:
         raise InputError("prompt", f"give one of a PROMPT, --file or --spec, not {' and '.join(given)}")
@@ -46,6 +48,8 @@ def _rows(prompt: str | None, file: str | None, spec: SpecFile | None) -> list[P
         return read_prompt_file(str(file), read_text("file", str(file)))
     if spec is not None:
         return [PromptRow(JobRequest(prompt=p)) for p in spec.prompts]
+    if prompt is None and lent:
+        return [PromptRow(JobRequest())]
     if prompt is None:
         raise InputError("prompt", "missing: give a PROMPT, --file or --spec")
     return [PromptRow(JobRequest(prompt=prompt))]
@@ -87,7 +91,8 @@ def plan_submission(catalog: Catalog, default_model: str, *, prompt: str | None 
                     steps=None, guidance=None, size=None, negative: str | None = None, adapters=(),
                     decoder: str | None = None, wildcard_dir: str | Path | None = None,
                     wildcard_mode: str | None = None, wildcard_count: int | None = None, priority: int = 0,
-                    rng: random.Random | None = None, **job_fields) -> Plan:
+                    rng: random.Random | None = None, from_batch: str | None = None, inputs=None,
+                    **job_fields) -> Plan:
     """Validate and expand one submission into a ``Plan`` (what ``farm submit`` would write).
 
     Give exactly one source of prompts: ``prompt``, ``file`` (.txt, .csv or .jsonl) or
@@ -97,6 +102,11 @@ def plan_submission(catalog: Catalog, default_model: str, *, prompt: str | None 
     here beat the spec file's fields. ``job_fields`` sets any other ``JobRequest`` field by name
     (fields added after this function was written need no change here). ``rng`` draws the base
     seed when none is given (default: the system's random source).
+
+    Images (issue 13): ``init_image``, ``mask_image`` and ``control_image`` take a path, an s3:// URI
+    or ``job:ID`` (a list of them is an axis), read by ``inputs`` (a ``farm.inputs.InputReader``);
+    ``from_batch`` makes every succeeded image of that batch an init image (the outermost axis). A
+    job that starts from ``job:ID`` takes that job's prompt when none is given.
 
     Raises ``InputError`` (``field: what is wrong``) for any bad input; reads only the files named.
     """
@@ -121,10 +131,22 @@ def plan_submission(catalog: Catalog, default_model: str, *, prompt: str | None 
     scalar_or_axis("size", size, lambda v: parse_size(str(v)))
     if seeds is not None:
         groups.append(sweep_group({"seed": seeds}))
+    for name, value in list(job_fields.items()):  # a list or a range of a later job field is an axis too
+        if name in INPUT_FIELDS and isinstance(value, (list, tuple)) and len(value) <= 1:
+            value = job_fields[name] = value[0] if value else None  # a repeatable CLI option given once, or not
+        if value is not None and is_axis(name, value):
+            groups.append(sweep_group({name: value}))
+            job_fields[name] = None
     for name, value in {"negative_prompt": negative, "model": model, "recipe": recipe, "decoder": decoder,
                         **job_fields}.items():
         if value is not None:
             base[name] = value
+    if from_batch is not None:  # issue 13: each succeeded image of the batch, one after another
+        if base.get("init_image") is not None or "init_image" in [n for g in groups for n, _ in g]:
+            raise InputError("from_batch", "give --from-batch or --init-image, not both")
+        if inputs is None:
+            raise InputError("from_batch", "starting from a batch needs the farm's ledger")
+        groups.insert(0, sweep_group({"init_image": inputs.batch_sources(from_batch)}))
     stack = list(base.pop("adapters", None) or [])
     for raw in _adapter_options(adapters):
         name, _, weights = raw.partition(":")
@@ -141,7 +163,9 @@ def plan_submission(catalog: Catalog, default_model: str, *, prompt: str | None 
     defaults = JobRequest(adapters=tuple(stack), **{
         name: value for name, value in base.items() if name in request_fields and name not in _NOT_DEFAULTS})
     sweep = (spec.sweep if spec else Sweep()).crossed(Sweep(tuple(groups)))
-    rows = _rows(prompt, None if file is None else str(file), spec)
+    inits = [base.get("init_image")] + [v for g in sweep.groups for n, values in g if n == "init_image" for v in values]
+    lent = any(isinstance(init, str) and init.startswith("job:") for init in inits)  # from_batch's are too
+    rows = _rows(prompt, None if file is None else str(file), spec, lent)
     settings = dict(spec.wildcards) if spec else {}
     mode = wildcard_mode or settings.get("mode", "combinatorial")
     count = wildcard_count if wildcard_count is not None else parse_int("wildcards", settings.get("count", 1), 1, 100_000)
@@ -151,4 +175,4 @@ def plan_submission(catalog: Catalog, default_model: str, *, prompt: str | None 
     if seed is None and base.get("seed") is not None:
         seed = parse_int("seed", base["seed"], 0, 2**32 - 1)
     return plan(rows, defaults, variants=variants, seed=seed, catalog=catalog, default_model=default_model,
-                rng=rng or random.SystemRandom(), priority=priority, sweep=sweep)
+                rng=rng or random.SystemRandom(), priority=priority, sweep=sweep, inputs=inputs)

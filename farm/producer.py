@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from farm.errors import InputError
+from farm.kinds import INPUT_FIELDS, InputInfo, input_key
 from farm.spec import FIRST_REQUEST_FIELDS, MAX_SEED, Catalog, JobRequest, JobSpec, resolve_job
 from farm.states import MAX_PRIORITY
 from farm.sweep import Sweep
@@ -90,6 +91,8 @@ class Plan:
     specs: list[JobSpec]
     axes: list[dict] = field(default_factory=list)  # each job's sweep cell, for contact sheets
     sweep: Sweep = Sweep()
+    # issue 13: the input images the jobs name, canonical PNGs by sha256, stored by ``submit``
+    inputs: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def warnings(self) -> list[str]:
@@ -111,22 +114,29 @@ class Plan:
 
 def plan(rows: list[PromptRow], defaults: JobRequest, *, variants: int, seed: int | None,
          catalog: Catalog, default_model: str, rng: random.Random, priority: int = 0,
-         sweep: Sweep = Sweep()) -> Plan:
-    """Expand and validate a whole submission (pure): every job is checked before anything is
-    written, and a bad field raises ``InputError`` naming it (and the file row it came from)."""
+         sweep: Sweep = Sweep(), inputs=None) -> Plan:
+    """Expand and validate a whole submission (pure but for ``inputs``): every job is checked
+    before anything is written, and a bad field raises ``InputError`` naming it (and the file row
+    it came from). ``inputs`` (a ``farm.inputs.InputReader``) reads the images jobs start from."""
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
         raise InputError("priority", f"{priority!r} is outside 0..{MAX_PRIORITY}")
     base_seed = seed if seed is not None else rng.randrange(0, MAX_SEED // 2)
     specs, axes = [], []
+    infos: dict[str, InputInfo] = {}
+    images: dict[str, bytes] = {}
     for where, request, cell in expand(rows, defaults, variants, base_seed, sweep):
         try:
-            specs.append(resolve_job(request, catalog, default_model))
+            if any(getattr(request, name) is not None for name in INPUT_FIELDS):  # issue 13
+                from farm.inputs import with_inputs
+
+                request = with_inputs(request, inputs, infos, images)
+            specs.append(resolve_job(request, catalog, default_model, inputs=infos))
         except InputError as exc:
             if where:  # point at the file row the bad field came from
                 raise InputError(where, str(exc)) from None
             raise
         axes.append(cell)
-    return Plan(rows, defaults, variants, seed, priority, base_seed, specs, axes, sweep)
+    return Plan(rows, defaults, variants, seed, priority, base_seed, specs, axes, sweep, images)
 
 
 def check_key(key: str | None) -> str | None:
@@ -136,13 +146,15 @@ def check_key(key: str | None) -> str | None:
 
 
 def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int, key: str | None = None,
-           submitter: str = "", force: bool = False) -> SubmitResult:
+           submitter: str = "", force: bool = False, store=None) -> SubmitResult:
     """Write the planned batch (one transaction) and publish its micro-batches of job ids.
 
     A job whose digest already has a stored image is recorded as reused from it and not rendered,
     unless ``force``: re-submitting a sweep renders nothing, extending it renders the new cells.
+    The input images the jobs start from go to ``store`` first (``inputs/<sha256>.png``, once).
     """
     check_key(key)
+    store_inputs(store, plan.inputs)
     found = {} if force else ledger.reusable(s.digest for s in plan.specs)
     reuse = {i: found[spec.digest] for i, spec in enumerate(plan.specs) if spec.digest in found}
     new = ledger.create_batch(
@@ -166,6 +178,19 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
         result.messages = publisher.publish(groups, priority=plan.priority)
         ledger.mark_enqueued(to_render)
     return result
+
+
+def store_inputs(store, images: dict[str, bytes]) -> int:
+    """Store input images that the store lacks (content-addressed: each once); how many were new."""
+    if images and store is None:
+        raise InputError("init_image", "image inputs need the farm's store")
+    stored = 0
+    for sha256, data in images.items():
+        key = input_key(sha256)
+        if not store.exists(key):
+            store.put(key, data, "image/png", metadata={"sha256": sha256})
+            stored += 1
+    return stored
 
 
 def republish(ledger, publisher: Publishes, job_ids: list[int], *, micro_batch: int) -> int:

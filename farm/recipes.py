@@ -4,6 +4,13 @@ The facts come from the seed documents (DESIGN.md section 5). A recipe fills the
 leaves out, picks the accelerator LoRA that fits the model (by architecture and, for Lightning and
 Hyper-SD, by step count) and refuses, with a one-line reason, what cannot work: 8 steps with only
 a 4-step Lightning LoRA, guidance 7 with LCM-LoRA, Lightning on SD1.5.
+
+The flow-matching families (DESIGN.md 5b) have their own: ``schnell`` (FLUX.1-schnell, 1-4 steps,
+no guidance at all), ``sd35-turbo`` (SD3.5 Large Turbo, 4 steps without CFG) and ``flux-hyper``
+(FLUX.1-dev with Hyper-SD's 8-step FLUX LoRA at 0.125). FLUX runs no classifier-free guidance:
+its guidance is distilled into the model (FLUX.1-dev feeds it to a guidance embedding; schnell
+has none), so a negative prompt never changes a FLUX image. ``pipeline_options`` are settings of
+the pipeline call itself (T5's ``max_sequence_length``), read by the family's engine module.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ class Recipe:
     step_choices: tuple[int, ...] | None = None  # accelerators distilled for these step counts only
     extra_steps: int = 0  # a step-distilled LoRA also works for up to this many more steps
     schedulers_by_steps: dict = field(default_factory=dict)  # steps -> (class, config)
+    # guidance goes to the model (FLUX's distilled guidance), never to classifier-free guidance
+    distilled_guidance: bool = False
+    pipeline_options: dict = field(default_factory=dict)  # e.g. T5's max_sequence_length
 
     def as_dict(self) -> dict:
         return {
@@ -48,6 +58,8 @@ class Recipe:
             "accelerator_weight": self.accelerator_weight,
             "families": list(self.families),
             "model_kinds": list(self.model_kinds),
+            "distilled_guidance": self.distilled_guidance,  # guidance goes to the model, never to CFG
+            "pipeline_options": dict(self.pipeline_options),
         }
 
 
@@ -74,10 +86,34 @@ RECIPES: dict[str, Recipe] = {
                "lcm-lora", 0.3),
         Recipe("plain", "no accelerator: the baseline the few-step recipes are compared against",
                None, {}, (10, 60), 25, (1.0, 12.0), 7.0),
+        # -- flow-matching families: FlowMatchEulerDiscreteScheduler with the model's own config
+        # (shift, dynamic shifting); T5 prompts padded to max_sequence_length tokens
+        Recipe("schnell", "FLUX.1-schnell: 1-4 steps, no guidance (no CFG, no guidance embedding); T5 prompts up "
+                          "to 256 tokens", "FlowMatchEulerDiscreteScheduler", {}, (1, 4), 4, (0.0, 0.0), 0.0,
+               families=("flux",), model_kinds=("turbo",), distilled_guidance=True,
+               pipeline_options={"max_sequence_length": 256}),
+        Recipe("sd35-turbo", "SD3.5 Large Turbo: 4 steps without CFG (guidance 0); T5 prompts up to 256 tokens",
+               "FlowMatchEulerDiscreteScheduler", {}, (1, 8), 4, (0.0, 0.0), 0.0,
+               families=("sd3",), model_kinds=("turbo",), pipeline_options={"max_sequence_length": 256}),
+        Recipe("flux-hyper", "FLUX.1-dev + Hyper-SD's FLUX LoRA for N steps (8; N+1, N+2 also work) at 0.125; "
+                             "guidance is FLUX's distilled guidance (~3.5), not CFG",
+               "FlowMatchEulerDiscreteScheduler", {}, (8, 18), 8, (1.0, 5.0), 3.5, "flux-hyper", 0.125,
+               ("flux",), ("base",), (8, 16), 2, distilled_guidance=True,
+               pipeline_options={"max_sequence_length": 512}),
     )
 }
 
 DEFAULT_RECIPE = "lcm-lora"
+
+
+def default_recipe(model: ModelEntry) -> str:
+    """The recipe of a job that names none: lcm-lora for the UNet families (whatever the model's
+    kind, as before), else the first recipe made for the model's family and kind (schnell for
+    FLUX.1-schnell, flux-hyper for FLUX.1-dev, sd35-turbo for SD3.5 Large Turbo)."""
+    if model.family in RECIPES[DEFAULT_RECIPE].families:
+        return DEFAULT_RECIPE
+    return next((r.name for r in RECIPES.values() if model.family in r.families and model.kind in r.model_kinds),
+                DEFAULT_RECIPE)
 
 # A Turbo *model* needs no LoRA, fewer steps and no CFG; the rules for the Turbo LoRA are the recipe's.
 KIND_OVERRIDES = {
@@ -148,13 +184,19 @@ def resolve_recipe(name: str, model: ModelEntry, steps: int | None, guidance: fl
     glo, ghi = recipe.guidance
     if accelerator is not None and accelerator.guidance_max:
         ghi = max(ghi, accelerator.guidance_max)
+    if glo == ghi != guidance:  # schnell, sd35-turbo: the model was distilled to run without guidance
+        raise InputError("guidance", f"{guidance:g} is not {glo:g}: the {name} recipe runs without guidance "
+                                     f"({model.name} is distilled for guidance {glo:g})")
     if not glo <= guidance <= ghi:
         raise InputError("guidance", f"{guidance:g} is outside {glo:g}..{ghi:g} for the {name} recipe")
 
     scheduler, scheduler_config = recipe.schedulers_by_steps.get(steps, (recipe.scheduler, recipe.scheduler_config))
     warnings = []
-    # diffusers runs classifier-free guidance only when guidance > 1; LCM models embed it instead
-    if negative_prompt and (guidance <= 1.0 or model.kind == "lcm"):
+    # diffusers runs classifier-free guidance only when guidance > 1; LCM models embed it instead,
+    # FLUX models distil it (its recipes pass guidance to the model, never to CFG)
+    if negative_prompt and recipe.distilled_guidance:
+        warnings.append(f"negative prompt ignored: {model.family} models do not run classifier-free guidance")
+    elif negative_prompt and (guidance <= 1.0 or model.kind == "lcm"):
         warnings.append(f"negative prompt ignored: guidance {guidance:g} <= 1 turns classifier-free guidance off"
                         if model.kind != "lcm" else "negative prompt ignored: LCM models do not run CFG")
     return ResolvedRecipe(

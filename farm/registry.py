@@ -20,8 +20,11 @@ from farm.catalog import (
     BUILTIN_EMBEDDINGS,
     BUILTIN_MODELS,
     FAMILIES,
+    FLOW_FAMILIES,
     MODEL_KINDS,
     NATIVE_SIZE,
+    SIZE_MULTIPLE,
+    TINY_FLOW_ARCHS,
     AdapterEntry,
     EmbeddingEntry,
     ModelEntry,
@@ -95,8 +98,9 @@ def model_entry(name: str, *, source: str, family: str, kind: str = "base", arch
     if arch not in ARCHS:
         raise InputError("arch", f"{arch!r} is not an architecture ({', '.join(ARCHS)})")
     size = native_size or NATIVE_SIZE[family]
-    if not 64 <= size <= 2048 or size % 8:
-        raise InputError("native-size", f"{size} must be a multiple of 8 within 64..2048")
+    multiple = SIZE_MULTIPLE.get(family, 8)  # flux, sd3: 16
+    if not 64 <= size <= 2048 or size % multiple:
+        raise InputError("native-size", f"{size} must be a multiple of {multiple} within 64..2048")
     source = check_source(source, cwd=cwd)
     return ModelEntry(name=name, source=source, family=family, arch=arch, native_size=size, kind=kind, builtin=False,
                       revision=_optional(REVISION_RE, "revision", revision, "revision"),
@@ -127,6 +131,11 @@ def adapter_entry(name: str, *, source: str, kind: str, family: str, weight_name
         recipe = recipe or "lcm-lora"
         if recipe not in ACCELERATOR_ROLES:
             raise InputError("recipe", f"accelerators serve {', '.join(ACCELERATOR_ROLES)}, not {recipe!r}")
+        arch_family = BUILTIN_MODELS[family].family if family in BUILTIN_MODELS else family  # a tiny arch: its model's
+        served = sorted({f for r in RECIPES.values() if r.accelerator == recipe for f in r.families})
+        if arch_family not in served:  # e.g. an lcm-lora (the default) accelerator for a flux arch
+            raise InputError("recipe", f"{recipe} accelerators are for {', '.join(served)} models, not {family}; "
+                                       "name the recipe it serves with --recipe")
         choices = RECIPES[recipe].step_choices
         if choices and steps not in choices:
             raise InputError("steps", f"a {recipe} LoRA needs --steps, one of {', '.join(map(str, choices))}")
@@ -149,6 +158,9 @@ def embedding_entry(name: str, *, source: str, family: str, token: str | None = 
     _check_new_name(name, BUILTIN_EMBEDDINGS, "embedding")
     if family not in ARCHS:
         raise InputError("family", f"{family!r} is not a family ({', '.join(ARCHS)})")
+    if family in FLOW_FAMILIES + TINY_FLOW_ARCHS:  # engine.embeddings loads into CLIP-only pipelines
+        raise InputError("family", f"textual-inversion embeddings are for sd15, sdxl and ssd-1b models; {family} "
+                                   "models (T5 + CLIP) take none")
     token = check_token(name if token is None else token)
     source = check_source(source, cwd=cwd)
     if not source.endswith(".safetensors"):

@@ -54,6 +54,29 @@ def fetch_batch(ledger: Ledger, batch_id: str, out_dir: Path, *,
     return paths
 
 
+def read_input(store_url: str, sha256: str, s3_endpoint_url: str | None = None) -> bytes:
+    """An input image from the farm's store (``inputs/<sha256>.png``), checked against its name."""
+    from farm.kinds import input_key
+
+    data = open_store(store_url, s3_endpoint_url=s3_endpoint_url).get(input_key(sha256))
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise InfrastructureError(f"{input_key(sha256)}: stored input does not match its name")
+    return data
+
+
+def source_cells(cells: list, store_url: str, s3_endpoint_url: str | None = None) -> list[tuple[str, str, bytes]]:
+    """Contact-sheet cells of the images a sheet's rows started from (issue 13): a "source" column
+    (the init image; a ControlNet's control image) beside each row whose jobs share one."""
+    per_row: dict[str, set] = {}
+    for _, row, job in cells:
+        per_row.setdefault(row, set()).add(job.get("init_image") or job.get("control_image"))
+    out = []
+    for row, sources in per_row.items():
+        if len(sources) == 1 and None not in sources:
+            out.append(("source", row, read_input(store_url, next(iter(sources)), s3_endpoint_url)))
+    return out
+
+
 def _label(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -72,6 +95,12 @@ def sheet_cells(jobs: list[dict], columns: str | None = None, rows: str | None =
     for option, axis in (("cols", columns), ("rows", rows)):
         if axis is not None and axis not in names:
             raise InputError(option, f"{axis!r} is not an axis of this batch (axes: {', '.join(names) or 'none'})")
+    if columns is None and rows is None and "init_image" in varying:
+        # variations of a batch (issue 13): one row per source image, its variations across
+        across = [n for n in varying if n != "init_image"]
+        cells = [(", ".join(f"{n}={_label((j.get('axes') or {}).get(n))}" for n in across) or f"job {j['id']}",
+                  f"init_image={_label(j['axes'].get('init_image'))}", j) for j in done]
+        return cells, "+".join(across) or "-", "init_image"
     columns = columns or (varying[0] if varying else (names[0] if names else None))
     row_axes = [rows] if rows else [n for n in varying if n != columns]
     cells = []

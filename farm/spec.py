@@ -17,17 +17,21 @@ from typing import Mapping
 
 from farm.catalog import (
     BUILTIN_ADAPTERS,
+    BUILTIN_CONTROLNETS,
     BUILTIN_EMBEDDINGS,
     BUILTIN_MODELS,
     DECODERS,
     NATIVE_SIZE,
+    SIZE_MULTIPLE,
     AdapterEntry,
+    ControlNetEntry,
     EmbeddingEntry,
     ModelEntry,
 )
 from farm.embeddings import used_embeddings
 from farm.errors import InputError
-from farm.recipes import DEFAULT_RECIPE, resolve_recipe
+from farm.kinds import IMAGE_KINDS, INPUT_FIELDS, InputInfo, resolve_kind
+from farm.recipes import default_recipe, resolve_recipe
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 MAX_PROMPT_CHARS = 2000
@@ -53,6 +57,7 @@ class Catalog:
     models: Mapping[str, ModelEntry] = field(default_factory=lambda: dict(BUILTIN_MODELS))
     adapters: Mapping[str, AdapterEntry] = field(default_factory=lambda: dict(BUILTIN_ADAPTERS))
     embeddings: Mapping[str, EmbeddingEntry] = field(default_factory=lambda: dict(BUILTIN_EMBEDDINGS))
+    controlnets: Mapping[str, ControlNetEntry] = field(default_factory=lambda: dict(BUILTIN_CONTROLNETS))
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,18 @@ class JobRequest:
     recipe: object = None
     adapters: object = ()  # sequence of (name, weight) or "name[:weight]" strings
     decoder: object = None  # "full" (the model's VAE, the default) or "tiny" (TAESD, for previews)
-    kind: object = None  # KINDS; "txt2img" when not given
+    kind: object = None  # KINDS; "txt2img" when not given (or what the image inputs imply, farm.kinds)
+    # issue 13, jobs that start from images (farm.kinds): an image is a local path, an s3:// URI or
+    # job:ID, which the producer reads, checks and stores, and replaces with its sha256
+    init_image: object = None
+    mask_image: object = None
+    control_image: object = None
+    strength: object = None
+    mask_blur: object = None
+    controlnet: object = None
+    control_scale: object = None
+    control_preprocess: object = None
+    upscale: object = None
 
 
 # the request fields of the first release; any later one is left out of a request's digest while
@@ -77,7 +93,7 @@ FIRST_REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance"
                         "recipe", "adapters")
 
 
-KINDS = ("txt2img",)  # what a job does; later kinds (img2img, inpaint, training) take their slot here
+KINDS = ("txt2img",) + IMAGE_KINDS  # what a job does (farm.kinds); later kinds (training) take their slot here
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,17 @@ class JobSpec:
     # the textual-inversion embeddings the prompt and negative prompt use (by their tokens), found
     # at submission (farm.embeddings); names, sorted
     embeddings: tuple[str, ...] = ()
+    # issue 13 (farm.kinds): input images by the sha256 of their stored PNG (inputs/<sha256>.png),
+    # and the settings of the kind; None (0) for a txt2img job, so its digest is what it was
+    init_image: str | None = None
+    mask_image: str | None = None
+    control_image: str | None = None
+    strength: float | None = None
+    mask_blur: int = 0
+    controlnet: str | None = None
+    control_scale: float | None = None
+    control_preprocess: str | None = None
+    upscale: float | None = None
 
     def __post_init__(self):
         # a ledger row gives a JSON list (or NULL): the digest compares with the default, ()
@@ -139,7 +166,7 @@ def group_key(spec: JobSpec) -> tuple:
     """Jobs with equal keys can share one pipeline call: every field but prompt, negative prompt
     and seed (each image has its own generator), and the embeddings the prompts use (the worker
     loads those of every job in the call; an embedding changes only the prompts that use it)."""
-    per_image = ("prompt", "negative_prompt", "seed", "warnings", "embeddings")
+    per_image = ("prompt", "negative_prompt", "seed", "warnings", "embeddings") + INPUT_FIELDS  # images: issue 13
     return tuple(
         json.dumps(getattr(spec, f.name), sort_keys=True, default=str) if f.name == "scheduler_config"
         else tuple((a.name, a.weight) for a in spec.adapters) if f.name == "adapters"
@@ -238,7 +265,9 @@ def _side(field_name: str, value: object) -> int:
     return side
 
 
-def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> JobSpec:
+def resolve_job(request: JobRequest, catalog: Catalog, default_model: str,
+                inputs: Mapping[str, InputInfo] | None = None) -> JobSpec:
+    """``inputs``: the stored input images the request names by sha256 (the producer's, issue 13)."""
     prompt = _text("prompt", request.prompt, required=True)
     negative = _text("negative_prompt", request.negative_prompt, required=False)
     if request.seed is None:
@@ -250,16 +279,24 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
     if model is None:
         raise InputError("model", f"unknown model {model_name!r} (known: {', '.join(sorted(catalog.models))})")
 
-    recipe_name = check_name("recipe", request.recipe if request.recipe is not None else DEFAULT_RECIPE)
+    recipe_name = check_name("recipe", request.recipe if request.recipe is not None else default_recipe(model))
     steps = None if request.steps is None else parse_int("steps", request.steps, 1, 200)
     guidance = None if request.guidance is None else parse_float("guidance", request.guidance)
     recipe = resolve_recipe(recipe_name, model, steps, guidance, negative, catalog.adapters)
 
+    image = resolve_kind(request, model, catalog.controlnets, inputs, KINDS)  # issue 13: what the kind takes
+    image.check_steps(recipe.steps)
     native = model.native_size or NATIVE_SIZE[model.family]
-    width = _side("width", native if request.width is None else request.width)
-    height = _side("height", native if request.height is None else request.height)
+    default_width, default_height = image.size or (native, native)  # an image job's: its input's
+    width = _side("width", default_width if request.width is None else request.width)
+    height = _side("height", default_height if request.height is None else request.height)
     if width * height > MAX_PIXELS:
         raise InputError("size", f"{width}x{height} exceeds {MAX_PIXELS} pixels")
+    multiple = SIZE_MULTIPLE.get(model.family, 8)  # FLUX and SD3: 2x2 patches of 8x latents (farm.catalog)
+    for side_name, side in (("width", width), ("height", height)):
+        if side % multiple:
+            raise InputError(side_name, f"{side} is not a multiple of {multiple} ({model.family} models take "
+                                        f"sides in steps of {multiple}, e.g. {side - side % multiple})")
 
     stack: list[AdapterUse] = []
     if recipe.accelerator:
@@ -290,10 +327,6 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
     if decoder not in DECODERS:
         raise InputError("decoder", f"{decoder!r} is not a decoder (known: {', '.join(DECODERS)})")
 
-    kind = "txt2img" if request.kind is None else request.kind
-    if kind not in KINDS:
-        raise InputError("kind", f"{kind!r} is not a job kind (known: {', '.join(KINDS)})")
-
     embeddings, notes = used_embeddings([prompt, negative], catalog.embeddings, model.arch)
 
     return JobSpec(
@@ -301,8 +334,8 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str) -> Jo
         guidance=recipe.guidance, width=width, height=height, model=model_name,
         model_revision=model.revision, family=model.family, recipe=recipe.name,
         scheduler=recipe.scheduler, scheduler_config=recipe.scheduler_config,
-        adapters=tuple(stack), warnings=recipe.warnings + notes, decoder=decoder, kind=kind,
-        embeddings=embeddings,
+        adapters=tuple(stack), warnings=recipe.warnings + notes, decoder=decoder, kind=image.kind,
+        embeddings=embeddings, **image.fields,
     )
 
 

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field, fields
 from farm.errors import InputError
 from farm.spec import JobRequest, parse_float, parse_int, parse_size
 
-INT_AXES = ("seed", "steps", "width", "height")
-FLOAT_AXES = ("guidance",)
+INT_AXES = ("seed", "steps", "width", "height", "mask_blur")
+FLOAT_AXES = ("guidance", "strength", "control_scale", "upscale")  # issue 13's image settings sweep too
 # every other job field is text (a new job field is a sweep axis and a spec-file field at once)
 TEXT_AXES = tuple(f.name for f in fields(JobRequest) if f.name not in INT_AXES + FLOAT_AXES + ("adapters",))
-ALIASES = {"seeds": "seed", "negative": "negative_prompt", "prompts": "prompt"}
+ALIASES = {"seeds": "seed", "negative": "negative_prompt", "prompts": "prompt", "mask": "mask_image",
+           "scale": "upscale"}
 MAX_CELLS = 100_000
 
 

@@ -35,7 +35,7 @@ def test_postgres_urls_use_psycopg3():
     ({"FARM_STORE_OVERLAP": "yes"}, "FARM_STORE_OVERLAP"),
     ({"FARM_IO_THREADS": "0"}, "FARM_IO_THREADS"),
     ({"FARM_PREVIEW_DECODERS": "sdxl"}, "FARM_PREVIEW_DECODERS"),
-    ({"FARM_PREVIEW_DECODERS": "sd3=/models/taesd3"}, "FARM_PREVIEW_DECODERS"),
+    ({"FARM_PREVIEW_DECODERS": "sd2=/models/taesd2"}, "FARM_PREVIEW_DECODERS"),  # (sd3 is an arch now)
 ])
 def test_bad_values_name_the_variable(env, variable):
     with pytest.raises(ConfigError) as info:

@@ -58,5 +58,8 @@ def test_request_digests_of_idempotency_keys_are_the_same_as_before():
 def test_an_unknown_kind_is_bad_input():
     from farm.errors import InputError
 
-    with pytest.raises(InputError, match="^kind: 'img2img' is not a job kind"):
+    # (img2img became a kind with issue 13; an image job without its image is bad input too)
+    with pytest.raises(InputError, match="^kind: 'outpaint' is not a job kind"):
+        resolve_job(JobRequest(prompt="x", seed=1, kind="outpaint"), Catalog(), "tiny-sd")
+    with pytest.raises(InputError, match="^init_image: an img2img job needs --init-image"):
         resolve_job(JobRequest(prompt="x", seed=1, kind="img2img"), Catalog(), "tiny-sd")

@@ -39,8 +39,9 @@ def test_entries(tmp_path):
     cases = [
         (lambda: model_entry("tiny-sd", source="a/b", family="sd15", cwd=tmp_path), "built-in"),
         (lambda: model_entry("Bad Name", source="a/b", family="sd15", cwd=tmp_path), "not a valid name"),
-        (lambda: model_entry("m", source="a/b", family="sd3", cwd=tmp_path), "not a family"),
+        (lambda: model_entry("m", source="a/b", family="sd2", cwd=tmp_path), "not a family"),  # (sd3 is one now)
         (lambda: model_entry("m", source="a/b", family="sd15", native_size=100, cwd=tmp_path), "multiple of 8"),
+        (lambda: model_entry("m", source="a/b", family="flux", native_size=1000, cwd=tmp_path), "multiple of 16"),
         (lambda: adapter_entry("l", source="a/b", kind="accelerator", family="sdxl", recipe="lightning",
                                cwd=tmp_path), "needs --steps"),
         (lambda: adapter_entry("l", source="a/b", kind="accelerator", family="sdxl", recipe="plain",

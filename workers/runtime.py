@@ -73,7 +73,8 @@ def make_renderer(config: Config, settings: WorkerSettings, ledger: Ledger):
                     fuse=config.fuse_accelerator, max_adapters=config.max_adapters,
                     max_adapter_bytes=config.max_adapter_mb << 20, host_lora_bytes=config.host_lora_mb << 20,
                     compile=config.compile_unet, preview_decoders=dict(config.preview_decoders),
-                    dtype=config.dtype, offload=settings.offload, vae_tiling=settings.vae_tiling)
+                    dtype=config.dtype, offload=settings.offload, vae_tiling=settings.vae_tiling,
+                    store_url=config.store_url)  # issue 13: where the jobs' input images are
     return runner, gpu_name
 
 

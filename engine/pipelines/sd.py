@@ -40,3 +40,20 @@ def decode(pipe, latents, vae=None):
     vae = pipe.vae if vae is None else vae
     latents = latents.to(vae.dtype) / vae.config.scaling_factor
     return vae.decode(latents, return_dict=False)[0]
+
+
+# -- issue 13: the image kinds, on the resident pipeline's own modules ---------------------------
+def for_kind(pipe, kind: str, controlnet=None):
+    """The pipeline of an image kind (img2img, inpaint, controlnet, upscale: an img2img pass) made
+    of ``pipe``'s components: the same modules, so adapters loaded into them stay loaded."""
+    from diffusers import (
+        StableDiffusionControlNetPipeline,
+        StableDiffusionImg2ImgPipeline,
+        StableDiffusionInpaintPipeline,
+    )
+
+    from engine.kinds import from_components
+
+    classes = {"img2img": StableDiffusionImg2ImgPipeline, "upscale": StableDiffusionImg2ImgPipeline,
+               "inpaint": StableDiffusionInpaintPipeline, "controlnet": StableDiffusionControlNetPipeline}
+    return from_components(classes[kind], pipe, **({"controlnet": controlnet} if kind == "controlnet" else {}))

@@ -59,3 +59,21 @@ def decode(pipe, latents, vae=None):
     else:
         latents = latents / config.scaling_factor
     return vae.decode(latents, return_dict=False)[0]
+
+
+# -- issue 13: the image kinds, on the resident pipeline's own modules ---------------------------
+def for_kind(pipe, kind: str, controlnet=None):
+    """The SDXL pipeline of an image kind made of ``pipe``'s components (adapters stay loaded; the
+    VAE stays in the dtype ``load`` chose)."""
+    from diffusers import (
+        StableDiffusionXLControlNetPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLInpaintPipeline,
+    )
+
+    from engine.kinds import from_components
+
+    classes = {"img2img": StableDiffusionXLImg2ImgPipeline, "upscale": StableDiffusionXLImg2ImgPipeline,
+               "inpaint": StableDiffusionXLInpaintPipeline, "controlnet": StableDiffusionXLControlNetPipeline}
+    return from_components(classes[kind], pipe, add_watermarker=False,
+                           **({"controlnet": controlnet} if kind == "controlnet" else {}))

@@ -115,6 +115,7 @@ def main() -> None:
 from farm.cli import (  # noqa: E402,F401
     adapters,
     batches,
+    controlnets,
     db,
     embeddings,
     jobs,

@@ -4,16 +4,18 @@ printing a catalog."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
-from farm.catalog import AdapterEntry, EmbeddingEntry, ModelEntry
+from farm.catalog import AdapterEntry, ControlNetEntry, EmbeddingEntry, ModelEntry
 from farm.cli import State, emit_json
 from farm.errors import ConflictError, InputError
 
 
 def what_of(entry) -> str:
-    return {ModelEntry: "model", AdapterEntry: "adapter", EmbeddingEntry: "embedding"}[type(entry)]
+    return {ModelEntry: "model", AdapterEntry: "adapter", EmbeddingEntry: "embedding",
+            ControlNetEntry: "controlnet"}[type(entry)]
 
 
 def with_weights(state: State, entry):
@@ -31,6 +33,11 @@ def with_weights(state: State, entry):
         root = fetched.path
         # what a worker's fetch is verified against: the file's sha256, or a directory's manifest
         entry = replace(entry, sha256=fetched.sha256)
+    if isinstance(entry, ControlNetEntry):  # issue 13: a directory's config or a file's header
+        from farm.controlnets import with_file as controlnet_with_file
+
+        local = root if root is not None else (Path(entry.source) if Path(entry.source).is_absolute() else None)
+        return entry if local is None else controlnet_with_file(entry, local, entry.sha256)
     path = weight_file(entry, root)
     if path is None:
         return entry
@@ -46,12 +53,15 @@ def with_weights(state: State, entry):
 def register(state: State, entry, as_json: bool, description: str) -> None:
     what = what_of(entry)
     catalog = state.catalog()
-    known = {"model": catalog.models, "adapter": catalog.adapters, "embedding": catalog.embeddings}[what]
+    known = {"model": catalog.models, "adapter": catalog.adapters, "embedding": catalog.embeddings,
+             "controlnet": catalog.controlnets}[what]
     if entry.name in known:  # before hashing a large file (the ledger checks again as it writes)
         raise ConflictError(f"{what} {entry.name} is already registered (remove it first)")
     entry = with_weights(state, entry)
     if what == "embedding":
         state.ledger.add_embedding(entry)
+    elif what == "controlnet":
+        state.ledger.add_controlnet(entry)
     else:
         (state.ledger.add_model if what == "model" else state.ledger.add_adapter)(entry)
     if as_json:

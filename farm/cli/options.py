@@ -6,6 +6,10 @@ import functools
 
 import click
 
+from farm.kinds import IMAGE_KINDS, PREPROCESSORS
+
+KIND_CHOICES = ("txt2img",) + IMAGE_KINDS  # farm.spec.KINDS (issue 13)
+
 
 def job_options(func):
     """The options that describe jobs, shared by ``run`` and ``submit``. Values with a range
@@ -31,5 +35,28 @@ def job_options(func):
         click.option("--wildcard-mode", type=click.Choice(["combinatorial", "random"]), default=None,
                      help="Expand {a|b} and __name__ into every combination, or pick at random (seeded)."),
         click.option("--wildcard-count", type=int, default=None, help="Random mode: prompts per template."),
+        # issue 13: jobs that start from images (farm.kinds); an image is a path, s3://BUCKET/KEY or job:ID
+        click.option("--kind", type=click.Choice(KIND_CHOICES), default=None,
+                     help="What the jobs do (default: what the image options imply, else txt2img)."),
+        click.option("--init-image", "init_image", multiple=True, metavar="IMAGE",
+                     help="img2img/inpaint/upscale source: a path, s3:// URI or job:ID; repeat for an axis."),
+        click.option("--mask", "mask_image", default=None, metavar="IMAGE",
+                     help="Inpaint mask, the init image's size: white is repainted, black kept."),
+        click.option("--mask-blur", "mask_blur", default=None, metavar="N",
+                     help="Inpaint: blur the mask's edge by N pixels."),
+        click.option("--strength", default=None, metavar="S",
+                     help="0 < s <= 1: how far the init image is noised (int(steps x s) steps run); or an axis."),
+        click.option("--control-image", "control_image", multiple=True, metavar="IMAGE",
+                     help="ControlNet input (edges, depth, pose): a path, s3:// URI or job:ID; repeat for an axis."),
+        click.option("--controlnet", default=None, metavar="NAME", help="A ControlNet of the model's arch "
+                     "(see `farm controlnets list`)."),
+        click.option("--control-scale", "control_scale", default=None, metavar="W",
+                     help="ControlNet weight, 0..2 (default 1), or an axis: 0.5,1."),
+        click.option("--control-preprocess", "control_preprocess", type=click.Choice(PREPROCESSORS), default=None,
+                     help="Compute the control image at submission (canny: edges, thresholds 100/200)."),
+        click.option("--scale", "upscale", default=None, metavar="F",
+                     help="Upscale (hires pass): the factor, 1 < F <= 4 (e.g. 1.5, 2)."),
+        click.option("--from-batch", "from_batch", default=None, metavar="BATCH",
+                     help="Every succeeded image of BATCH as an init image (crossed with the other axes)."),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), func)

@@ -98,6 +98,16 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16), default="txt2img", server_default="txt2img")  # spec.KINDS
     # the textual-inversion embeddings its prompts use (names, sorted)
     embeddings: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
+    # issue 13, jobs that start from images (farm.kinds): inputs by the sha256 of their stored PNG
+    init_image: Mapped[str | None] = mapped_column(String(64))
+    mask_image: Mapped[str | None] = mapped_column(String(64))
+    control_image: Mapped[str | None] = mapped_column(String(64))
+    strength: Mapped[float | None] = mapped_column(Float)
+    mask_blur: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    controlnet: Mapped[str | None] = mapped_column(String(64))
+    control_scale: Mapped[float | None] = mapped_column(Float)
+    control_preprocess: Mapped[str | None] = mapped_column(String(16))
+    upscale: Mapped[float | None] = mapped_column(Float)
     digest: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -231,6 +241,20 @@ class RegisteredEmbedding(Base):
     token: Mapped[str] = mapped_column(String(64))
     vectors: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RegisteredControlNet(Base):
+    """A ControlNet added with `farm controlnets add` (issue 13)."""
+
+    __tablename__ = "controlnets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    arch: Mapped[str] = mapped_column(String(32))
+    revision: Mapped[str | None] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    layout: Mapped[str] = mapped_column(String(16), default="diffusers")  # or "single-file"
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

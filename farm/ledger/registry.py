@@ -10,20 +10,23 @@ from sqlalchemy import func, select
 
 from farm.catalog import (
     BUILTIN_ADAPTERS,
+    BUILTIN_CONTROLNETS,
     BUILTIN_EMBEDDINGS,
     BUILTIN_MODELS,
     AdapterEntry,
+    ControlNetEntry,
     EmbeddingEntry,
     ModelEntry,
 )
 from farm.errors import ConflictError, InputError, NotFound
-from farm.ledger.models import RegisteredAdapter, RegisteredEmbedding, RegisteredModel
+from farm.ledger.models import RegisteredAdapter, RegisteredControlNet, RegisteredEmbedding, RegisteredModel
 from farm.ledger.schema import Database
 from farm.spec import Catalog
 
-TABLES: dict[str, Any] = {"model": RegisteredModel, "adapter": RegisteredAdapter, "embedding": RegisteredEmbedding}
+TABLES: dict[str, Any] = {"model": RegisteredModel, "adapter": RegisteredAdapter, "embedding": RegisteredEmbedding,
+                          "controlnet": RegisteredControlNet}
 BUILTINS: dict[str, Mapping[str, object]] = {"model": BUILTIN_MODELS, "adapter": BUILTIN_ADAPTERS,
-                                             "embedding": BUILTIN_EMBEDDINGS}
+                                             "embedding": BUILTIN_EMBEDDINGS, "controlnet": BUILTIN_CONTROLNETS}
 
 
 def _entry(cls, row):
@@ -48,6 +51,9 @@ class Registry(Database):
 
     def add_embedding(self, entry: EmbeddingEntry) -> None:
         self._register("embedding", entry, None)
+
+    def add_controlnet(self, entry: ControlNetEntry) -> None:
+        self._register("controlnet", entry, None)
 
     def _register(self, what: str, entry, sha256: str | None) -> None:
         """A registry row from an entry: the columns are the entry's fields (less ``builtin``).
@@ -82,7 +88,7 @@ class Registry(Database):
             s.delete(row)
 
     def catalog(self) -> Catalog:
-        """Built-in models, adapters and embeddings plus the registered ones."""
+        """Built-in models, adapters, embeddings and ControlNets plus the registered ones."""
         with self.session() as s:
             models = dict(BUILTIN_MODELS)
             for m in s.scalars(select(RegisteredModel)):
@@ -93,4 +99,7 @@ class Registry(Database):
             embeddings = dict(BUILTIN_EMBEDDINGS)
             for e in s.scalars(select(RegisteredEmbedding)):
                 embeddings[e.name] = _entry(EmbeddingEntry, e)
-        return Catalog(models=models, adapters=adapters, embeddings=embeddings)
+            controlnets = dict(BUILTIN_CONTROLNETS)
+            for c in s.scalars(select(RegisteredControlNet)):
+                controlnets[c.name] = _entry(ControlNetEntry, c)
+        return Catalog(models=models, adapters=adapters, embeddings=embeddings, controlnets=controlnets)

@@ -126,6 +126,17 @@ class Artifact:
                 "width": self.width, "height": self.height, "content_type": self.content_type}
 
 
+def image_fields(spec: JobSpec) -> dict:
+    """An image job's inputs and settings as `farm jobs list --json` shows them (issue 13), with the
+    denoising steps that run (``int(steps x strength)``); nothing for a txt2img job."""
+    from farm.kinds import FLAGS, denoise_steps
+
+    if spec.kind == "txt2img":
+        return {}
+    return {**{name: getattr(spec, name) for name in FLAGS}, "denoise_steps": denoise_steps(spec.kind, spec.steps,
+                                                                                          spec.strength)}
+
+
 @dataclass(frozen=True)
 class JobView:
     """A job with its latest attempt and its stored image: what `farm jobs list` shows."""
@@ -192,6 +203,8 @@ class JobView:
             "store_url": self.artifact.store_url if self.artifact else None,
             "created_at": _iso(self.created_at), "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
+            # issue 13: the images it started from (sha256 of inputs/<sha256>.png) and the kind's settings
+            **image_fields(spec),
         }
 
 
