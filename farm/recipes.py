@@ -204,3 +204,10 @@ def resolve_recipe(name: str, model: ModelEntry, steps: int | None, guidance: fl
         accelerator=accelerator.name if accelerator else None,
         accelerator_weight=recipe.accelerator_weight if accelerator else None, warnings=tuple(warnings),
     )
+
+
+def pipeline_option(recipe_name: str, name: str, default):
+    """A recipe's pipeline setting (e.g. T5's ``max_sequence_length``), or the family's default
+    for a recipe that sets none."""
+    recipe = RECIPES.get(recipe_name)
+    return (recipe.pipeline_options if recipe is not None else {}).get(name, default)

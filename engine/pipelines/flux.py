@@ -54,11 +54,9 @@ def load(location: str, *, single_file: bool, revision: str | None, dtype, cache
 
 def max_sequence_length(spec) -> int:
     """T5 tokens per prompt: the recipe's (schnell: 256), else the family's default."""
-    from farm.recipes import RECIPES
+    from farm.recipes import pipeline_option
 
-    recipe = RECIPES.get(spec.recipe)
-    options = recipe.pipeline_options if recipe is not None else {}
-    return int(options.get("max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH))
+    return int(pipeline_option(spec.recipe, "max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH))
 
 
 def prepare(pipe, spec) -> dict:

@@ -40,11 +40,10 @@ def load(location: str, *, single_file: bool, revision: str | None, dtype, cache
 
 
 def max_sequence_length(spec) -> int:
-    from farm.recipes import RECIPES
+    """T5 tokens per prompt: the recipe's (sd35-turbo: 256), else the family's default."""
+    from farm.recipes import pipeline_option
 
-    recipe = RECIPES.get(spec.recipe)
-    options = recipe.pipeline_options if recipe is not None else {}
-    return int(options.get("max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH))
+    return int(pipeline_option(spec.recipe, "max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH))
 
 
 def prepare(pipe, spec) -> dict:

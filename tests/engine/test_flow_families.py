@@ -4,7 +4,6 @@ its scheduler, steps and guidance, batch invariance, one text encoding per disti
 farm's pixels equal to a plain pipeline call, LoRAs through peft on the transformer (switched,
 fused and unfused), previews, offload, and the dtype picked under FARM_DTYPE=auto."""
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -43,7 +42,9 @@ def render(runner, jobs):
 
 
 @pytest.mark.parametrize("model", list(MODELS))
-def test_the_tiny_vae_downsamples_by_8_and_64px_renders_in_well_under_a_second(runner, model):
+def test_the_tiny_vae_downsamples_by_8_so_64px_is_an_8x8_latent(runner, model):
+    """What keeps a 64 px render well under a second on a CPU (measured, not asserted here: speed
+    is shown in benchmarks, not timed tests): the latent is 8x8, as with the real VAEs' factor 8."""
     resident, _ = runner.pipeline(model)
     pipe = resident.pipe
     assert pipe.vae_scale_factor == 8 and pipe.vae.config.latent_channels == 16
@@ -51,13 +52,7 @@ def test_the_tiny_vae_downsamples_by_8_and_64px_renders_in_well_under_a_second(r
     with torch.inference_mode():
         latent = pipe.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode()
     assert latent.shape == (1, 16, 8, 8)
-    render(runner, [job(model=model)])  # warm
-    took = []
-    for _ in range(5):  # the best of five: other processes on a small machine slow single calls
-        started = time.perf_counter()
-        [pixels] = render(runner, [job(model=model)])
-        took.append(time.perf_counter() - started)
-    assert min(took) < 0.5, took  # measured: 20-110 ms on 2 CPU cores
+    [pixels] = render(runner, [job(model=model)])
     assert pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8 and pixels.std() > 5
 
 
