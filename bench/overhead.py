@@ -2,8 +2,10 @@
 does nothing (FARM_RENDERER=sleep:0, no torch).
 
 Jobs are submitted one at a time through the producer API (no CLI start-up in the numbers) and
-each is waited for before the next. Per job: the ledger's created_at -> finished_at (publish, Redis,
-claim, render(0), PNG encode, store write, completion commit), and the client-side round trip.
+each is waited for before the next. Per job: the ledger's created_at -> finished_at (publish,
+Redis, claim, render(0), PNG encode, store write, completion commit), and the client-side round
+trip. The anchor, measured in the same run: a bare Celery no-op round trip (apply_async + get,
+Redis broker and result backend, solo pool) through the same Redis; the JSON has the ratio.
 
     .venv/bin/python bench/overhead.py [--jobs 300] [--database sqlite|postgres]
 """
@@ -24,6 +26,48 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+
+ANCHOR_APP = """
+from celery import Celery
+import os
+url = os.environ["ANCHOR_BROKER"]
+app = Celery("anchor", broker=url, backend=url)
+app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
+                worker_prefetch_multiplier=1, task_default_queue="anchor")
+
+
+@app.task(name="anchor.noop")
+def noop():
+    return None
+"""
+
+
+def celery_round_trip_ms(broker: str, work: Path, rounds: int) -> list[float]:
+    """The anchor: a bare Celery no-op round trip (apply_async + get) through the same Redis,
+    Redis as the result backend, one solo-pool worker; the first 20 warm up."""
+    (work / "anchor_app.py").write_text(ANCHOR_APP)
+    env = {**os.environ, "ANCHOR_BROKER": broker, "PYTHONPATH": str(work)}
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "anchor_app", "worker", "--pool=solo",
+                               "--concurrency=1", "-Q", "anchor", "--without-gossip", "--without-mingle",
+                               "--without-heartbeat", "--loglevel=WARNING"], env=env, cwd=work,
+                              stdout=open(work / "anchor.log", "wb"), stderr=subprocess.STDOUT)
+    sys.path.insert(0, str(work))
+    os.environ["ANCHOR_BROKER"] = broker
+    try:
+        import anchor_app
+
+        anchor_app.noop.apply_async().get(timeout=120)  # the worker is up
+        times = []
+        for i in range(rounds + 20):
+            started = time.perf_counter()
+            anchor_app.noop.apply_async().get(timeout=30)
+            if i >= 20:
+                times.append((time.perf_counter() - started) * 1000)
+        return times
+    finally:
+        worker.terminate()
+        worker.wait(30)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,6 +113,7 @@ def main() -> None:
     try:
         while not ledger.workers():
             time.sleep(0.1)
+        anchor_ms = celery_round_trip_ms(broker, work, args.jobs)  # measured first, the farm then
         for i in range(args.jobs + 20):  # the first 20 warm up the worker's connections
             planned = plan([PromptRow(JobRequest(prompt=f"overhead {i}"))], JobRequest(), variants=1, seed=i,
                            catalog=Catalog(), default_model="tiny-sd", rng=rng)
@@ -100,6 +145,9 @@ def main() -> None:
         "client_submit_to_seen_done_ms": {"p50": round(statistics.median(client_ms), 2),
                                           "p99": round(percentile(client_ms, 0.99), 2)},
         "stages_ms_p50": {k: round(statistics.median(v), 3) for k, v in stages.items()},
+        "bare_celery_round_trip_ms": {"p50": round(statistics.median(anchor_ms), 2),
+                                      "p99": round(percentile(anchor_ms, 0.99), 2)},
+        "ratio_farm_over_celery_p50": round(statistics.median(server_ms) / statistics.median(anchor_ms), 2),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
