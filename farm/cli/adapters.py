@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from farm.catalog import ADAPTER_KINDS, ARCHS
-from farm.cli import State, cli, emit_json
-from farm.cli.entries import print_entries, register
+from farm.cli import State, cli
+from farm.cli.entries import print_entries, register, remove_command
 
 
 @cli.group("adapters")
@@ -51,11 +51,4 @@ def adapters_list(state: State, as_json):
                   ("name", "kind", "arch", "recipe", "steps", "layout", "source", "weight_name", "sha256"))
 
 
-@adapters_group.command("remove")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def adapters_remove(state: State, name, as_json):
-    """Remove a registered adapter."""
-    state.ledger.remove_registered("adapter", name)
-    emit_json({"removed": name, "what": "adapter"}) if as_json else click.echo(f"adapter {name} removed")
+remove_command(adapters_group, "adapter", "Remove a registered adapter.")

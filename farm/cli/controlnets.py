@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from farm.catalog import CONTROLNET_ARCHS
-from farm.cli import State, cli, emit_json
-from farm.cli.entries import print_entries, register
+from farm.cli import State, cli
+from farm.cli.entries import print_entries, register, remove_command
 
 
 @cli.group("controlnets")
@@ -45,11 +45,5 @@ def controlnets_list(state: State, as_json):
     print_entries(state.catalog().controlnets.values(), as_json, ("name", "arch", "layout", "source", "sha256"))
 
 
-@controlnets_group.command("remove")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def controlnets_remove(state: State, name, as_json):
-    """Remove a registered ControlNet (jobs already recorded keep their record)."""
-    state.ledger.remove_registered("controlnet", name)
-    emit_json({"removed": name, "what": "controlnet"}) if as_json else click.echo(f"controlnet {name} removed")
+remove_command(controlnets_group, "controlnet",
+               "Remove a registered ControlNet (jobs already recorded keep their record).")

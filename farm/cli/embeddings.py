@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from farm.catalog import ARCHS
-from farm.cli import State, cli, emit_json
-from farm.cli.entries import print_entries, register
+from farm.cli import State, cli
+from farm.cli.entries import print_entries, register, remove_command
 
 
 @cli.group("embeddings")
@@ -40,11 +40,5 @@ def embeddings_list(state: State, as_json):
     print_entries(state.catalog().embeddings.values(), as_json, ("name", "token", "arch", "vectors", "source", "sha256"))
 
 
-@embeddings_group.command("remove")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def embeddings_remove(state: State, name, as_json):
-    """Remove a registered embedding (jobs already recorded keep their record)."""
-    state.ledger.remove_registered("embedding", name)
-    emit_json({"removed": name, "what": "embedding"}) if as_json else click.echo(f"embedding {name} removed")
+remove_command(embeddings_group, "embedding",
+               "Remove a registered embedding (jobs already recorded keep their record).")

@@ -79,3 +79,14 @@ def print_entries(entries, as_json: bool, columns: tuple[str, ...]) -> None:
         return
     for row in rows:
         click.echo("  ".join(f"{row[c] if row[c] is not None else '-'}" for c in columns))
+
+
+def remove_command(group: click.Group, what: str, doc: str) -> None:
+    """`farm models|adapters|embeddings|controlnets remove NAME`: the same for every registry."""
+    @group.command("remove", help=doc)
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True)
+    @click.pass_obj
+    def remove(state: State, name, as_json):
+        state.ledger.remove_registered(what, name)
+        emit_json({"removed": name, "what": what}) if as_json else click.echo(f"{what} {name} removed")

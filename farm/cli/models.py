@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from farm.catalog import ARCHS, FAMILIES, MODEL_KINDS
-from farm.cli import State, cli, emit_json
-from farm.cli.entries import print_entries, register
+from farm.cli import State, cli
+from farm.cli.entries import print_entries, register, remove_command
 
 
 @cli.group("models")
@@ -61,11 +61,4 @@ def models_list(state: State, as_json):
                   ("name", "family", "kind", "arch", "native_size", "source", "sha256"))
 
 
-@models_group.command("remove")
-@click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_obj
-def models_remove(state: State, name, as_json):
-    """Remove a registered model (jobs already recorded keep their record)."""
-    state.ledger.remove_registered("model", name)
-    emit_json({"removed": name, "what": "model"}) if as_json else click.echo(f"model {name} removed")
+remove_command(models_group, "model", "Remove a registered model (jobs already recorded keep their record).")

@@ -29,6 +29,10 @@ BUILTINS: dict[str, Mapping[str, object]] = {"model": BUILTIN_MODELS, "adapter":
                                              "embedding": BUILTIN_EMBEDDINGS, "controlnet": BUILTIN_CONTROLNETS}
 
 
+ENTRY_TYPES: dict[str, type] = {"model": ModelEntry, "adapter": AdapterEntry, "embedding": EmbeddingEntry,
+                                "controlnet": ControlNetEntry}
+
+
 def _entry(cls, row):
     """A catalog entry from its registry row: the same fields, not built in."""
     return cls(**{f.name: getattr(row, f.name) for f in fields(cls) if f.name != "builtin"}, builtin=False)
@@ -89,17 +93,12 @@ class Registry(Database):
 
     def catalog(self) -> Catalog:
         """Built-in models, adapters, embeddings and ControlNets plus the registered ones."""
+        entries: dict[str, dict] = {}
         with self.session() as s:
-            models = dict(BUILTIN_MODELS)
-            for m in s.scalars(select(RegisteredModel)):
-                models[m.name] = _entry(ModelEntry, m)
-            adapters = dict(BUILTIN_ADAPTERS)
-            for a in s.scalars(select(RegisteredAdapter)):
-                adapters[a.name] = _entry(AdapterEntry, a)
-            embeddings = dict(BUILTIN_EMBEDDINGS)
-            for e in s.scalars(select(RegisteredEmbedding)):
-                embeddings[e.name] = _entry(EmbeddingEntry, e)
-            controlnets = dict(BUILTIN_CONTROLNETS)
-            for c in s.scalars(select(RegisteredControlNet)):
-                controlnets[c.name] = _entry(ControlNetEntry, c)
-        return Catalog(models=models, adapters=adapters, embeddings=embeddings, controlnets=controlnets)
+            for what, table in TABLES.items():
+                found = dict(BUILTINS[what])
+                for row in s.scalars(select(table)):
+                    found[row.name] = _entry(ENTRY_TYPES[what], row)
+                entries[what] = found
+        return Catalog(models=entries["model"], adapters=entries["adapter"], embeddings=entries["embedding"],
+                       controlnets=entries["controlnet"])
