@@ -130,12 +130,17 @@ def test_cancel_running_stops_at_a_step_boundary_and_retry_renders_only_failures
     from sqlalchemy import create_engine, text
 
     engine = create_engine(f"sqlite:///{Path(fresh.env['FARM_HOME']) / 'ledger.db'}")
-    servers.wait_until(lambda: engine.connect().execute(text(
-        "select outcome, error from attempts where job_id = :j"), {"j": engine_rows[0]["id"]}).first()[0] != "running",
-        30, what="the interrupted attempt to be recorded")
-    with engine.connect() as conn:
-        outcome, error = conn.execute(text("select outcome, error from attempts where job_id = :j"),
-                                      {"j": engine_rows[0]["id"]}).first()
+
+    def first_attempt():
+        # one short-lived connection per poll: a leaked one per poll exhausted the pool in CI
+        with engine.connect() as conn:
+            return conn.execute(text("select outcome, error from attempts where job_id = :j"),
+                                {"j": engine_rows[0]["id"]}).first()
+
+    servers.wait_until(lambda: first_attempt()[0] != "running", 60, interval=0.2,
+                       what="the interrupted attempt to be recorded")
+    outcome, error = first_attempt()
+    engine.dispose()
     assert outcome == "cancelled" and error.startswith("cancelled at step ")
     assert int(error.split()[-1]) < 60
 
