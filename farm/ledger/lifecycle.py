@@ -11,7 +11,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 
 from farm import states
 from farm.ledger.mapping import stored_job
@@ -33,29 +33,34 @@ class Lifecycle(Database):
         with their specs (UPDATE ... RETURNING: no second read).
 
         A job that is not queued any more (a duplicate delivery, cancelled, done) is skipped.
+        Two statements for the whole micro-batch, whatever its size (issue 15: the ledger's cost
+        per image at fleet scale): one UPDATE gives each job its own token (a CASE on the id),
+        one multi-row INSERT records the attempts.
         """
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return []
         now = self.clock()
         sources, target = states.transition("claim")
-        claimed: list[Claim] = []
+        tokens = {job_id: secrets.token_hex(16) for job_id in ids}
         active = select(Batch.id).where(Batch.state == states.BATCH_ACTIVE)  # a paused batch's jobs wait
         with self.transaction() as s:
-            for job_id in job_ids:
-                token = secrets.token_hex(16)
-                row = s.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.state.in_(sources), Job.batch_id.in_(active))
-                    .values(state=target, attempts=Job.attempts + 1, current_attempt=token,
-                            started_at=now, finished_at=None)
-                    .returning(*Job.__table__.c)
-                ).first()
-                if row is None:
-                    continue
-                s.execute(insert(Attempt).values(
-                    job_id=job_id, token=token, worker=worker, device=device, started_at=now,
-                    lease_expires_at=now + timedelta(seconds=lease_s), outcome=states.ATTEMPT_RUNNING,
-                ))
-                claimed.append(Claim(stored_job(row), token, now))
-        return claimed
+            rows = s.execute(
+                update(Job)
+                .where(Job.id.in_(ids), Job.state.in_(sources), Job.batch_id.in_(active))
+                .values(state=target, attempts=Job.attempts + 1, current_attempt=case(tokens, value=Job.id),
+                        started_at=now, finished_at=None)
+                .returning(*Job.__table__.c)
+            ).all()
+            if not rows:
+                return []
+            expires = now + timedelta(seconds=lease_s)
+            s.execute(insert(Attempt), [
+                {"job_id": row.id, "token": row.current_attempt, "worker": worker, "device": device,
+                 "started_at": now, "lease_expires_at": expires, "outcome": states.ATTEMPT_RUNNING}
+                for row in rows])
+        order = {job_id: i for i, job_id in enumerate(ids)}
+        return [Claim(stored_job(row), row.current_attempt, now) for row in sorted(rows, key=lambda r: order[r.id])]
 
     def _finish(self, event: str, job_id: int, token: str, *, outcome: str, error: str | None,
                 timings: dict | None, batch_size: int | None, artifact: ArtifactValue | None,
@@ -101,14 +106,36 @@ class Lifecycle(Database):
         return True
 
     def complete_many(self, done: list[Completion]) -> list[bool]:
-        """Complete a micro-batch's jobs in one transaction (one commit per micro-batch, not per
-        image: the ledger's cost at fleet scale); each is still a compare-and-set on its token."""
+        """Complete a micro-batch's jobs in one transaction of set-based statements (issue 15: a
+        handful per micro-batch, not four per image); each is still a compare-and-set on its
+        token, and a superseded attempt changes nothing but its own attempt's outcome."""
         if not done:
             return []
+        now = self.clock()
+        sources, target = states.transition("succeed")
+        tokens = {c.job_id: c.token for c in done}
         with self.transaction() as s:
-            return [self._apply(s, "succeed", c.job_id, c.token, outcome=states.ATTEMPT_SUCCEEDED, error=None,
-                                timings=c.timings, batch_size=c.batch_size, artifact=c.artifact,
-                                environment=c.environment) for c in done]
+            won = set(s.scalars(
+                update(Job)
+                .where(Job.id.in_(list(tokens)), Job.state.in_(sources),
+                       Job.current_attempt == case(tokens, value=Job.id))
+                .values(state=target, finished_at=now)
+                .returning(Job.id)))
+            lost = [c.token for c in done if c.job_id not in won]
+            if lost:  # superseded: record what these attempts saw, change nothing else
+                s.execute(update(Attempt).where(Attempt.token.in_(lost), Attempt.outcome == states.ATTEMPT_RUNNING)
+                          .values(outcome=states.ATTEMPT_SUPERSEDED, finished_at=now))
+            ours = [c for c in done if c.job_id in won]
+            if ours:
+                s.execute(update(Attempt).where(Attempt.token == bindparam("b_token")), [
+                    {"b_token": c.token, "outcome": states.ATTEMPT_SUCCEEDED, "finished_at": now, "error": None,
+                     "batch_size": c.batch_size, "environment": c.environment,
+                     **{name: c.timings.get(name) for name in TIMING_FIELDS}} for c in ours])
+                # deterministic keys: a re-render replaces the row, never adds one
+                s.execute(delete(Artifact).where(Artifact.job_id.in_([c.job_id for c in ours])))
+                s.execute(insert(Artifact), [{"job_id": c.job_id, "created_at": now, **c.artifact.as_dict()}
+                                             for c in ours])
+        return [c.job_id in won for c in done]
 
     def complete(self, job_id: int, token: str, *, artifact: ArtifactValue, timings: dict, batch_size: int,
                  environment: dict | None = None) -> bool:
