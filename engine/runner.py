@@ -153,6 +153,10 @@ class Runner:
             raise InputError(kind, f"unknown {kind} {name!r}")
         return entries[name]
 
+    def model_entry(self, name: str):
+        """The catalog entry of a model (re-reading the registry for a name added since)."""
+        return self._entry("model", name)
+
     def _resolve(self, entry):
         return resolve(entry.source, self.model_cache, name=entry.name, sha256=entry.sha256,
                        s3_endpoint_url=self.s3_endpoint_url)
@@ -167,19 +171,10 @@ class Runner:
         if model in self.resident:
             self.resident.move_to_end(model)
             return self.resident[model], 0.0
-        entry = self._entry("model", model)
         started = time.perf_counter()
         while len(self.resident) >= self.max_models:
             self._unload(next(iter(self.resident)))
-        family = family_module(entry.family)
-        dtype = self.model_dtype(family)
-        location = self._resolve(entry)
-        if not (location.single_file or location.is_hub or (Path(location.path) / "model_index.json").exists()):
-            raise InputError("model", f"{model}: {location.path} is not a diffusers model directory "
-                                      "(no model_index.json)")
-        pipe = family.load(location.path, single_file=location.single_file, revision=entry.revision,
-                           dtype=dtype, cache_dir=str(self.model_cache / "hub"), arch=entry.arch,
-                           model_cache=self.model_cache)
+        pipe, family, dtype = self._load(model)
         if self.offload == "none":
             pipe.to(self.device)
         if self.is_cuda:  # NHWC convolutions run on the tensor cores without layout shuffles
@@ -206,6 +201,31 @@ class Runner:
         resident = Resident(pipe, family, (type(scheduler), dict(scheduler.config)), adapters, dtype=dtype)
         self.resident[model] = resident
         return resident, (time.perf_counter() - started) * 1000
+
+    def _load(self, model: str, dtype=None) -> tuple[Any, ModuleType, Any]:
+        """A fresh pipeline of ``model`` through the family's loader (on the CPU, not cached)."""
+        entry = self._entry("model", model)
+        family = family_module(entry.family)
+        dtype = dtype or self.model_dtype(family)
+        location = self._resolve(entry)
+        if not (location.single_file or location.is_hub or (Path(location.path) / "model_index.json").exists()):
+            raise InputError("model", f"{model}: {location.path} is not a diffusers model directory "
+                                      "(no model_index.json)")
+        pipe = family.load(location.path, single_file=location.single_file, revision=entry.revision,
+                           dtype=dtype, cache_dir=str(self.model_cache / "hub"), arch=entry.arch,
+                           model_cache=self.model_cache)
+        return pipe, family, dtype
+
+    def training_pipeline(self, model: str):
+        """A teacher for a training job (issue 14): its own copy, loaded as a render would load it,
+        with no adapter, offload or compilation, on the device. The resident pipelines are let go
+        first: a worker runs one training job at a time and it needs the memory."""
+        for name in list(self.resident):
+            self._unload(name)
+        pipe, _family, _dtype = self._load(model)
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def tiny_decoder(self, model: str, resident: Resident):
         """The model's TAESD decoder (same latents, a fraction of the VAE's cost), loaded once."""

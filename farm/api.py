@@ -34,7 +34,7 @@ from farm.config import Config, load_config
 from farm.errors import FarmTimeout, InfrastructureError, InputError
 from farm.planning import plan_submission
 from farm.producer import Plan, SubmitResult, check_key, estimate, republish, submit
-from farm.progress import NoWorkerNotice, watch
+from farm.progress import NoWorkerNotice, TrainingProgress, watch
 
 if TYPE_CHECKING:  # the ledger (sqlalchemy) is imported on first use, not with the API
     from farm.ledger import BatchSummary, JobView
@@ -271,13 +271,69 @@ class Farm:
     def submit_plan(self, planned: Plan, *, key: str | None = None, force: bool = False) -> SubmitResult:
         """Record and enqueue a planned batch (one transaction, then its micro-batches of job ids)."""
         store = None
-        if planned.inputs:  # issue 13: the input images go to the store before the batch is recorded
+        if planned.inputs or planned.datasets:  # issue 13: input images go to the store before the batch is recorded
             from farm.storage import open_store
 
             store = open_store(self.config.store_url, s3_endpoint_url=self.config.s3_endpoint_url)
         return submit(self.ledger, self.publisher, planned,
                       micro_batch=lambda spec: self.config.micro_batch_for(spec.family, spec.width, spec.height),
                       key=check_key(key), submitter=_submitter(), force=force, store=store)
+
+    # -- training (issue 14) --------------------------------------------------------------------------
+    def plan_distill(self, teacher: str, data: str, name: str, *, seed: int | None = None, priority: int = 0,
+                     rng=None, **settings) -> Plan:
+        """Validate a distillation (``farm distill``) without writing anything: the teacher, the
+        name of the result, every example of ``data`` (a directory, ``s3://BUCKET/PREFIX`` or
+        ``batch:ID``) and the settings (``steps``, ``rank``, ``skip``, ``guidance_range``,
+        ``solver``, ``batch_size``, ``lr``, ``checkpoint_every``, ``full``; farm.training)."""
+        import random
+
+        from farm.datasets import read_dataset
+        from farm.spec import MAX_SEED, JobRequest, check_name
+        from farm.training import DistillRequest, resolve_distill
+        from farm.variants import PromptRow
+
+        catalog = self.catalog()
+        teacher_name = check_name("teacher", teacher)
+        entry = catalog.models.get(teacher_name)
+        if entry is None:
+            raise InputError("teacher", f"unknown model {teacher_name!r} (known: {', '.join(sorted(catalog.models))})")
+        request = DistillRequest(teacher=teacher_name, name=name, seed=seed, **settings)
+        # the cheap checks first: a bad name or setting is refused before the dataset is read
+        resolve_distill(request, entry, taken=set(catalog.adapters) | set(catalog.models),
+                        data={}, captions=["-"], seed=0)
+        dataset = read_dataset(data, self.input_reader())
+        base_seed = seed if seed is not None else (rng or random.SystemRandom()).randrange(0, MAX_SEED // 2)
+        spec = resolve_distill(request, entry, taken=set(catalog.adapters) | set(catalog.models),
+                               data=dataset.record(), captions=dataset.captions, seed=base_seed)
+        return Plan([PromptRow(JobRequest(prompt=spec.prompt))], JobRequest(model=teacher_name), 1, seed, priority,
+                    base_seed, [spec], inputs=dataset.images, datasets={dataset.key: dataset.manifest})
+
+    def distill(self, teacher: str, data: str, name: str, **options) -> str:
+        """Queue a distillation (one training job in a batch of its own); returns the batch id.
+        The worker that runs it registers the result under ``name`` (an ``lcm-lora`` accelerator
+        for the teacher's arch, or with ``full=True`` a model of kind ``lcm``)."""
+        planned = self.plan_distill(teacher, data, name, **options)
+        # a training job is never "reused": its result is a registration, not an image
+        return self.submit_plan(planned, force=True).batch
+
+    def bind_accelerator(self, model: str, adapter: str, *, recipe: str = "lcm-lora") -> None:
+        """Bind ``model`` to its own accelerator for ``recipe`` (checked: the adapter is an
+        accelerator of that recipe for the model's arch)."""
+        from farm.recipes import get_recipe, resolve_recipe
+
+        catalog = self.catalog()
+        entry = catalog.models.get(model)
+        if entry is None:
+            raise InputError("model", f"unknown model {model!r}")
+        if not get_recipe(recipe).accelerator:
+            raise InputError("recipe", f"the {recipe} recipe loads no accelerator")
+        resolve_recipe(recipe, entry, None, None, "", catalog.adapters, adapter)  # refuses what cannot fit
+        self.ledger.bind_accelerator(model, recipe, adapter)
+
+    def unbind_accelerator(self, model: str, recipe: str = "lcm-lora") -> None:
+        if not self.ledger.unbind_accelerator(model, recipe):
+            raise InputError("model", f"{model} has no {recipe} binding")
 
     # -- following ---------------------------------------------------------------------------------
     def status(self, batch: str) -> "BatchSummary":
@@ -299,6 +355,7 @@ class Farm:
         total = self.ledger.get_batch(batch).job_count
         notice = NoWorkerNotice(batch, self.no_worker_warn_s)
         next_fleet_check = [0.0]
+        training = TrainingProgress()
 
         def check() -> list[str]:
             lines = self._heal()
@@ -308,6 +365,8 @@ class Farm:
                 next_fleet_check[0] = time.monotonic() + FLEET_CHECK_S
                 line = notice(self.ledger.workers(), datetime.now(timezone.utc), self.ledger.unfinished_models(batch))
                 lines += [line] if line else []
+                if stream is not None:  # issue 14: a training job's step, loss, speed and ETA, as they change
+                    lines += training.lines(self.ledger.trainings_of_batch(batch))
             return lines
 
         counts = watch(lambda: self.ledger.batch_counts(batch), total, stream=stream, timeout=timeout,
@@ -409,6 +468,9 @@ class Farm:
         """Re-render a job from its record here; the largest pixel difference to the stored image."""
         if device not in ("cpu", "cuda"):
             raise InputError("device", f"{device!r} is not cpu or cuda")
+        [view] = self.ledger.list_jobs(job_id=job) or [None]
+        if view is not None and view.spec.training is not None:
+            raise InputError("job", f"job {job} is a training job ({view.spec.kind}); replay re-renders images")
         from engine.quiet import QUIET_ENV
 
         for key, value in QUIET_ENV.items():  # before transformers is imported, or it prints anyway

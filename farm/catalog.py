@@ -49,9 +49,16 @@ class ModelEntry:
     # "diffusers" (a directory or hub repo: from_pretrained) or "single-file" (one checkpoint in
     # the original LDM layout: from_single_file with the arch's local config), farm.checkpoints
     layout: str = "diffusers"
+    provenance: str | None = None  # "job:ID": the training job that made it (issue 14)
+    # (recipe, adapter) pairs: the model's own accelerators, which its recipes pick first (issue 14);
+    # kept in the ledger's accelerator_bindings, not in the model's row
+    bindings: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def bound(self, recipe: str) -> str | None:
+        return next((adapter for r, adapter in self.bindings if r == recipe), None)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,10 @@ class AdapterEntry:
     sha256: str | None = None  # of the weight file (local or s3://), computed at add
     layout: str | None = None  # "kohya" or "diffusers" (farm.loras), read from the file at add
     addnet_sha256: str | None = None  # what A1111 writes as "Lora hashes" (farm.weights)
+    # issue 14: an LCM-LoRA's solver steps (LCMScheduler's original_inference_steps), and the
+    # training job that made it ("job:ID")
+    original_steps: int | None = None
+    provenance: str | None = None
     builtin: bool = True
 
     def as_dict(self) -> dict:

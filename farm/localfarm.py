@@ -169,7 +169,9 @@ def worker_slots(cfg: Config, devices: list[str], broker_url: str, prefix: str =
     models registered after they started."""
     host = socket.gethostname()
     cpu_workers = devices.count("cpu")
-    threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    # the cores shared out among the CPU workers, unless FARM_TORCH_THREADS says otherwise (more
+    # threads than free cores make OpenMP's spin-waits cost more than the work: 10x on a training step)
+    threads = int(os.environ.get("FARM_TORCH_THREADS") or 0) or max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
     slots, cpu_index = [], 0
     metrics_base = int(os.environ.get("FARM_METRICS_PORT") or 0)  # worker i serves base + i
     for index, device in enumerate(devices):

@@ -93,6 +93,8 @@ class Plan:
     sweep: Sweep = Sweep()
     # issue 13: the input images the jobs name, canonical PNGs by sha256, stored by ``submit``
     inputs: dict[str, bytes] = field(default_factory=dict)
+    # issue 14: a training job's dataset manifests by store key (farm.datasets), stored by ``submit``
+    datasets: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def warnings(self) -> list[str]:
@@ -155,6 +157,9 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
     """
     check_key(key)
     store_inputs(store, plan.inputs)
+    for manifest_key, manifest in plan.datasets.items():  # after its images: it names them
+        if not store.exists(manifest_key):
+            store.put(manifest_key, manifest, "application/jsonl")
     found = {} if force else ledger.reusable(s.digest for s in plan.specs)
     reuse = {i: found[spec.digest] for i, spec in enumerate(plan.specs) if spec.digest in found}
     new = ledger.create_batch(

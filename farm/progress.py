@@ -122,3 +122,27 @@ class NoWorkerNotice:
                     f"start one with `farm worker --models {wanted}`")
         return (f"farm: no live worker to render batch {self.batch} for {tick - self.since:.0f}s "
                 f"({describe_fleet(workers, now)}); start one with `farm up` or `farm worker`")
+
+
+class TrainingProgress:
+    """The lines that report a training job's progress (issue 14), each once when it moves:
+    ``job 12: step 300/1000  loss 0.0123  4.10 steps/s  ETA 171s  (checkpoint at 300)``."""
+
+    def __init__(self):
+        self.shown: dict[int, tuple] = {}
+
+    def lines(self, trainings: dict) -> list[str]:
+        out = []
+        for job_id, t in sorted(trainings.items()):
+            if self.shown.get(job_id) == (t.step, t.result):
+                continue
+            self.shown[job_id] = (t.step, t.result)
+            if t.result:
+                out.append(f"job {job_id}: trained {t.total_steps} steps; registered {t.result}")
+                continue
+            loss = f"  loss {t.loss:.4g}" if t.loss is not None else ""
+            speed = f"  {t.steps_per_s:.2f} steps/s" if t.steps_per_s else ""
+            eta = f"  ETA {t.eta_s:.0f}s" if t.eta_s is not None else ""
+            saved = f"  (checkpoint at {t.checkpoint_step})" if t.checkpoint_step else ""
+            out.append(f"job {job_id}: step {t.step}/{t.total_steps}{loss}{speed}{eta}{saved}")
+        return out

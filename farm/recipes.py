@@ -143,11 +143,30 @@ def get_recipe(name: str) -> Recipe:
 
 
 def _accelerators(adapters: Mapping[str, AdapterEntry], arch: str, role: str) -> list[AdapterEntry]:
+    # a built-in stays the default among equals: a registered one (e.g. distilled with `farm distill`)
+    # is picked by name (--accelerator) or by binding it to its model, never by its name's spelling
     return sorted((a for a in adapters.values() if a.kind == "accelerator" and a.arch == arch and a.recipe == role),
-                  key=lambda a: (a.steps or 0, a.name))
+                  key=lambda a: (a.steps or 0, not a.builtin, a.name))
 
 
-def _pick_accelerator(recipe: Recipe, model: ModelEntry, steps: int, adapters) -> AdapterEntry:
+def _named_accelerator(recipe: Recipe, model: ModelEntry, name: str, adapters) -> AdapterEntry:
+    """An accelerator a job names (``--accelerator``) or its model is bound to (issue 14)."""
+    entry = adapters.get(name)
+    if entry is None:
+        raise InputError("accelerator", f"unknown adapter {name!r}")
+    if entry.kind != "accelerator" or entry.recipe != recipe.accelerator:
+        raise InputError("accelerator", f"{name} is not a {recipe.accelerator} accelerator "
+                                        f"(it is a {entry.kind} adapter{' for ' + entry.recipe if entry.recipe else ''})")
+    if entry.arch != model.arch:
+        raise InputError("accelerator", f"{name} is for {entry.arch} models, not {model.name} ({model.arch})")
+    return entry
+
+
+def _pick_accelerator(recipe: Recipe, model: ModelEntry, steps: int, adapters, named: str | None = None) -> AdapterEntry:
+    if named is None and model.bound(recipe.name) in adapters:
+        named = model.bound(recipe.name)  # the model's own accelerator, e.g. an LCM-LoRA distilled from it
+    if named is not None:
+        return _named_accelerator(recipe, model, named, adapters)
     candidates = _accelerators(adapters, model.arch, recipe.accelerator)
     if not candidates:
         raise InputError("recipe", f"no {recipe.accelerator} accelerator is registered for {model.arch} models "
@@ -159,12 +178,15 @@ def _pick_accelerator(recipe: Recipe, model: ModelEntry, steps: int, adapters) -
         have = ", ".join(str(a.steps) for a in candidates if a.steps is not None) or "none"
         raise InputError("steps", f"{steps} steps needs a {steps}-step {recipe.name} LoRA for {model.arch} "
                                   f"models (registered: {have})")
-    return fitting[-1]  # the closest step count below
+    closest = max(a.steps or 0 for a in fitting)  # the closest step count below, a built-in first
+    return next(a for a in fitting if a.steps == closest)
 
 
 def resolve_recipe(name: str, model: ModelEntry, steps: int | None, guidance: float | None,
-                   negative_prompt: str, adapters: Mapping[str, AdapterEntry]) -> ResolvedRecipe:
-    """Fill the recipe's defaults, pick its accelerator, and refuse what cannot work."""
+                   negative_prompt: str, adapters: Mapping[str, AdapterEntry],
+                   accelerator_name: str | None = None) -> ResolvedRecipe:
+    """Fill the recipe's defaults, pick its accelerator (``accelerator_name``: the one the job
+    names), and refuse what cannot work."""
     recipe = get_recipe(name)
     if model.family not in recipe.families:
         raise InputError("recipe", f"{name} does not support the {model.family} family "
@@ -178,7 +200,9 @@ def resolve_recipe(name: str, model: ModelEntry, steps: int | None, guidance: fl
     lo, hi = recipe.steps
     if not lo <= steps <= hi:
         raise InputError("steps", f"{steps} is outside {lo}..{hi} for the {name} recipe")
-    accelerator = _pick_accelerator(recipe, model, steps, adapters) if recipe.accelerator else None
+    if accelerator_name is not None and not recipe.accelerator:
+        raise InputError("accelerator", f"the {name} recipe loads no accelerator")
+    accelerator = _pick_accelerator(recipe, model, steps, adapters, accelerator_name) if recipe.accelerator else None
 
     guidance = recipe.default_guidance if guidance is None else float(guidance)
     glo, ghi = recipe.guidance
@@ -191,6 +215,9 @@ def resolve_recipe(name: str, model: ModelEntry, steps: int | None, guidance: fl
         raise InputError("guidance", f"{guidance:g} is outside {glo:g}..{ghi:g} for the {name} recipe")
 
     scheduler, scheduler_config = recipe.schedulers_by_steps.get(steps, (recipe.scheduler, recipe.scheduler_config))
+    if accelerator is not None and accelerator.original_steps and scheduler == "LCMScheduler":
+        # the solver's step count the LoRA was distilled with (1000 / k), issue 14
+        scheduler_config = {**scheduler_config, "original_inference_steps": accelerator.original_steps}
     warnings = []
     # diffusers runs classifier-free guidance only when guidance > 1; LCM models embed it instead,
     # FLUX models distil it (its recipes pass guidance to the model, never to CFG)

@@ -85,6 +85,8 @@ class JobRequest:
     control_scale: object = None
     control_preprocess: object = None
     upscale: object = None
+    # issue 14: the accelerator adapter the recipe loads (default: the model's own, else the arch's)
+    accelerator: object = None
 
 
 # the request fields of the first release; any later one is left out of a request's digest while
@@ -93,7 +95,7 @@ FIRST_REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance"
                         "recipe", "adapters")
 
 
-KINDS = ("txt2img",) + IMAGE_KINDS  # what a job does (farm.kinds); later kinds (training) take their slot here
+KINDS = ("txt2img",) + IMAGE_KINDS  # what an image job does (farm.kinds); training kinds: farm.training
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class JobSpec:
     control_scale: float | None = None
     control_preprocess: str | None = None
     upscale: float | None = None
+    # issue 14, training jobs (farm.training): what only a training job has; None for a render
+    training: dict | None = None
 
     def __post_init__(self):
         # a ledger row gives a JSON list (or NULL): the digest compares with the default, ()
@@ -168,7 +172,7 @@ def group_key(spec: JobSpec) -> tuple:
     loads those of every job in the call; an embedding changes only the prompts that use it)."""
     per_image = ("prompt", "negative_prompt", "seed", "warnings", "embeddings") + INPUT_FIELDS  # images: issue 13
     return tuple(
-        json.dumps(getattr(spec, f.name), sort_keys=True, default=str) if f.name == "scheduler_config"
+        json.dumps(getattr(spec, f.name), sort_keys=True, default=str) if f.name in ("scheduler_config", "training")
         else tuple((a.name, a.weight) for a in spec.adapters) if f.name == "adapters"
         else getattr(spec, f.name)
         for f in fields(spec) if f.name not in per_image
@@ -282,7 +286,8 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str,
     recipe_name = check_name("recipe", request.recipe if request.recipe is not None else default_recipe(model))
     steps = None if request.steps is None else parse_int("steps", request.steps, 1, 200)
     guidance = None if request.guidance is None else parse_float("guidance", request.guidance)
-    recipe = resolve_recipe(recipe_name, model, steps, guidance, negative, catalog.adapters)
+    accelerator = None if request.accelerator is None else check_name("accelerator", request.accelerator)
+    recipe = resolve_recipe(recipe_name, model, steps, guidance, negative, catalog.adapters, accelerator)
 
     image = resolve_kind(request, model, catalog.controlnets, inputs, KINDS)  # issue 13: what the kind takes
     image.check_steps(recipe.steps)

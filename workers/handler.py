@@ -105,6 +105,12 @@ class Handler:
         try:
             groups: dict[tuple, list[Claim]] = {}
             for claim in claims.values():  # a message holds one group; split defensively if it does not
+                if claim.spec.training is not None:  # issue 14: a training job holds the worker to its end
+                    from workers import training
+
+                    for outcome, count in training.run(self, claim).items():
+                        summary[outcome] += count
+                    continue
                 groups.setdefault(claim.spec.group_key, []).append(claim)
             for group in groups.values():
                 for outcome, count in self._render_group(group).items():

@@ -117,6 +117,7 @@ from farm.cli import (  # noqa: E402,F401
     batches,
     controlnets,
     db,
+    distill,
     embeddings,
     jobs,
     maintenance,

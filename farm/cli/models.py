@@ -1,4 +1,4 @@
-"""`farm models add|list|remove`: the model registry."""
+"""`farm models add|list|remove|bind`: the model registry, and models bound to their own accelerator."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from farm.catalog import ARCHS, FAMILIES, MODEL_KINDS
-from farm.cli import State, cli
+from farm.cli import State, cli, emit_json
 from farm.cli.entries import print_entries, register, remove_command
+from farm.errors import InputError
 
 
 @cli.group("models")
@@ -62,3 +63,28 @@ def models_list(state: State, as_json):
 
 
 remove_command(models_group, "model", "Remove a registered model (jobs already recorded keep their record).")
+
+
+@models_group.command("bind")
+@click.argument("model")
+@click.argument("adapter", required=False)
+@click.option("--recipe", default="lcm-lora", show_default=True, help="The recipe that picks the adapter.")
+@click.option("--unbind", is_flag=True, help="Remove the model's binding for the recipe.")
+@click.option("--json", "as_json", is_flag=True, help="Print {model, recipe, adapter} (adapter null after --unbind).")
+@click.pass_obj
+def models_bind(state: State, model, adapter, recipe, unbind, as_json):
+    """Bind MODEL to its own accelerator ADAPTER (e.g. an LCM-LoRA made with `farm distill`):
+    the recipe picks it for this model instead of the arch's default."""
+    if unbind:
+        state.farm.unbind_accelerator(model, recipe)
+        adapter = None
+    elif adapter is None:
+        raise InputError("adapter", "give the ADAPTER to bind (or --unbind)")
+    else:
+        state.farm.bind_accelerator(model, adapter, recipe=recipe)
+    if as_json:
+        emit_json({"model": model, "recipe": recipe, "adapter": adapter})
+    elif adapter is None:
+        click.echo(f"{model}: the {recipe} recipe picks the arch's accelerator again")
+    else:
+        click.echo(f"{model}: the {recipe} recipe now loads {adapter}")

@@ -27,6 +27,9 @@ def job_options(func):
         click.option("--negative", default=None, help="Negative prompt (ignored when guidance <= 1)."),
         click.option("--decoder", type=click.Choice(["full", "tiny"]), default=None,
                      help="full: the model's VAE (default); tiny: TAESD, a much cheaper decoder for previews."),
+        click.option("--accelerator", default=None, metavar="NAME",
+                     help="The recipe's accelerator LoRA by name, e.g. one made with `farm distill` "
+                          "(default: the model's own, else the arch's)."),
         click.option("--adapter", "adapters", multiple=True, metavar="NAME[:WEIGHT[,WEIGHT...]]",
                      help="A style LoRA on top of the recipe's accelerator; several weights sweep it. Repeatable."),
         click.option("--spec", "spec", default=None, help="Sweep spec (.yaml or .json): prompts, axes, wildcards."),

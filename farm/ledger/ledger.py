@@ -2,7 +2,8 @@
 
 One facade over modules by concern: ``schema`` (engine, sessions, migrations), ``batches``
 (submissions, reuse, batch control), ``lifecycle`` (claim, complete, fail, leases), ``fleet``
-(workers, locks), ``registry`` (models, adapters) and ``queries`` (reporting). Values come out
+(workers, locks), ``registry`` (models, adapters), ``training`` (training jobs' progress, checkpoints,
+results, issue 14) and ``queries`` (reporting). Values come out
 typed (``farm.ledger.values``); a job's spec meets its row only in ``farm.ledger.mapping``.
 """
 
@@ -14,10 +15,11 @@ from farm.ledger.lifecycle import Lifecycle
 from farm.ledger.queries import Queries
 from farm.ledger.registry import Registry
 from farm.ledger.schema import current_revision, head_revision, make_engine, upgrade, utcnow
+from farm.ledger.training import Trainings
 from farm.ledger.values import Claim, NewBatch
 
 
-class Ledger(Batches, Lifecycle, Fleet, Registry, Queries):
+class Ledger(Trainings, Batches, Lifecycle, Fleet, Registry, Queries):
     """``Ledger(url, clock=..., auto_migrate=True)``: every concern over one engine."""
 
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 from dataclasses import fields
 
 from farm.ledger import models
-from farm.ledger.values import PEAK_MEMORY, TIMING_NAMES, Artifact, AttemptStat, BatchInfo, JobView, StoredJob, WorkerInfo
+from farm.ledger.values import (
+    PEAK_MEMORY,
+    TIMING_NAMES,
+    Artifact,
+    AttemptStat,
+    BatchInfo,
+    JobView,
+    StoredJob,
+    TrainingView,
+    WorkerInfo,
+)
 from farm.spec import AdapterUse, JobSpec
 
 NOT_STORED = ("warnings",)  # shown at submission, not part of the job
@@ -63,14 +73,22 @@ def artifact_value(row: models.Artifact) -> Artifact:
                     height=row.height, content_type=row.content_type)
 
 
-def job_view(job: models.Job, attempt: models.Attempt | None, artifact: models.Artifact | None) -> JobView:
+def training_view(row: models.Training) -> TrainingView:
+    return TrainingView(step=row.step, total_steps=row.total_steps, loss=row.loss, steps_per_s=row.steps_per_s,
+                        eta_s=row.eta_s, updated_at=row.updated_at, checkpoint_step=row.checkpoint_step,
+                        checkpoint_key=row.checkpoint_key, resumed_from=row.resumed_from,
+                        evaluation=row.evaluation, result=row.result)
+
+
+def job_view(job: models.Job, attempt: models.Attempt | None, artifact: models.Artifact | None,
+             training: TrainingView | None = None) -> JobView:
     return JobView(
         job=stored_job(job), digest=job.digest, attempts=job.attempts, axes=job.axes or {},
         reused_from=job.reused_from, last_error=job.last_error,
         worker=attempt.worker if attempt else None, device=attempt.device if attempt else None,
         timings=timings_of(attempt) if attempt else {}, batch_size=attempt.batch_size if attempt else None,
         environment=attempt.environment if attempt else None, artifact=artifact_of(artifact),
-        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at, training=training,
     )
 
 

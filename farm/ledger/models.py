@@ -108,6 +108,8 @@ class Job(Base):
     control_scale: Mapped[float | None] = mapped_column(Float)
     control_preprocess: Mapped[str | None] = mapped_column(String(16))
     upscale: Mapped[float | None] = mapped_column(Float)
+    # issue 14, training jobs (farm.training): the settings only a training job has
+    training: Mapped[dict | None] = mapped_column(JSON)
     digest: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -207,7 +209,40 @@ class RegisteredModel(Base):
     native_size: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str | None] = mapped_column(String(64))  # of an s3:// source
     layout: Mapped[str] = mapped_column(String(16), default="diffusers")  # or "single-file"
+    provenance: Mapped[str | None] = mapped_column(String(128))  # "job:ID" of the training job that made it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AcceleratorBinding(Base):
+    """A model bound to its own accelerator (issue 14): its recipe picks this adapter first.
+    Built-in models can be bound too, so the binding is a table of its own."""
+
+    __tablename__ = "accelerator_bindings"
+
+    model: Mapped[str] = mapped_column(String(64), primary_key=True)
+    recipe: Mapped[str] = mapped_column(String(64), primary_key=True)
+    adapter: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Training(Base):
+    """A training job's progress, its last checkpoint and its evaluation (issue 14). Written only
+    by the attempt that owns the job (the fencing token), read by status and by the next attempt."""
+
+    __tablename__ = "trainings"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float)
+    steps_per_s: Mapped[float | None] = mapped_column(Float)
+    eta_s: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    checkpoint_key: Mapped[str | None] = mapped_column(String(1024))
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    resumed_from: Mapped[int | None] = mapped_column(Integer)  # the step the latest attempt started at
+    evaluation: Mapped[dict | None] = mapped_column(JSON)
+    result: Mapped[str | None] = mapped_column(String(64))  # the registered adapter or model
 
 
 class RegisteredAdapter(Base):
@@ -227,6 +262,9 @@ class RegisteredAdapter(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))  # of its file: a duplicate is refused
     layout: Mapped[str | None] = mapped_column(String(16))  # "kohya" or "diffusers"; None: not looked into
     addnet_sha256: Mapped[str | None] = mapped_column(String(64))  # A1111's "Lora hashes"
+    # issue 14: an LCM-LoRA's solver steps (LCMScheduler's original_inference_steps = 1000 / k)
+    original_steps: Mapped[int | None] = mapped_column(Integer)
+    provenance: Mapped[str | None] = mapped_column(String(128))  # "job:ID" of the training job that made it
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

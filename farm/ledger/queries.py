@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 
 from farm import states
-from farm.ledger.mapping import attempt_stat, batch_info, job_view
-from farm.ledger.models import Artifact, Attempt, Batch, Job
+from farm.ledger.mapping import attempt_stat, batch_info, job_view, training_view
+from farm.ledger.models import Artifact, Attempt, Batch, Job, Training
 from farm.ledger.schema import Database
 from farm.ledger.values import AttemptStat, BatchSummary, JobView
 
@@ -34,7 +34,10 @@ class Queries(Database):
             if ids:
                 for a in s.scalars(select(Attempt).where(Attempt.job_id.in_(ids)).order_by(Attempt.id)):
                     attempts[a.job_id] = a  # the latest wins
-            return [job_view(j, attempts.get(j.id), artifacts.get(j.id)) for j in jobs]
+            trained = [j.id for j in jobs if j.training is not None]  # issue 14: training jobs' progress
+            trainings = {t.job_id: training_view(t)
+                         for t in s.scalars(select(Training).where(Training.job_id.in_(trained)))} if trained else {}
+            return [job_view(j, attempts.get(j.id), artifacts.get(j.id), trainings.get(j.id)) for j in jobs]
 
     def batches(self, limit: int = 50) -> list[BatchSummary]:
         with self.session() as s:

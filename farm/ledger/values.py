@@ -138,6 +138,29 @@ def image_fields(spec: JobSpec) -> dict:
 
 
 @dataclass(frozen=True)
+class TrainingView:
+    """A training job's progress, last checkpoint and evaluation (issue 14)."""
+
+    step: int
+    total_steps: int
+    loss: float | None
+    steps_per_s: float | None
+    eta_s: float | None
+    updated_at: datetime | None
+    checkpoint_step: int | None
+    checkpoint_key: str | None
+    resumed_from: int | None
+    evaluation: dict | None
+    result: str | None  # the adapter or model it registered
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "total_steps": self.total_steps, "loss": self.loss,
+                "steps_per_s": self.steps_per_s, "eta_s": self.eta_s, "updated_at": _iso(self.updated_at),
+                "checkpoint_step": self.checkpoint_step, "checkpoint": self.checkpoint_key,
+                "resumed_from": self.resumed_from, "evaluation": self.evaluation, "result": self.result}
+
+
+@dataclass(frozen=True)
 class JobView:
     """A job with its latest attempt and its stored image: what `farm jobs list` shows."""
 
@@ -156,6 +179,7 @@ class JobView:
     created_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    training: TrainingView | None = None  # a training job's progress (issue 14)
 
     # the fields scripts read most, without going through .job / .spec
     @property
@@ -205,6 +229,9 @@ class JobView:
             "finished_at": _iso(self.finished_at),
             # issue 13: the images it started from (sha256 of inputs/<sha256>.png) and the kind's settings
             **image_fields(spec),
+            # issue 14: a training job's settings and progress
+            **({"training": {**spec.training, "progress": self.training.as_dict() if self.training else None}}
+               if spec.training is not None else {}),
         }
 
 

@@ -47,3 +47,16 @@ def open_store(url: str, *, s3_endpoint_url: str | None = None) -> Store:
 
         return S3Store(url, endpoint_url=s3_endpoint_url)
     raise ConfigError("FARM_STORE_URL", f"unsupported store {url!r} (use file://... or s3://bucket/prefix)")
+
+
+def object_uri(store: Store, key: str) -> str:
+    """Where an object of ``store`` can be loaded from by name: a local path for a ``file://``
+    store, ``s3://bucket/prefix/key`` for S3 (what a registry entry's source holds)."""
+    from farm.storage.local import LocalStore
+    from farm.storage.s3 import S3Store
+
+    if isinstance(store, LocalStore):
+        return str(store.path(key))
+    if isinstance(store, S3Store):
+        return f"s3://{store.bucket}/{store.prefix + '/' if store.prefix else ''}{check_key(key)}"
+    raise TypeError(f"no URI for objects of {type(store).__name__}")

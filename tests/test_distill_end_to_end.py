@@ -1,0 +1,85 @@
+"""`farm distill` end to end (issue 14): a real worker process distils the trained tiny teacher into
+an LCM-LoRA; kill -9 of the worker mid-run resumes from the last checkpoint, not from step 0; the
+evaluation is recorded; the result is registered as an accelerator and renders at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from tests import servers
+from tests.faults.harness import FaultFarm
+
+STEPS = 120  # enough for the one-step error to fall well below the teacher's own (engine tests measure it)
+CHECKPOINT_EVERY = 20
+
+
+@pytest.fixture
+def trainer_farm(tmp_path, redis_server, model_cache):
+    queue = f"distill{tmp_path.name[-8:].replace('_', '')}"
+    farm = FaultFarm(tmp_path, redis_server.url, workers=1, extra={
+        "FARM_RENDERER": "diffusion", "FARM_MODEL_CACHE": str(model_cache), "FARM_QUEUE": queue,
+        "FARM_TORCH_THREADS": "1", "FARM_LEASE_S": "4"})
+    yield farm
+    farm.close()
+
+
+def test_distil_the_tiny_teacher_resume_after_kill_9_and_render_with_the_result(trainer_farm, tmp_path):
+    from engine.training.shapes import write_dataset
+
+    farm = trainer_farm
+    data = tmp_path / "shapes"
+    write_dataset(data, 64, seed=3)
+    farm.start()
+    submitted = json.loads(farm.cli(
+        "distill", "--teacher", "tiny-sd", "--data", str(data), "--name", "shapes-lcm", "--steps", str(STEPS),
+        "--batch-size", "8", "--checkpoint-every", str(CHECKPOINT_EVERY), "--seed", "1", "--eval-samples", "16",
+        "--json").stdout)
+    assert submitted["examples"] == 64
+    job = submitted["job"]
+
+    # kill -9 the worker once a checkpoint past the first is recorded
+    servers.wait_until(lambda: (farm.sql("select checkpoint_step from trainings where job_id = :j", j=job)
+                                or [(None,)])[0][0] or 0, 180, interval=0.2, what="a first checkpoint")
+    [victim] = farm.worker_pids()
+    os.kill(victim, signal.SIGKILL)
+    killed_at = farm.sql("select checkpoint_step from trainings where job_id = :j", j=job)[0][0]
+    assert killed_at >= CHECKPOINT_EVERY
+
+    farm.wait_done(submitted["batch"], 1, timeout=400)
+    [(state, attempts)] = farm.sql("select state, attempts from jobs where id = :j", j=job)
+    assert (state, attempts) == ("succeeded", 2), farm.sql("select outcome, error from attempts")
+    outcomes = [o for (o,) in farm.sql("select outcome from attempts where job_id = :j order by id", j=job)]
+    assert outcomes == ["lost", "succeeded"] or outcomes[-1] == "succeeded", outcomes
+    [view] = json.loads(farm.cli("jobs", "list", "--batch", submitted["batch"], "--json").stdout)
+    progress = view["training"]["progress"]
+    # the second attempt started from the checkpoint the first one left, not from step 0
+    assert progress["resumed_from"] >= killed_at > 0 and progress["step"] == STEPS
+    assert progress["result"] == "shapes-lcm"
+
+    evaluation = progress["evaluation"]
+    error = evaluation["one_step_error"]
+    assert error["lcm-lora"] * 1.5 <= error["teacher-lcm"], error
+    assert {(r["sampler"], r["steps"]) for r in evaluation["rows"]} >= {("lcm-lora", 1), ("teacher-lcm", 4),
+                                                                        ("teacher-ddim", 8)}
+
+    adapters = {a["name"]: a for a in json.loads(farm.cli("adapters", "list", "--json").stdout)}
+    made = adapters["shapes-lcm"]
+    assert (made["kind"], made["recipe"], made["arch"], made["provenance"]) == \
+        ("accelerator", "lcm-lora", "tiny-sd", f"job:{job}")
+    assert made["original_steps"] == 50 and made["sha256"] == view["sha256"]
+
+    # usable at once: named by a job, then bound to the teacher so its lcm-lora recipe picks it
+    named = json.loads(farm.cli("submit", "a red circle", "--model", "tiny-sd", "--accelerator", "shapes-lcm",
+                                "--steps", "2", "--seed", "5", "--json").stdout)
+    farm.wait_done(named["batch"], 1, timeout=120)
+    [rendered] = json.loads(farm.cli("jobs", "list", "--batch", named["batch"], "--json").stdout)
+    assert rendered["state"] == "succeeded" and rendered["adapters"][0]["name"] == "shapes-lcm"
+    assert rendered["environment"]["adapter_sha256"]["shapes-lcm"] == made["sha256"]
+    farm.cli("models", "bind", "tiny-sd", "shapes-lcm")
+    bound = json.loads(farm.cli("submit", "a red circle", "--model", "tiny-sd", "--steps", "2", "--seed", "5",
+                                "--dry-run", "--json").stdout)
+    assert bound["jobs"] == 1 and bound["reused"] == 1  # the same job as the named one: its image is reused

@@ -1,0 +1,184 @@
+"""Running a training job (issue 14) on the worker that claimed it: one job, the whole worker.
+
+The job's dataset comes from the store (a manifest of input images and captions, farm.datasets);
+the teacher is loaded fresh (``Runner.training_pipeline``); ``engine.distill`` trains. Along the
+way, every write is fenced by the attempt's token (farm.ledger.training):
+
+- progress (step, loss, steps/s, ETA) goes to the ledger about once a second;
+- every ``checkpoint_every`` steps the training state (trainable weights, optimizer, step, RNG)
+  goes to the store under a key that carries the token, then the ledger points the job at it; a
+  superseded attempt's pointer update changes nothing, and it stops;
+- a cancel, a drain or a superseded attempt stops at the next step; the last checkpoint stays, and
+  the next attempt (after a drain, a lost worker, a retry) resumes from it, not from step 0.
+
+At the end the job evaluates the result against its teacher (engine.evaluation), stores the weights
+and, in the one transaction that completes the job, records the evaluation and registers the
+result as an ``lcm-lora`` accelerator of the teacher's arch (or a model of kind ``lcm``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import time
+
+from farm import states
+from farm.catalog import AdapterEntry, ModelEntry
+from farm.datasets import manifest_key, parse_manifest
+from farm.errors import ConflictError, InputError
+from farm.fetch import manifest_digest
+from farm.ledger import Artifact, Claim, Completion
+from farm.storage import object_uri
+from farm.training import RESULT_FILE, checkpoint_key, result_key
+
+log = logging.getLogger("farm.worker")
+PROGRESS_EVERY_S = 1.0
+STEP_HANG_S = 900.0  # one training step (or the evaluation) not done after this long: a hung worker
+
+
+def _addnet_sha256(data: bytes) -> str:
+    """sha256 of a safetensors file's tensor bytes (A1111's LoRA hash, farm.weights)."""
+    (header_len,) = struct.unpack("<Q", data[:8])
+    return hashlib.sha256(data[8 + header_len:]).hexdigest()
+
+
+class Superseded(Exception):
+    """The attempt no longer owns its job: another attempt took over, or it was cancelled."""
+
+
+def load_examples(runner, store, manifest_sha256: str) -> list:
+    """The dataset as (HxWx3 uint8 array, caption) pairs, images verified by sha256."""
+    import numpy as np
+
+    data = store.get(manifest_key(manifest_sha256))
+    if hashlib.sha256(data).hexdigest() != manifest_sha256:
+        raise InputError("data", f"the stored dataset {manifest_sha256[:12]} does not match its name")
+    return [(np.asarray(runner.inputs.image(sha).convert("RGB")), caption) for sha, caption in parse_manifest(data)]
+
+
+def run(handler, claim: Claim) -> dict:
+    """Train ``claim``'s job to the end (or to a stop); counts like a render's."""
+    from engine.runner import Interrupted
+
+    counts = {"succeeded": 0, "failed": 0, "retried": 0, "storing": 0, "skipped": 0}
+    ledger = handler.ledger
+    spec = claim.spec
+    resume = ledger.start_training(claim.job_id, claim.token, spec.steps)
+    if resume is None:  # not ours any more (cancelled, or another attempt has it)
+        ledger.close_attempts([claim.token], outcome=states.ATTEMPT_SUPERSEDED)
+        counts["skipped"] += 1
+        return counts
+    try:
+        handler.hang_deadline = time.monotonic() + STEP_HANG_S + 600  # loading the teacher and the data
+        outcome = _train(handler, claim, resume)
+    except Interrupted as exc:
+        return handler._interrupted([claim], exc, counts)
+    except Superseded as exc:
+        ledger.close_attempts([claim.token], outcome=states.ATTEMPT_SUPERSEDED, error=str(exc))
+        counts["skipped"] += 1
+        return counts
+    except ConflictError as exc:  # the name was registered while it trained: nothing to retry
+        ledger.fail_attempt(claim.job_id, claim.token, error=str(exc), outcome=states.ATTEMPT_FAILED)
+        counts["failed"] += 1
+        return counts
+    except Exception as exc:  # noqa: BLE001 - classified like a render's failure
+        return handler._failed([claim], exc, counts)
+    finally:
+        handler.hang_deadline = None
+    counts[outcome] += 1
+    return counts
+
+
+def _train(handler, claim: Claim, resume) -> str:
+    from engine.distill import DistillSettings, distill
+    from engine.evaluation import evaluate
+
+    ledger, store, runner = handler.ledger, handler.store, handler.runner
+    spec, job_id, token = claim.spec, claim.job_id, claim.token
+    training = spec.training or {}
+    started = time.perf_counter()
+    examples = load_examples(runner, store, training["data"]["manifest"])
+    state = store.get(resume.key) if resume.key else None
+    if state is not None:
+        log.info("job %s resumes at step %s from %s", job_id, resume.step, resume.key)
+    pipe = runner.training_pipeline(spec.model)
+    lo, hi = training["guidance_range"]
+    settings = DistillSettings(
+        steps=spec.steps, rank=training["rank"], skip=training["skip"], guidance_min=lo, guidance_max=hi,
+        solver=training["solver"], batch_size=training["batch_size"], lr=training["lr"],
+        full=training["output"] == "model", seed=spec.seed, checkpoint_every=training["checkpoint_every"])
+    reported = {"at": 0.0}
+    stop = handler._stop_check([token], float("inf"))
+
+    def on_progress(step: int, loss: float, steps_per_s: float) -> None:
+        handler.hang_deadline = time.monotonic() + STEP_HANG_S
+        now = time.monotonic()
+        if now - reported["at"] < PROGRESS_EVERY_S and step < spec.steps:
+            return
+        reported["at"] = now
+        eta = (spec.steps - step) / steps_per_s if steps_per_s > 0 else None
+        if not ledger.report_progress(job_id, token, step=step, loss=float(loss), steps_per_s=float(steps_per_s),
+                                      eta_s=eta):
+            raise Superseded(f"superseded at step {step}")
+
+    def on_checkpoint(step: int, blob: bytes) -> None:
+        key = checkpoint_key(job_id, step, token)
+        store.put(key, blob, "application/octet-stream", metadata={"sha256": hashlib.sha256(blob).hexdigest()})
+        if not ledger.record_checkpoint(job_id, token, key=key, step=step):
+            raise Superseded(f"superseded at step {step}; checkpoint {key} not recorded")
+
+    result = distill(pipe, spec.family, examples, settings, resume=state, on_progress=on_progress,
+                     on_checkpoint=on_checkpoint, should_stop=stop)
+    trained_ms = (time.perf_counter() - started) * 1000
+    handler.hang_deadline = time.monotonic() + STEP_HANG_S
+    started = time.perf_counter()
+    student = (result.unet_config or {}, result.weights) if settings.full else None  # a full model's UNet
+    evaluation = evaluate(pipe, spec.family, None if settings.full else result.weights,
+                          training["eval_prompts"], samples=training["eval_samples"],
+                          seed=spec.seed, original_inference_steps=result.original_inference_steps,
+                          student=student)
+    evaluation = json.loads(json.dumps(evaluation))  # plain JSON for the ledger
+    evaluation["prompts_held_out"] = training.get("eval_held_out", False)
+    evaluated_ms = (time.perf_counter() - started) * 1000
+    if stop():
+        raise Superseded("the job was cancelled during the evaluation")
+
+    key = result_key(spec)
+    digest = hashlib.sha256(result.weights).hexdigest()
+    teacher = runner.model_entry(spec.model)
+    entry: AdapterEntry | ModelEntry
+    if settings.full:  # a model directory of kind lcm: the teacher's pipeline with the student UNet
+        from engine.exporting import lcm_model_files
+
+        folder = key.rsplit("/", 2)[0]  # models/<name>
+        files = lcm_model_files(pipe, result.unet_config or {}, result.weights, result.original_inference_steps)
+        digests = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+        for rel, data in sorted(files.items()):
+            store.put(f"{folder}/{rel}", data, "application/octet-stream", metadata={"sha256": digests[rel]})
+        source = object_uri(store, folder)
+        entry = ModelEntry(name=training["name"], source=source, family=teacher.family, arch=teacher.arch,
+                           native_size=teacher.native_size, kind="lcm", builtin=False, provenance=f"job:{job_id}",
+                           sha256=manifest_digest(digests) if source.startswith("s3://") else None)
+        registered_sha = entry.sha256
+    else:
+        store.put(key, result.weights, "application/octet-stream", metadata={"sha256": digest})
+        entry = AdapterEntry(
+            name=training["name"], source=object_uri(store, key), arch=teacher.arch,
+            kind="accelerator", recipe="lcm-lora", sha256=digest, layout="diffusers",
+            addnet_sha256=_addnet_sha256(result.weights), original_steps=result.original_inference_steps,
+            provenance=f"job:{job_id}", builtin=False)
+        registered_sha = digest
+    artifact = Artifact(store_url=store.url, key=key, sha256=digest, bytes=len(result.weights), width=0, height=0,
+                        content_type="application/octet-stream")
+    environment = {"device": str(runner.device), "training": {"steps_done": result.steps_done,
+                                                              "resumed_from": resume.step,
+                                                              "weights": RESULT_FILE[training["output"]]}}
+    completion = Completion(job_id, token, artifact, {"denoise_ms": trained_ms, "total_ms": trained_ms + evaluated_ms},
+                            settings.batch_size, environment)
+    if not ledger.finish_training(completion, evaluation=evaluation, entry=entry, sha256=registered_sha):
+        return "skipped"
+    log.info("job %s: registered %s (%s steps, evaluation %s)", job_id, entry.name, result.steps_done,
+             evaluation.get("one_step_error"))
+    return "succeeded"
