@@ -83,3 +83,25 @@ def test_distil_the_tiny_teacher_resume_after_kill_9_and_render_with_the_result(
     bound = json.loads(farm.cli("submit", "a red circle", "--model", "tiny-sd", "--steps", "2", "--seed", "5",
                                 "--dry-run", "--json").stdout)
     assert bound["jobs"] == 1 and bound["reused"] == 1  # the same job as the named one: its image is reused
+
+
+def test_cancel_stops_a_training_job_at_the_next_step_and_keeps_its_last_checkpoint(trainer_farm, tmp_path):
+    from engine.training.shapes import write_dataset
+
+    farm = trainer_farm
+    data = tmp_path / "shapes"
+    write_dataset(data, 16, seed=4)
+    farm.start()
+    submitted = json.loads(farm.cli("distill", "--teacher", "tiny-sd", "--data", str(data), "--name", "never",
+                                    "--steps", "100000", "--batch-size", "2", "--checkpoint-every", "5",
+                                    "--json").stdout)
+    job = submitted["job"]
+    servers.wait_until(lambda: (farm.sql("select checkpoint_step from trainings where job_id = :j", j=job)
+                                or [(None,)])[0][0], 180, interval=0.2, what="a checkpoint")
+    assert json.loads(farm.cli("cancel", submitted["batch"], "--running", "--json").stdout)["cancelled"] == 1
+    farm.wait_done(submitted["batch"], 1, timeout=60)
+    [(outcome, error)] = farm.sql("select outcome, error from attempts where job_id = :j", j=job)
+    assert outcome == "cancelled" and error.startswith("cancelled at step "), (outcome, error)
+    [(key, step)] = farm.sql("select checkpoint_key, checkpoint_step from trainings where job_id = :j", j=job)
+    assert step >= 5 and (tmp_path / "home" / "store" / key).is_file()  # kept, for a later resume or a look
+    assert "never" not in {a["name"] for a in json.loads(farm.cli("adapters", "list", "--json").stdout)}
