@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
 from tests import servers
-from tests.faults.harness import FaultFarm
+from tests.faults.harness import ROOT, FaultFarm
 
 STEPS = 120  # enough for the one-step error to fall well below the teacher's own (engine tests measure it)
 CHECKPOINT_EVERY = 20
@@ -105,3 +107,33 @@ def test_cancel_stops_a_training_job_at_the_next_step_and_keeps_its_last_checkpo
     [(key, step)] = farm.sql("select checkpoint_key, checkpoint_step from trainings where job_id = :j", j=job)
     assert step >= 5 and (tmp_path / "home" / "store" / key).is_file()  # kept, for a later resume or a look
     assert "never" not in {a["name"] for a in json.loads(farm.cli("adapters", "list", "--json").stdout)}
+
+
+def test_a_full_model_distillation_registers_an_lcm_model_that_renders(trainer_farm, tmp_path):
+    from engine.training.shapes import write_dataset
+
+    farm = trainer_farm
+    data = tmp_path / "shapes"
+    write_dataset(data, 8, seed=5)
+    farm.start()
+    submitted = json.loads(farm.cli("distill", "--teacher", "tiny-sd", "--data", str(data), "--name", "shapes-lcm-full",
+                                    "--full", "--steps", "4", "--batch-size", "2", "--eval-samples", "4",
+                                    "--json").stdout)
+    farm.wait_done(submitted["batch"], 1, timeout=180)
+    [view] = json.loads(farm.cli("jobs", "list", "--batch", submitted["batch"], "--json").stdout)
+    assert view["state"] == "succeeded", view["last_error"]
+    assert {r["sampler"] for r in view["training"]["progress"]["evaluation"]["rows"]} == \
+        {"teacher-ddim", "teacher-lcm", "lcm-model"}
+    models = {m["name"]: m for m in json.loads(farm.cli("models", "list", "--json").stdout)}
+    made = models["shapes-lcm-full"]
+    assert (made["kind"], made["family"], made["arch"], made["provenance"]) == \
+        ("lcm", "sd15", "tiny-sd", f"job:{submitted['job']}")
+    farm.stop()  # this fleet serves tiny-sd's queue; a worker for the new model's queue renders it
+    farm.supervisor = subprocess.Popen([sys.executable, "-m", "farm.cli", "worker", "--workers", "1", "--models",
+                                        "shapes-lcm-full"], env=farm.env, cwd=ROOT, stdout=farm.log,
+                                       stderr=subprocess.STDOUT)
+    rendered = json.loads(farm.cli("submit", "a red circle", "--model", "shapes-lcm-full", "--recipe", "lcm",
+                                   "--steps", "2", "--seed", "3", "--json").stdout)
+    farm.wait_done(rendered["batch"], 1, timeout=120)
+    [image] = json.loads(farm.cli("jobs", "list", "--batch", rendered["batch"], "--json").stdout)
+    assert image["state"] == "succeeded" and image["scheduler"] == "LCMScheduler", image["last_error"]
