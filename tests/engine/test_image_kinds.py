@@ -81,7 +81,7 @@ def spec(model: str, kind: str, seed: int = 100, style: float | None = None, **f
     return replace(direct_spec(model=model, family=FAMILY[model], seed=seed, adapters=adapters), kind=kind, **fields)
 
 
-def plain(runner, model: str, kind: str, *, controlnet=None, style: float | None = None, **call):
+def plain(runner, model: str, kind: str, *, controlnet=None, style: float | None = None, steps: int = 4, **call):
     """A plain diffusers call of the kind's pipeline class, made of the resident pipeline's
     components (diffusers' documented way), with the recipe's scheduler and LoRA stack."""
     import diffusers
@@ -100,7 +100,7 @@ def plain(runner, model: str, kind: str, *, controlnet=None, style: float | None
     resident.adapters.activate(stack, f"{model}-lcm-lora")
     seeds = call.pop("seeds")
     with torch.inference_mode():
-        images = other(["a lighthouse at dusk"] * len(seeds), num_inference_steps=4, guidance_scale=1.0,
+        images = other(["a lighthouse at dusk"] * len(seeds), num_inference_steps=steps, guidance_scale=1.0,
                        generator=[torch.Generator().manual_seed(s) for s in seeds], **call).images
     return [np.asarray(image) for image in images]
 
@@ -130,8 +130,9 @@ def test_inpaint_keeps_the_unmasked_pixels_and_is_a_plain_inpaint_call(runner, i
     inits = [noise_image(20 + i) for i in range(4)]
     shas = [inputs.put(image) for image in inits]
     mask = inputs.put(half_mask(), mask=True)
-    jobs = [spec(model, "inpaint", seed=30 + i, init_image=sha, mask_image=mask, strength=1.0, mask_blur=blur)
-            for i, sha in enumerate(shas)]
+    # strength 1.0 runs every step: 2 LCM steps blend the init latents back twice, as 4 would 4 times
+    jobs = [spec(model, "inpaint", seed=30 + i, init_image=sha, mask_image=mask, strength=1.0, mask_blur=blur,
+                 steps=2) for i, sha in enumerate(shas)]
     farm = runner.render(jobs).pixels
     stored = [inputs.get(s) for s in shas]
     mask_image = inputs.get(mask)
@@ -141,7 +142,7 @@ def test_inpaint_keeps_the_unmasked_pixels_and_is_a_plain_inpaint_call(runner, i
     processor = VaeImageProcessor(vae_scale_factor=8)
     used = processor.blur(mask_image, blur_factor=blur) if blur else mask_image
     expected = plain(runner, model, "inpaint", image=stored, mask_image=[used] * 4, strength=1.0, width=64, height=64,
-                     seeds=[30, 31, 32, 33])
+                     seeds=[30, 31, 32, 33], steps=2)
     from PIL import Image
 
     keep = np.asarray(used) == 0  # black: kept
@@ -157,15 +158,16 @@ def test_inpaint_keeps_the_unmasked_pixels_and_is_a_plain_inpaint_call(runner, i
 @pytest.mark.parametrize("model", MODELS)
 def test_controlnet_steers_the_image_with_lcm_lora_and_a_style_lora_at_once(runner, inputs, model):
     controls = [inputs.put(noise_image(40 + i)) for i in range(4)]
+    # 2 LCM steps, not 4: the ControlNet's residuals go into every step, and 2 show it
     jobs = [spec(model, "controlnet", seed=50 + i, style=0.8, control_image=sha, controlnet=f"{model}-canny",
-                 control_scale=0.8) for i, sha in enumerate(controls)]
+                 control_scale=0.8, steps=2) for i, sha in enumerate(controls)]
     rendered = runner.render(jobs)
     farm = rendered.pixels
     assert rendered.environment["adapter_sha256"].keys() == {f"{model}-lcm-lora", f"{model}-toy"}
     controlnet = runner.controlnets.get(f"{model}-canny")
     expected = plain(runner, model, "controlnet", controlnet=controlnet, style=0.8,
                      image=[inputs.get(s) for s in controls], controlnet_conditioning_scale=0.8,
-                     width=64, height=64, seeds=[50, 51, 52, 53])
+                     width=64, height=64, seeds=[50, 51, 52, 53], steps=2)
     for got, want in zip(farm, expected):
         assert np.array_equal(got, want)
     # the tiny ControlNet's output layers are not zero: the control image and the scale change the image
@@ -173,8 +175,8 @@ def test_controlnet_steers_the_image_with_lcm_lora_and_a_style_lora_at_once(runn
     other = runner.render([replace(jobs[0], control_image=controls[1])]).pixels[0]
     assert not np.array_equal(off, farm[0]) and not np.array_equal(other, farm[0])
     # and the same seed without the ControlNet is a plain txt2img image, untouched by the ControlNet pipeline
-    txt2img = runner.render([spec(model, "txt2img", seed=50, style=0.8)]).pixels[0]
-    assert np.array_equal(txt2img, runner.render([spec(model, "txt2img", seed=50, style=0.8)]).pixels[0])
+    txt2img = runner.render([spec(model, "txt2img", seed=50, style=0.8, steps=2)]).pixels[0]
+    assert np.array_equal(txt2img, runner.render([spec(model, "txt2img", seed=50, style=0.8, steps=2)]).pixels[0])
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -197,8 +199,11 @@ def test_an_image_job_is_the_same_alone_and_inside_a_batch_of_8(runner, inputs, 
     mask = inputs.put(half_mask(), mask=True)
 
     def job(i):
+        # 2 denoising steps each (controlnet: 2 of 2; the others: int(4 x strength 0.6)): the per-image
+        # noise an LCM step adds before the next is drawn once, as at more steps
         if kind == "controlnet":
-            return spec(model, kind, seed=80 + i, control_image=shas[i], controlnet=f"{model}-canny", control_scale=1.0)
+            return spec(model, kind, seed=80 + i, control_image=shas[i], controlnet=f"{model}-canny", control_scale=1.0,
+                        steps=2)
         extra = {"mask_image": mask, "mask_blur": 2} if kind == "inpaint" else {}
         if kind == "upscale":
             extra = {"upscale": 1.5, "width": 96, "height": 96}
@@ -224,7 +229,7 @@ def test_a_controlnet_loads_from_one_safetensors_file(runner, inputs, model_cach
     from_file = Runner(device="cpu", model_cache=model_cache, store_url=store.url,
                        catalog=lambda: Catalog(controlnets=controlnets))
     job = spec("tiny-sd", "controlnet", seed=5, control_image=inputs.put(noise_image(90)), controlnet="tiny-sd-canny",
-               control_scale=1.0)
+               control_scale=1.0, steps=2)  # the same weights or not: 2 steps show it as 4 do
     expected = runner.render([job]).pixels[0]
     assert np.array_equal(from_file.render([replace(job, controlnet="mine")]).pixels[0], expected)
 

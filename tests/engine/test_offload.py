@@ -11,35 +11,52 @@ torch = pytest.importorskip("torch")
 
 
 def specs(model: str, style: bool, seeds=range(100, 104)):
+    # 2 LCM steps, not the recipe's 4: offload hooks and adapter switches act once per call, and 2
+    # steps still run the UNet under the hooks more than once
     adapters = (f"{model}-toy:0.8",) if style else ()
-    return [resolve_job(JobRequest(prompt="a lighthouse at dusk", seed=s, model=model, adapters=adapters),
+    return [resolve_job(JobRequest(prompt="a lighthouse at dusk", seed=s, model=model, adapters=adapters, steps=2),
                         Catalog(), "tiny-sd") for s in seeds]
 
 
-@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
-def test_model_offload_renders_the_same_pixels_across_adapter_switches(model_cache, model):
+@pytest.fixture(scope="module")
+def plain(model_cache):
+    """The plain path's pixels (no offload, no tiling) of (model, style), rendered once per module
+    by one runner: what every offloaded or tiled render here is compared with."""
     from engine.runner import Runner
 
-    plain = Runner(device="cpu", model_cache=model_cache)
+    runner = Runner(device="cpu", model_cache=model_cache)
+    rendered: dict = {}
+
+    def render(model: str, style: bool):
+        if (model, style) not in rendered:
+            rendered[model, style] = runner.render(specs(model, style)).pixels
+        return rendered[model, style]
+
+    return render
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl"])
+def test_model_offload_renders_the_same_pixels_across_adapter_switches(model_cache, plain, model):
+    from engine.runner import Runner
+
     offloaded = Runner(device="cpu", model_cache=model_cache, offload="model")
     for style in (False, True, False):  # each switch takes the offload hooks off and back on
-        a, b = plain.render(specs(model, style)), offloaded.render(specs(model, style))
-        for x, y in zip(a.pixels, b.pixels):
+        a, b = plain(model, style), offloaded.render(specs(model, style))
+        for x, y in zip(a, b.pixels):
             assert np.array_equal(x, y)
         assert b.timings["peak_memory_mb"] == 0.0 and b.environment["offload"] == "model"
     assert hasattr(offloaded.resident[model].pipe.unet, "_hf_hook")  # the hooks are really on
 
 
-def test_vae_tiling_and_slicing_decode_within_a_level_and_stay_batch_invariant(model_cache):
+def test_vae_tiling_and_slicing_decode_within_a_level_and_stay_batch_invariant(model_cache, plain):
     """Slicing decodes one image at a time, which rounds a little differently from a batched
     decode (so not bit for bit), but an image no longer depends on its batch at all."""
     from engine.runner import Runner
 
-    plain = Runner(device="cpu", model_cache=model_cache)
     tiled = Runner(device="cpu", model_cache=model_cache, vae_tiling=True)
-    a, b = plain.render(specs("tiny-sd", False)), tiled.render(specs("tiny-sd", False))
+    a, b = plain("tiny-sd", False), tiled.render(specs("tiny-sd", False))
     assert tiled.resident["tiny-sd"].pipe.vae.use_tiling
-    for x, y in zip(a.pixels, b.pixels):
+    for x, y in zip(a, b.pixels):
         assert np.abs(x.astype(int) - y.astype(int)).max() <= 2
     alone = tiled.render(specs("tiny-sd", False, seeds=[103])).pixels[0]
     assert np.array_equal(alone, b.pixels[3])

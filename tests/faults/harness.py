@@ -95,6 +95,13 @@ class FaultFarm:
 
         return servers.wait_until(done, timeout, interval=0.25, what=f"batch {batch} to finish")
 
+    def log_text(self) -> str:
+        """What the supervisor and its workers have written to workers.log so far."""
+        return (self.tmp / "workers.log").read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float, what: str) -> None:
+        servers.wait_until(lambda: text in self.log_text(), timeout, interval=0.1, what=what)
+
     def audit(self, batch: str) -> dict:
         """What happened to a batch: lost jobs, duplicate outputs, extra executions."""
         jobs = self.sql("select id, state from jobs where batch_id = :b", b=batch)

@@ -126,21 +126,32 @@ def test_redis_killed_or_flushed_during_a_200_job_burst(tmp_path, fault):
         redis.stop()
 
 
-def test_a_broker_connection_silent_for_60s(tmp_path, redis):
+def test_a_broker_connection_silent_past_its_socket_timeout(tmp_path, redis):
+    """Half-open for longer than the broker connection's socket timeout (farm.dispatch: 30 s), so
+    the worker's reads and acks time out mid-silence and its connection must be recovered; 10 s
+    more than that timeout is enough for it to fire (the test once waited a fixed 60 s)."""
+    from farm.config import load_config
+    from farm.dispatch import celery_settings
+
     proxy = SilentProxy(redis.port)
     farm = FaultFarm(tmp_path, f"redis://127.0.0.1:{proxy.port}/0", seconds=0.05, workers=1)
+    socket_timeout = celery_settings(load_config(farm.env), farm.env["FARM_BROKER_URL"])[
+        "broker_transport_options"]["socket_timeout"]
+    silence = socket_timeout + 10
     try:
         farm.start()
         batch = farm.submit("half-open", 60)["batch"]
         servers.wait_until(lambda: farm.counts(batch).get("succeeded", 0) >= 10, 60, what="consuming to start")
         proxy.silent.set()
         before = farm.counts(batch).get("succeeded", 0)
-        time.sleep(60)
+        time.sleep(silence)
         proxy.silent.clear()
         resumed = time.monotonic()
         farm.wait_done(batch, 60, timeout=180)
         audit = farm.audit(batch)
-        report("silent_60s", done_before_silence=before, recovery_s=round(time.monotonic() - resumed, 1), **audit)
+        report("silent", silence_s=silence, done_before_silence=before,
+               recovery_s=round(time.monotonic() - resumed, 1), **audit)
+        assert "Timeout reading from socket" in farm.log_text(), "the silence never reached the socket timeout"
         assert (audit["lost"], audit["duplicate_outputs"]) == (0, 0)
     finally:
         farm.close()
@@ -181,19 +192,23 @@ def redeliver_unacked(client) -> int:
 
 
 def test_a_job_longer_than_the_visibility_timeout_renders_once(fault_farm, redis):
-    farm = fault_farm(seconds=25.0, workers=2, extra={"FARM_VISIBILITY_TIMEOUT": "10", "FARM_JOB_TIME_LIMIT": "9",
+    # 10 s is the shortest visibility timeout the config takes; the job renders 16 s, so the second
+    # delivery (at 11 s) reaches the other worker while the first still renders, which is checked
+    farm = fault_farm(seconds=16.0, workers=2, extra={"FARM_VISIBILITY_TIMEOUT": "10", "FARM_JOB_TIME_LIMIT": "9",
                                                         "FARM_LEASE_S": "6"})
     farm.start()
     batch = farm.submit("longer than the visibility timeout", 1)["batch"]
     servers.wait_until(lambda: farm.counts(batch).get("running"), 30, what="the job to start")
-    time.sleep(11)  # past the visibility timeout, still rendering
+    time.sleep(11)  # past the visibility timeout (and the 6 s lease, renewed), still rendering
     redelivered = redeliver_unacked(redis.client())
+    farm.wait_for_log("'skipped': 1", 30, what="the second delivery to be skipped")
+    still_rendering = farm.counts(batch)
     farm.wait_done(batch, 1, timeout=120)
     audit = farm.audit(batch)
-    log = (farm.tmp / "workers.log").read_text(errors="replace")
-    skipped = log.count("'skipped': 1")
+    skipped = farm.log_text().count("'skipped': 1")
     report("visibility", redelivered=redelivered, second_delivery_skipped=skipped, **audit)
     assert redelivered == 1 and skipped == 1
+    assert still_rendering == {"running": 1}, "the second delivery came after the first had finished"
     assert (audit["lost"], audit["duplicate_outputs"], audit["extra_executions"]) == (0, 0, 0)
 
 
@@ -252,9 +267,10 @@ def test_cordon_and_drain_a_worker_remotely(fault_farm):
     farm.start()
     [(name,)] = servers.wait_until(lambda: farm.sql("select name from workers"), 30, what="the worker to register")
     farm.cli("workers", "cordon", name)
-    time.sleep(3)  # the worker notices within its maintenance interval (1 s here)
+    # the worker notices within its maintenance interval (1 s here) and its consumer stops
+    farm.wait_for_log("Canceling queue faults.tiny-sd", 30, what="the worker to stop consuming")
     batch = farm.submit("wait while cordoned", 3)["batch"]
-    time.sleep(4)
+    time.sleep(2)  # a consuming worker takes a message at once and renders it in 0.1 s
     assert farm.counts(batch) == {"queued": 3}
     farm.cli("workers", "uncordon", name)
     farm.wait_done(batch, 3, timeout=60)
