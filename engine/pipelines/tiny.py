@@ -1,8 +1,14 @@
-"""Tiny random-weight SD1.5-style and SDXL-style pipelines, and a tiny LCM-LoRA for each.
+"""Tiny SD1.5-style and SDXL-style pipelines, and a tiny LCM-LoRA for each.
 
 These machines cannot reach a model hub, so tests and the demo use models built here from
 configs, deterministically (fixed seeds), and saved with ``save_pretrained``. They are then
 loaded through exactly the code real models use (``from_pretrained``, ``load_lora_weights``).
+
+``tiny-sd`` is a teacher that has learned something: its UNet and VAE are trained
+(``scripts/train_tiny_teacher.py``, on the generated shapes set of ``engine.training.shapes``:
+"a red circle", ...) and their weights are committed under ``engine/weights/tiny-sd`` with their
+sha256 sums; its text encoder and tokenizer stay the seeded random ones. The other models keep
+random weights.
 
 The VAE has four blocks so it downsamples by 8 like the real one: a 64x64 image has an 8x8
 latent, which keeps a 4-step render well under a second on a CPU.
@@ -19,7 +25,9 @@ from pathlib import Path
 TINY_LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # The tiny models' native size (the real families use 512 and 1024).
 TINY_NATIVE_SIZE = 64
-_BUILD_FORMAT = 3  # bump when the builders change, so stale caches are rebuilt
+_BUILD_FORMAT = 4  # bump when the builders change, so stale caches are rebuilt (4: tiny-sd is the trained teacher)
+# The trained tiny-sd teacher (scripts/train_tiny_teacher.py): UNet and VAE weights, SHA256SUMS.
+TINY_SD_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "tiny-sd"
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -113,11 +121,11 @@ def _tiny_unet(**family_config):
     )
 
 
-def build_tiny_sd(directory: Path, *, seed: int = 0, lcm: bool = False) -> None:
-    """SD1.5-style. ``lcm``: an LCM-distilled-style UNet with a guidance embedding
-    (``time_cond_proj_dim``), which the pipeline feeds instead of running CFG."""
+def tiny_sd_modules(*, seed: int = 0, lcm: bool = False):
+    """The SD1.5-style modules with seeded random weights: (unet, vae, text_encoder, tokenizer).
+    The teacher's training (engine.training.teacher) starts from these, so the text encoder and
+    tokenizer it conditions on are exactly the shipped ones."""
     import torch
-    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     torch.manual_seed(seed)
@@ -126,9 +134,65 @@ def build_tiny_sd(directory: Path, *, seed: int = 0, lcm: bool = False) -> None:
     vae = _tiny_vae()
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(_clip_config(32))
+    return unet, vae, text_encoder, _clip_tokenizer()
+
+
+class TeacherWeightsError(RuntimeError):
+    """The committed teacher weights are missing or do not match their SHA256SUMS."""
+
+
+def _verified(weights: Path, name: str) -> Path:
+    """``weights/name``, after checking its sha256 against ``weights/SHA256SUMS``."""
+    import hashlib
+
+    sums_file, path = weights / "SHA256SUMS", weights / name
+    try:
+        sums = dict(reversed(line.split(maxsplit=1)) for line in sums_file.read_text().splitlines() if line.strip())
+        data = path.read_bytes()
+    except OSError as exc:
+        raise TeacherWeightsError(f"tiny-sd teacher weights: cannot read {exc.filename}: {exc.strerror}") from None
+    expected, actual = sums.get(name), hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise TeacherWeightsError(
+            f"tiny-sd teacher weights: {path} has sha256 {actual}, but {sums_file} says {expected}; "
+            "restore the committed file or retrain with scripts/train_tiny_teacher.py (which rewrites both)"
+        )
+    return path
+
+
+def read_teacher_weights(weights: Path = TINY_SD_WEIGHTS) -> tuple[dict, dict, float]:
+    """The trained UNet and VAE state dicts (sha256-checked first) and the VAE's ``scaling_factor``
+    (kept in the VAE file's metadata: 1 / std of its latents)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    unet_file, vae_file = _verified(weights, "unet.safetensors"), _verified(weights, "vae.safetensors")
+    with safe_open(str(vae_file), framework="pt") as f:
+        scaling_factor = float(f.metadata()["scaling_factor"])
+    return load_file(str(unet_file)), load_file(str(vae_file)), scaling_factor
+
+
+def build_tiny_sd(directory: Path, *, seed: int = 0, lcm: bool = False, weights: Path | None = None) -> None:
+    """SD1.5-style. ``lcm``: an LCM-distilled-style UNet with a guidance embedding
+    (``time_cond_proj_dim``), which the pipeline feeds instead of running CFG. ``weights``: a
+    folder of trained UNet and VAE weights (the shipped ``tiny-sd`` uses the committed teacher,
+    ``engine/weights/tiny-sd``); the text encoder and tokenizer stay the seeded random ones."""
+    from diffusers import StableDiffusionPipeline
+
+    trained = read_teacher_weights(Path(weights)) if weights is not None else None
+    unet, vae, text_encoder, tokenizer = tiny_sd_modules(seed=seed, lcm=lcm)
+    scheduler = _scheduler()
+    if trained is not None:
+        unet_state, vae_state, scaling_factor = trained
+        unet.load_state_dict(unet_state)
+        vae.load_state_dict(vae_state)
+        vae.register_to_config(scaling_factor=scaling_factor)
+        # SD1.5's own scheduler settings, which DDIM-style schedulers made from this config read:
+        # DDIMScheduler's defaults clip x0 to [-1, 1], which suits pixels, not latents
+        scheduler.register_to_config(clip_sample=False, set_alpha_to_one=False)
     pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=_clip_tokenizer(),
-        scheduler=_scheduler(), safety_checker=None, feature_extractor=None,
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(str(directory), safe_serialization=True)
@@ -211,7 +275,7 @@ def build_tiny_taesd(directory: Path, *, seed: int = 0) -> None:
 
 
 _BUILDERS = {
-    "tiny-sd": build_tiny_sd,
+    "tiny-sd": lambda d: build_tiny_sd(d, weights=TINY_SD_WEIGHTS),
     "tiny-sd-lcm": lambda d: build_tiny_sd(d, seed=100, lcm=True),
     "tiny-sdxl": build_tiny_sdxl,
     "tiny-sdxl-lcm": lambda d: build_tiny_sdxl(d, seed=100, lcm=True),
