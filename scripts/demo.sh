@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec .venv/bin/farm run --model tiny-sd --variants 8 --seed 100 "${1:-a lighthouse at dusk}" --out out "${@:2}"
+exec .venv/bin/farm run --model tiny-sd --variants 8 --seed 100 "${1:-a red circle}" --out out "${@:2}"
