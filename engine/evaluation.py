@@ -165,11 +165,14 @@ def evaluate(pipe, family: str, lora: bytes | None, prompts: list[str], *, steps
             added = uncond_added = None
         final = reference.to(device)
 
-        def predict(x_t, t, sl, embeds, extra):
+        def predict(x_t, t, sl, embeds, extra, model=unet, w_embedding=None):
             extra = None if extra is None else {k: v[sl] for k, v in extra.items()}
-            return unet(x_t.to(unet.dtype), t, encoder_hidden_states=embeds[sl], added_cond_kwargs=extra).sample.float()
+            cond_w = None if w_embedding is None else w_embedding[sl]
+            return model(x_t.to(unet.dtype), t, timestep_cond=cond_w, encoder_hidden_states=embeds[sl],
+                         added_cond_kwargs=extra).sample.float()
 
-        def one_step_error(guided: bool) -> dict[int, float]:
+        def one_step_error(guided: bool, model=unet, w_embedding=None) -> dict[int, float]:
+            """``model``/``w_embedding``: a full-model student, its guidance embedded (no CFG)."""
             errors = {}
             for j, t_value in zip(ONE_STEP_POINTS, trajectory_t):
                 total = 0.0
@@ -177,7 +180,7 @@ def evaluate(pipe, family: str, lora: bytes | None, prompts: list[str], *, steps
                     sl = slice(start, min(start + CHUNK, samples))
                     x_t = points[j][sl].to(device)
                     t = torch.full((x_t.shape[0],), t_value, dtype=torch.long, device=device)
-                    out = predict(x_t, t, sl, cond, added)
+                    out = predict(x_t, t, sl, cond, added, model, w_embedding)
                     if guided:  # the pipeline's CFG: uncond + g (cond - uncond)
                         uncond_out = predict(x_t, t, sl, uncond, uncond_added)
                         out = uncond_out + guidance * (out - uncond_out)
@@ -226,21 +229,7 @@ def evaluate(pipe, family: str, lora: bytes | None, prompts: list[str], *, steps
                              "frechet": round(frechet_distance(features(torch.cat(out)), reference_features), 6)})
             w = torch.full((samples,), guidance - 1.0)  # the pipelines' convention: w = guidance_scale - 1
             w_embedding = guidance_scale_embedding(w, config["time_cond_proj_dim"]).to(device, unet.dtype)
-            errors = {}
-            for j, t_value in zip(ONE_STEP_POINTS, trajectory_t):
-                total = 0.0
-                for start in range(0, samples, CHUNK):
-                    sl = slice(start, min(start + CHUNK, samples))
-                    x_t = points[j][sl].to(device)
-                    t = torch.full((x_t.shape[0],), t_value, dtype=torch.long, device=device)
-                    extra = None if added is None else {k: v[sl] for k, v in added.items()}
-                    model_out = student_unet(x_t.to(unet.dtype), t, timestep_cond=w_embedding[sl],
-                                             encoder_hidden_states=cond[sl], added_cond_kwargs=extra).sample.float()
-                    x0 = predicted_original_sample(model_out, t, x_t, prediction_type, alphas, sigmas)
-                    c_skip, c_out = (v.view(-1, 1, 1, 1) for v in scalings_for_boundary_conditions(t.float()))
-                    total += float((((c_skip * x_t + c_out * x0) - final[sl]) ** 2).sum())
-                errors[t_value] = total / final.numel()
-            one_step["lcm-model"] = errors
+            one_step["lcm-model"] = one_step_error(False, student_unet, w_embedding)
 
     return {
         "feature_space": FEATURE_SPACE,
