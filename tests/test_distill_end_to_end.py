@@ -101,7 +101,9 @@ def test_cancel_stops_a_training_job_at_the_next_step_and_keeps_its_last_checkpo
     servers.wait_until(lambda: (farm.sql("select checkpoint_step from trainings where job_id = :j", j=job)
                                 or [(None,)])[0][0], 180, interval=0.2, what="a checkpoint")
     assert json.loads(farm.cli("cancel", submitted["batch"], "--running", "--json").stdout)["cancelled"] == 1
-    farm.wait_done(submitted["batch"], 1, timeout=60)
+    farm.wait_done(submitted["batch"], 1, timeout=60)  # the job is cancelled at once; the worker stops next
+    servers.wait_until(lambda: farm.sql("select outcome from attempts where job_id = :j", j=job)[0][0] != "running",
+                       60, interval=0.2, what="the training attempt to stop")
     [(outcome, error)] = farm.sql("select outcome, error from attempts where job_id = :j", j=job)
     assert outcome == "cancelled" and error.startswith("cancelled at step "), (outcome, error)
     [(key, step)] = farm.sql("select checkpoint_key, checkpoint_step from trainings where job_id = :j", j=job)

@@ -47,6 +47,10 @@ def _addnet_sha256(data: bytes) -> str:
 class Superseded(Exception):
     """The attempt no longer owns its job: another attempt took over, or it was cancelled."""
 
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
+
 
 def load_examples(runner, store, manifest_sha256: str) -> list:
     """The dataset as (HxWx3 uint8 array, caption) pairs, images verified by sha256."""
@@ -76,7 +80,14 @@ def run(handler, claim: Claim) -> dict:
     except Interrupted as exc:
         return handler._interrupted([claim], exc, counts)
     except Superseded as exc:
-        ledger.close_attempts([claim.token], outcome=states.ATTEMPT_SUPERSEDED, error=str(exc))
+        # a cancel that landed between two checks (at a progress report or a checkpoint) reads as
+        # one: the attempt ended because its job was cancelled, not because another took over
+        [view] = ledger.list_jobs(job_id=claim.job_id) or [None]
+        if view is not None and view.state == states.CANCELLED:
+            where = f" at step {exc.step}" if exc.step is not None else ""
+            ledger.close_attempts([claim.token], outcome=states.ATTEMPT_CANCELLED, error=f"cancelled{where}")
+        else:
+            ledger.close_attempts([claim.token], outcome=states.ATTEMPT_SUPERSEDED, error=str(exc))
         counts["skipped"] += 1
         return counts
     except ConflictError as exc:  # the name was registered while it trained: nothing to retry
@@ -121,13 +132,13 @@ def _train(handler, claim: Claim, resume) -> str:
         eta = (spec.steps - step) / steps_per_s if steps_per_s > 0 else None
         if not ledger.report_progress(job_id, token, step=step, loss=float(loss), steps_per_s=float(steps_per_s),
                                       eta_s=eta):
-            raise Superseded(f"superseded at step {step}")
+            raise Superseded(f"superseded at step {step}", step)
 
     def on_checkpoint(step: int, blob: bytes) -> None:
         key = checkpoint_key(job_id, step, token)
         store.put(key, blob, "application/octet-stream", metadata={"sha256": hashlib.sha256(blob).hexdigest()})
         if not ledger.record_checkpoint(job_id, token, key=key, step=step):
-            raise Superseded(f"superseded at step {step}; checkpoint {key} not recorded")
+            raise Superseded(f"superseded at step {step}; checkpoint {key} not recorded", step)
 
     result = distill(pipe, spec.family, examples, settings, resume=state, on_progress=on_progress,
                      on_checkpoint=on_checkpoint, should_stop=stop)
