@@ -129,6 +129,12 @@ def addnet_sha256(path: str | os.PathLike) -> str:
     return sha256_file(path, start=read_header(path).data_start)
 
 
+def addnet_sha256_of(data: bytes) -> str:
+    """``addnet_sha256`` of a safetensors file held in memory (a LoRA just trained)."""
+    (length,) = struct.unpack("<Q", data[:8])
+    return hashlib.sha256(data[8 + length:]).hexdigest()
+
+
 def a1111_model_hash(file_sha256: str) -> str:
     return file_sha256[:10]
 

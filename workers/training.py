@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import struct
 import time
 
 from farm import states
@@ -32,16 +31,11 @@ from farm.fetch import manifest_digest
 from farm.ledger import Artifact, Claim, Completion
 from farm.storage import object_uri
 from farm.training import RESULT_FILE, checkpoint_key, result_key
+from farm.weights import addnet_sha256_of
 
 log = logging.getLogger("farm.worker")
 PROGRESS_EVERY_S = 1.0
 STEP_HANG_S = 900.0  # one training step (or the evaluation) not done after this long: a hung worker
-
-
-def _addnet_sha256(data: bytes) -> str:
-    """sha256 of a safetensors file's tensor bytes (A1111's LoRA hash, farm.weights)."""
-    (header_len,) = struct.unpack("<Q", data[:8])
-    return hashlib.sha256(data[8 + header_len:]).hexdigest()
 
 
 class Superseded(Exception):
@@ -178,7 +172,7 @@ def _train(handler, claim: Claim, resume) -> str:
         entry = AdapterEntry(
             name=training["name"], source=object_uri(store, key), arch=teacher.arch,
             kind="accelerator", recipe="lcm-lora", sha256=digest, layout="diffusers",
-            addnet_sha256=_addnet_sha256(result.weights), original_steps=result.original_inference_steps,
+            addnet_sha256=addnet_sha256_of(result.weights), original_steps=result.original_inference_steps,
             provenance=f"job:{job_id}", builtin=False)
         registered_sha = digest
     artifact = Artifact(store_url=store.url, key=key, sha256=digest, bytes=len(result.weights), width=0, height=0,

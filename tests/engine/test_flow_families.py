@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from farm.spec import Catalog, JobRequest, direct_spec, resolve_job
+from tests.test_layers import real_layers
 
 torch = pytest.importorskip("torch")
 
@@ -263,14 +264,7 @@ def test_the_render_records_the_dtype_and_a_vae_without_shift_factor_is_refused(
 
 
 # -- the layer tables LoRAs are checked against at add (farm.layers) --------------------------------
-def linear_and_conv_layers(model) -> dict:
-    found = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            found[name] = ("linear", module.in_features, module.out_features, 1)
-        elif isinstance(module, torch.nn.Conv2d):
-            found[name] = ("conv", module.in_channels, module.out_channels, module.kernel_size[0])
-    return found
+linear_and_conv_layers = real_layers  # the UNet layer tables' reader (tests/test_layers.py)
 
 
 @pytest.mark.parametrize("arch", ["flux", "tiny-flux", "sd3", "tiny-sd3"])
