@@ -54,7 +54,8 @@ class Handler:
     def __init__(self, *, ledger: Ledger, store: Store, runner, worker: str, device: str, versions: dict,
                  lease_s: float, time_limit_s: float = 900, max_attempts: int = 3, retry_backoff_s: float = 5,
                  publisher=None, micro_batch: int = 8, draining: threading.Event | None = None,
-                 on_quarantine=None, metrics=None, io_threads: int = 2, store_overlap: bool = True):
+                 on_quarantine=None, metrics=None, io_threads: int = 2, store_overlap: bool = True,
+                 check_s: float = 2.0):
         self.ledger = ledger
         self.store = store
         self.runner = runner
@@ -62,6 +63,10 @@ class Handler:
         self.device = device
         self.versions = versions
         self.lease_s = lease_s
+        # how often the lease keeper asks the ledger which held jobs are still ours: the longest a
+        # cancelled render goes on (never less often than the leases need renewing)
+        self.check_s = min(check_s, max(0.5, lease_s / 3))
+        self.lost: frozenset[str] = frozenset()  # held tokens whose jobs the keeper found taken away
         self.base_time_limit = time_limit_s
         self.max_attempts = max_attempts
         self.retry_backoff_s = retry_backoff_s
@@ -138,10 +143,15 @@ class Handler:
             self.metrics.resident(len(models), len(adapters))
 
     def _keep(self) -> None:
-        """One thread for the worker's life, every lease/3 seconds: renew the leases of the jobs
-        being rendered, and end the process if a render hangs where no step callback runs (a hung
-        kernel, a wedged load); the supervisor restarts it and the reaper hands the jobs on."""
-        while not self._closed.wait(max(0.5, self.lease_s / 3)):
+        """One thread for the worker's life, every ``check_s`` seconds while it holds jobs: find
+        out which of them are still its own (a cancel takes them away), renewing their leases in
+        the same statement every lease/3 seconds; and end the process if a render hangs where no
+        step callback runs (a hung kernel, a wedged load): the supervisor restarts it and the
+        reaper hands the jobs on. The render's step callback only reads what this thread found,
+        so a render costs the ledger one statement per ``check_s``, not one per step."""
+        renew_every = max(0.5, self.lease_s / 3)
+        renewed = time.monotonic()
+        while not self._closed.wait(self.check_s):
             deadline = self.hang_deadline
             if deadline is not None and time.monotonic() > deadline:
                 log.error("a render hung past twice its time limit; exiting to be restarted")
@@ -151,29 +161,31 @@ class Handler:
                 # the leases renewed here would otherwise keep the jobs from the reaper for good
                 log.error("storing images hung for %ss; exiting to be restarted", STORE_HANG_S)
                 os._exit(70)
-            tokens = [c.token for c in list(self.current.values()) + list(self.storing.values())]
-            if not tokens:
+            held = {c.token for c in list(self.current.values()) + list(self.storing.values())}
+            if not held:
                 continue
             try:
-                self.ledger.renew_leases(tokens, self.lease_s)
+                if time.monotonic() - renewed >= renew_every - self.check_s / 2:
+                    owned = self.ledger.renew_leases(held, self.lease_s)
+                    renewed = time.monotonic()
+                else:
+                    owned = self.ledger.running_tokens(held)
+                self.lost = frozenset(held - owned)
             except Exception as exc:  # noqa: BLE001 - if it keeps failing, the reaper hands the jobs on
                 log.warning("lease renewal failed: %s", exc)
 
     # -- rendering ------------------------------------------------------------------------------
-    def _stop_check(self, tokens: list[str], deadline: float, interval: float = 0.5):
-        """A reason to stop at the next step: the worker drains, the time limit passed, or the
-        jobs are no longer ours (cancelled). The ledger is polled at most every ``interval`` s."""
-        last = {"at": time.monotonic(), "running": True}
+    def _stop_check(self, tokens: list[str], deadline: float):
+        """A reason to stop at the next step: the worker drains, the time limit passed, or none
+        of the jobs is ours any more (cancelled; the lease keeper finds out, every ``check_s``)."""
+        mine = frozenset(tokens)
 
         def should_stop() -> str | None:
             if self.draining.is_set():
                 return "draining"
-            now = time.monotonic()
-            if now > deadline:
+            if time.monotonic() > deadline:
                 return "timeout"
-            if now - last["at"] >= interval:
-                last["at"], last["running"] = now, self.ledger.still_running(tokens)
-            return None if last["running"] else "cancelled"
+            return "cancelled" if mine <= self.lost else None
 
         return should_stop
 

@@ -172,19 +172,25 @@ class Lifecycle(Database):
             s.execute(update(Attempt).where(Attempt.token.in_(list(tokens)), Attempt.outcome == states.ATTEMPT_RUNNING)
                       .values(outcome=outcome, error=error, finished_at=self.clock()))
 
-    def still_running(self, tokens: Iterable[str]) -> bool:
-        """Whether any of these attempts still owns a running job (a cancel or a newer attempt
-        takes it away)."""
+    def running_tokens(self, tokens: Iterable[str]) -> set[str]:
+        """Those of these attempts that still own a running job (a cancel or a newer attempt takes
+        a job away, and a token that lost its job never gets it back)."""
         with self.session() as s:
-            return bool(s.scalar(select(func.count()).select_from(Job).where(
+            return set(s.scalars(select(Job.current_attempt).where(
                 Job.current_attempt.in_(list(tokens)), Job.state == states.RUNNING)))
 
     # -- leases and maintenance -----------------------------------------------------------------
-    def renew_leases(self, tokens: Iterable[str], lease_s: float) -> int:
+    def renew_leases(self, tokens: Iterable[str], lease_s: float) -> set[str]:
+        """Extend the leases of these attempts whose jobs are still theirs and running, and return
+        those tokens: one statement renews and answers the worker's "was I cancelled?" question
+        (issue 15: a poll of its own was most of a worker's transactions during renders)."""
+        owned = select(Job.id).where(Job.id == Attempt.job_id, Job.current_attempt == Attempt.token,
+                                     Job.state == states.RUNNING).exists()
         with self.session() as s:
-            return rowcount(s.execute(update(Attempt).where(Attempt.token.in_(list(tokens)),
-                                                            Attempt.outcome == states.ATTEMPT_RUNNING)
-                                      .values(lease_expires_at=self.clock() + timedelta(seconds=lease_s))))
+            return set(s.scalars(update(Attempt).where(Attempt.token.in_(list(tokens)),
+                                                       Attempt.outcome == states.ATTEMPT_RUNNING, owned)
+                                 .values(lease_expires_at=self.clock() + timedelta(seconds=lease_s))
+                                 .returning(Attempt.token)))
 
     def expired_leases(self, limit: int = 1000) -> list[tuple[int, str]]:
         """(job id, token) of running jobs whose live attempt's lease has lapsed."""
