@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.errors import ConflictError, InfrastructureError, NotFound
@@ -46,7 +47,40 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_size=5, max_overflow=5)
+    event.listen(engine, "checkin", _note_return)
+    event.listen(engine, "checkout", _ping_if_idle)
+    return engine
+
+
+PING_AFTER_IDLE_S = 10.0  # a pooled connection unused this long is checked before it is handed out
+
+
+def _note_return(_dbapi_conn, record) -> None:
+    record.info["returned_at"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_conn, record, _proxy) -> None:
+    """SQLAlchemy's ``pool_pre_ping``, for connections that sat idle: a server restart or an idle
+    timeout (a proxy's, PgBouncer's) kills those, and the ping replaces them unseen. The ping is a
+    round trip and, in autocommit, a server transaction of its own: on every checkout it doubled
+    PostgreSQL's transactions per image (issue 15). A connection back in the pool milliseconds ago
+    is not checked; if the server went away since, that one operation fails (the worker retries
+    it) and SQLAlchemy drops the pool's other connections."""
+    returned = record.info.get("returned_at")
+    if returned is None or time.monotonic() - returned < PING_AFTER_IDLE_S:
+        return
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("SELECT 1")
+        dbapi_conn.rollback()  # the caller starts from a connection outside any transaction
+    except Exception as exc:  # noqa: BLE001 - any failure: hand out a fresh connection instead
+        raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+    finally:
+        try:
+            cursor.close()
+        except Exception:  # noqa: BLE001, S110 - the connection is being dropped anyway
+            pass
 
 
 def alembic_config(connection=None):

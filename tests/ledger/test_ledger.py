@@ -144,6 +144,28 @@ def test_requeue_then_a_new_claim_fences_the_old_attempt(ledger):
     assert (row.state, row.attempts, row.last_error) == ("failed", 2, "boom")
 
 
+def test_lease_renewal_answers_which_held_jobs_are_still_ours(ledger):
+    from datetime import timedelta
+
+    from sqlalchemy import select, update
+
+    from farm.ledger.models import Attempt, Job
+
+    new = create(ledger, 3)
+    kept, superseded, cancelled = ledger.claim(new.job_ids, worker="w1", device="cpu", lease_s=5)
+    assert ledger.requeue(superseded.job_id, superseded.token, error="lease lapsed")
+    [newer] = ledger.claim([superseded.job_id], worker="w2", device="cpu", lease_s=5)
+    with ledger.session() as s:  # one running job cancelled under the worker
+        s.execute(update(Job).where(Job.id == cancelled.job_id).values(state="cancelled"))
+    held = {kept.token, superseded.token, cancelled.token}
+    assert ledger.running_tokens(held) == {kept.token}
+    assert ledger.renew_leases(held, 3600) == {kept.token}
+    with ledger.session() as s:
+        leases = {a.token: a.lease_expires_at for a in s.scalars(select(Attempt))}
+    assert leases[kept.token] > leases[newer.token] > leases[cancelled.token] - timedelta(seconds=1)
+    assert (leases[kept.token] - leases[cancelled.token]).total_seconds() > 3000  # only the owned one renewed
+
+
 def test_workers_register_and_heartbeat(ledger):
     ledger.register_worker(name="farm-cpu0@h", host="h", pid=1, device="cpu", gpu_name=None,
                            versions={"torch": "x"})
@@ -242,3 +264,43 @@ def test_a_micro_batch_completes_in_one_transaction_each_job_fenced(ledger):
     states_ = [v.state for v in ledger.list_jobs(new.id)]
     assert states_ == ["succeeded", "succeeded", "queued", "succeeded"]
     assert [v.artifact is not None for v in ledger.list_jobs(new.id)] == [True, True, False, True]
+
+
+@pytest.mark.postgres
+def test_pooled_connections_killed_by_the_server_are_replaced_after_idling(postgres_url, monkeypatch):
+    """A connection that sat idle is pinged before use: the server killed it (a restart, an idle
+    timeout) and the ledger goes on unseen. One used moments ago is not pinged (issue 15: the
+    ping doubled PostgreSQL's transactions on the hot path): the first use after the kill fails
+    once, cleanly, and the pool's connections are replaced."""
+    from sqlalchemy import text
+
+    from farm.errors import InfrastructureError
+    from farm.ledger import schema
+
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    engine.dispose()
+    ledger = Ledger(postgres_url)
+    killer = make_engine(postgres_url)
+
+    def kill_ledger_connections():
+        with killer.connect() as conn:
+            killed = conn.execute(text(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity "
+                "where datname = current_database() and pid <> pg_backend_pid() and backend_type = 'client backend'"
+            )).scalar()
+        assert killed >= 1
+
+    try:
+        assert ledger.workers() == []
+        kill_ledger_connections()
+        monkeypatch.setattr(schema, "PING_AFTER_IDLE_S", 0.0)  # as if it had idled
+        assert ledger.workers() == []  # pinged, replaced, answered
+        kill_ledger_connections()
+        monkeypatch.setattr(schema, "PING_AFTER_IDLE_S", 3600.0)  # used moments ago: not pinged
+        with pytest.raises(InfrastructureError):
+            ledger.workers()
+        assert ledger.workers() == []  # the pool was renewed after the failure
+    finally:
+        ledger.close()
+        killer.dispose()
