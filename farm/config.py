@@ -54,6 +54,7 @@ class Config:
     dtype: str = "auto"  # weights and activations: fp16 on CUDA, fp32 on CPU; or fp16, bf16, fp32
     io_threads: int = 2  # threads encoding and uploading images
     no_worker_warn_s: int = 30  # a wait says no live worker can render its batch after this long
+    task_events: bool = False  # Celery task events from the start (a monitor such as Flower turns them on itself)
 
     @property
     def run_dir(self) -> Path:
@@ -195,6 +196,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     time_limit = _int(env, "FARM_JOB_TIME_LIMIT", 900, 1, 24 * 3600)
     store_overlap = _int(env, "FARM_STORE_OVERLAP", 1, 0, 1) == 1
     io_threads = _int(env, "FARM_IO_THREADS", 2, 1, 64)
+    task_events = _int(env, "FARM_TASK_EVENTS", 0, 0, 1) == 1
     # long enough for fresh workers to load their libraries and register
     no_worker_warn_s = _int(env, "FARM_NO_WORKER_WARN_S", 30, 0, 86400)
     dtype = (env.get("FARM_DTYPE") or "auto").lower()
@@ -228,4 +230,5 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         visibility_timeout=visibility,
         job_time_limit=time_limit, store_overlap=store_overlap, io_threads=io_threads,
         preview_decoders=tuple(preview_decoders), dtype=dtype, no_worker_warn_s=no_worker_warn_s,
+        task_events=task_events,
     )

@@ -83,9 +83,11 @@ def celery_settings(cfg: Config, broker_url: str) -> dict:
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # task events let Flower (and `celery events`) show workers and tasks live
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # task events let Flower (and `celery events`) show tasks live; they are off until a
+        # monitor asks (Flower broadcasts enable_events itself): three to four Redis PUBLISHes
+        # per message that nobody reads otherwise (issue 15). FARM_TASK_EVENTS=1 sends them always.
+        "worker_send_task_events": cfg.task_events,
+        "task_send_sent_event": cfg.task_events,
     }
 
 
