@@ -24,3 +24,13 @@ def read_png_text(data: bytes) -> dict[str, str]:
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         return dict(image.text)
+
+
+def warm_up() -> None:
+    """Load what encoding the first image needs (PIL, its PNG plugin, numpy, zlib) before the
+    worker says it is ready: done lazily, it made every fresh worker's first message late (about
+    2.5x its render time with 32 workers starting at once on two cores)."""
+    import numpy as np
+
+    encode_png(np.zeros((8, 8, 3), dtype=np.uint8), "warm-up", "{}")
+

@@ -79,6 +79,7 @@ def make_renderer(config: Config, settings: WorkerSettings, ledger: Ledger):
 
 
 def build(config: Config, settings: WorkerSettings) -> Runtime:
+    from engine.imaging import warm_up as warm_up_encoding
     from farm.dispatch import Publisher
     from farm.localfarm import broker_url_for
     from workers.handler import Handler
@@ -87,6 +88,7 @@ def build(config: Config, settings: WorkerSettings) -> Runtime:
     store = open_store(config.store_url, s3_endpoint_url=config.s3_endpoint_url)
     name, device = settings.name, settings.device
     renderer, gpu_name = make_renderer(config, settings, ledger)
+    warm_up_encoding()  # registered below as active: ready for its first image
     versions = library_versions()
     prefix = f"{config.queue}."
     served = ["*"] if settings.serve_all_models else [q[len(prefix):] for q in settings.queues if q.startswith(prefix)]
