@@ -304,3 +304,16 @@ def test_pooled_connections_killed_by_the_server_are_replaced_after_idling(postg
     finally:
         ledger.close()
         killer.dispose()
+
+
+def test_the_quick_schema_check_agrees_with_alembic(tmp_path):
+    """Every CLI command checks the schema: it reads the head from the migration files instead of
+    importing Alembic, and must name the same head Alembic does."""
+    from farm.ledger.schema import head_from_files, stamped_revision
+
+    assert head_from_files() == head_revision()
+    engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert stamped_revision(engine) is None  # no alembic_version table yet
+    upgrade(engine)
+    assert stamped_revision(engine) == head_revision() == current_revision(engine)
+    engine.dispose()
