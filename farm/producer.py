@@ -165,7 +165,7 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
     new = ledger.create_batch(
         specs=plan.specs, spec=plan.record(), request_digest=plan.request_digest,
         base_seed=plan.base_seed, priority=plan.priority, submitter=submitter, idempotency_key=key,
-        axes=plan.axes, reuse=reuse,
+        axes=plan.axes, reuse=reuse, enqueued=publisher is not None,
     )
     result = SubmitResult(new.id, len(new.job_ids), new.created, plan.base_seed, new.job_ids, 0, plan.warnings)
     if not new.created:
@@ -180,8 +180,7 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
         wanted = set(to_render)
         pairs = [(spec, job_id) for spec, job_id in zip(plan.specs, new.job_ids) if job_id in wanted]
         groups = micro_batches([p for p, _ in pairs], [j for _, j in pairs], micro_batch)
-        result.messages = publisher.publish(groups, priority=plan.priority)
-        ledger.mark_enqueued(to_render)
+        result.messages = publisher.publish(groups, priority=plan.priority)  # marked in create_batch
     return result
 
 

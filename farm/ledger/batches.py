@@ -24,11 +24,16 @@ class Batches(Database):
         self, *, specs: list[JobSpec], spec: dict, request_digest: str, base_seed: int,
         priority: int = 0, submitter: str = "", idempotency_key: str | None = None,
         axes: list[dict] | None = None, reuse: dict[int, tuple[int, ArtifactValue]] | None = None,
+        enqueued: bool = False,
     ) -> NewBatch:
         """Write a batch and all its jobs in one transaction (all or nothing).
 
         ``reuse`` maps a job index to (job id, artifact) of an earlier job with the same digest:
         that job is recorded as succeeded from the stored image, without rendering.
+        ``enqueued``: the caller publishes the jobs' messages right after this commit, and they
+        are recorded as published now, in this transaction (issue 15: one commit less per
+        submission, and none racing the workers' first claims); if that publish never happens,
+        maintenance finds no message for them past its grace period and publishes them.
         With an idempotency key, the same key returns the existing batch; the same key with a
         different request is a conflict.
         """
@@ -55,6 +60,7 @@ class Batches(Database):
                         priority=priority, attempts=0, axes=(axes[i] if axes else {}),
                         reused_from=reuse[i][0] if i in reuse else None,
                         created_at=now, queued_at=now, finished_at=now if i in reuse else None,
+                        enqueued_at=now if enqueued and i not in reuse else None,
                     )
                     for i, j in enumerate(specs)
                 ]
