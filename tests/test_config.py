@@ -34,6 +34,7 @@ def test_postgres_urls_use_psycopg3():
     ({"FARM_DTYPE": "fp8"}, "FARM_DTYPE"),
     ({"FARM_STORE_OVERLAP": "yes"}, "FARM_STORE_OVERLAP"),
     ({"FARM_IO_THREADS": "0"}, "FARM_IO_THREADS"),
+    ({"FARM_TASK_EVENTS": "yes"}, "FARM_TASK_EVENTS"),
     ({"FARM_PREVIEW_DECODERS": "sdxl"}, "FARM_PREVIEW_DECODERS"),
     ({"FARM_PREVIEW_DECODERS": "sd2=/models/taesd2"}, "FARM_PREVIEW_DECODERS"),  # (sd3 is an arch now)
 ])
@@ -70,3 +71,14 @@ def test_fast_path_settings():
     default = load_config({}, cwd=Path("/tmp"))
     assert (default.dtype, default.store_overlap, default.io_threads, default.preview_decoders) == ("auto", True, 2, ())
 
+
+
+def test_celery_task_events_are_off_until_asked_for():
+    """Three to four Redis PUBLISHes per message that no one reads unless a monitor listens; Flower
+    turns them on itself (issue 15)."""
+    from farm.dispatch import celery_settings
+
+    default = celery_settings(load_config({}, cwd=Path("/tmp")), "redis://localhost:6379/0")
+    assert (default["worker_send_task_events"], default["task_send_sent_event"]) == (False, False)
+    on = celery_settings(load_config({"FARM_TASK_EVENTS": "1"}, cwd=Path("/tmp")), "redis://localhost:6379/0")
+    assert (on["worker_send_task_events"], on["task_send_sent_event"]) == (True, True)
