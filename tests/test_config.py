@@ -73,12 +73,12 @@ def test_fast_path_settings():
 
 
 
-def test_celery_task_events_are_off_until_asked_for():
+def test_celery_task_events_are_off_until_asked_for(redis_server):
     """Three to four Redis PUBLISHes per message that no one reads unless a monitor listens; Flower
     turns them on itself (issue 15)."""
     from farm.dispatch import celery_settings
 
-    default = celery_settings(load_config({}, cwd=Path("/tmp")), "redis://localhost:6379/0")
+    default = celery_settings(load_config({}, cwd=Path("/tmp")), redis_server.url)
     assert (default["worker_send_task_events"], default["task_send_sent_event"]) == (False, False)
-    on = celery_settings(load_config({"FARM_TASK_EVENTS": "1"}, cwd=Path("/tmp")), "redis://localhost:6379/0")
+    on = celery_settings(load_config({"FARM_TASK_EVENTS": "1"}, cwd=Path("/tmp")), redis_server.url)
     assert (on["worker_send_task_events"], on["task_send_sent_event"]) == (True, True)
