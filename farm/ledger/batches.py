@@ -4,21 +4,19 @@ batch-wide control (cancel, retry, pause, resume)."""
 from __future__ import annotations
 
 import secrets
-from typing import Iterable, cast
+from typing import Iterable
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from farm import states
 from farm.errors import ConflictError, NotFound
 from farm.ledger.mapping import artifact_value, batch_info, spec_columns, stored_job
-from farm.ledger.models import Artifact, Batch, Job
+from farm.ledger.models import ARTIFACTS, BATCHES, JOBS, Artifact, Batch, Job
 from farm.ledger.schema import Database, rowcount
 from farm.ledger.values import Artifact as ArtifactValue
 from farm.ledger.values import BatchInfo, NewBatch, StoredJob
 from farm.spec import JobSpec
-
-BATCHES, JOBS, ARTIFACTS = (cast(Table, model.__table__) for model in (Batch, Job, Artifact))
 
 
 class Batches(Database):

@@ -10,19 +10,17 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Iterable, cast
+from typing import Iterable
 
-from sqlalchemy import Table, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 
 from farm import states
 from farm.ledger.mapping import stored_job
-from farm.ledger.models import TIMING_FIELDS, Artifact, Attempt, Batch, Job
+from farm.ledger.models import ARTIFACTS, ATTEMPTS, JOBS, TIMING_FIELDS, Artifact, Attempt, Batch, Job
 from farm.ledger.schema import Database, rowcount
 from farm.ledger.values import Artifact as ArtifactValue
 from farm.ledger.values import Claim, Completion, StoredJob
 
-# the tables (Core DML skips the ORM's bulk-statement plugins, which the hot paths do not need)
-JOBS, ATTEMPTS, ARTIFACTS = (cast(Table, model.__table__) for model in (Job, Attempt, Artifact))
 INSERT_ATTEMPTS = insert(ATTEMPTS)
 INSERT_ARTIFACTS = insert(ARTIFACTS)
 

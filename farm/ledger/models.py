@@ -6,6 +6,7 @@ The ledger is the source of truth; Redis only carries job ids. Timestamps are UT
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import cast
 
 from sqlalchemy import (
     JSON,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -304,3 +306,8 @@ class Lock(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# the tables behind the models, for the Core statements of the hot paths (claim, completion, a
+# batch's insert: the ORM's unit of work and bulk plugins are not needed there; issue 15)
+BATCHES, JOBS, ATTEMPTS, ARTIFACTS = (cast(Table, model.__table__) for model in (Batch, Job, Attempt, Artifact))
