@@ -29,17 +29,21 @@ def trainer_farm(tmp_path, redis_server, model_cache):
     farm.close()
 
 
-def test_distil_the_tiny_teacher_resume_after_kill_9_and_render_with_the_result(trainer_farm, tmp_path):
+def distill(farm, tmp_path, examples: int, seed: int, name: str, *options: str) -> dict:
+    """A shapes dataset of ``examples`` images, the farm started, and `farm distill` of it submitted."""
     from engine.training.shapes import write_dataset
 
-    farm = trainer_farm
     data = tmp_path / "shapes"
-    write_dataset(data, 64, seed=3)
+    write_dataset(data, examples, seed=seed)
     farm.start()
-    submitted = json.loads(farm.cli(
-        "distill", "--teacher", "tiny-sd", "--data", str(data), "--name", "shapes-lcm", "--steps", str(STEPS),
-        "--batch-size", "8", "--checkpoint-every", str(CHECKPOINT_EVERY), "--seed", "1", "--eval-samples", "16",
-        "--json").stdout)
+    return json.loads(farm.cli("distill", "--teacher", "tiny-sd", "--data", str(data), "--name", name, *options,
+                               "--json").stdout)
+
+
+def test_distil_the_tiny_teacher_resume_after_kill_9_and_render_with_the_result(trainer_farm, tmp_path):
+    farm = trainer_farm
+    submitted = distill(farm, tmp_path, 64, 3, "shapes-lcm", "--steps", str(STEPS), "--batch-size", "8",
+                        "--checkpoint-every", str(CHECKPOINT_EVERY), "--seed", "1", "--eval-samples", "16")
     assert submitted["examples"] == 64
     job = submitted["job"]
 
@@ -88,15 +92,9 @@ def test_distil_the_tiny_teacher_resume_after_kill_9_and_render_with_the_result(
 
 
 def test_cancel_stops_a_training_job_at_the_next_step_and_keeps_its_last_checkpoint(trainer_farm, tmp_path):
-    from engine.training.shapes import write_dataset
-
     farm = trainer_farm
-    data = tmp_path / "shapes"
-    write_dataset(data, 16, seed=4)
-    farm.start()
-    submitted = json.loads(farm.cli("distill", "--teacher", "tiny-sd", "--data", str(data), "--name", "never",
-                                    "--steps", "100000", "--batch-size", "2", "--checkpoint-every", "5",
-                                    "--json").stdout)
+    submitted = distill(farm, tmp_path, 16, 4, "never", "--steps", "100000", "--batch-size", "2",
+                        "--checkpoint-every", "5")
     job = submitted["job"]
     servers.wait_until(lambda: (farm.sql("select checkpoint_step from trainings where job_id = :j", j=job)
                                 or [(None,)])[0][0], 180, interval=0.2, what="a checkpoint")
@@ -112,15 +110,9 @@ def test_cancel_stops_a_training_job_at_the_next_step_and_keeps_its_last_checkpo
 
 
 def test_a_full_model_distillation_registers_an_lcm_model_that_renders(trainer_farm, tmp_path):
-    from engine.training.shapes import write_dataset
-
     farm = trainer_farm
-    data = tmp_path / "shapes"
-    write_dataset(data, 8, seed=5)
-    farm.start()
-    submitted = json.loads(farm.cli("distill", "--teacher", "tiny-sd", "--data", str(data), "--name", "shapes-lcm-full",
-                                    "--full", "--steps", "4", "--batch-size", "2", "--eval-samples", "4",
-                                    "--json").stdout)
+    submitted = distill(farm, tmp_path, 8, 5, "shapes-lcm-full", "--full", "--steps", "4", "--batch-size", "2",
+                        "--eval-samples", "4")
     farm.wait_done(submitted["batch"], 1, timeout=180)
     [view] = json.loads(farm.cli("jobs", "list", "--batch", submitted["batch"], "--json").stdout)
     assert view["state"] == "succeeded", view["last_error"]
