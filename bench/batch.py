@@ -34,7 +34,7 @@ def main() -> None:
 
     from engine.quiet import quiet_libraries
     from engine.runner import Runner
-    from farm.spec import direct_spec
+    from farm.jobs.spec import direct_spec
 
     quiet_libraries()
     cache = Path(os.environ.get("FARM_MODEL_CACHE") or tempfile.mkdtemp(prefix="farm-bench-models-"))

@@ -36,7 +36,7 @@ STACKS = [
 
 
 def jobs(batch: int, styles: list, seed: int = 0) -> list:
-    from farm.spec import direct_spec
+    from farm.jobs.spec import direct_spec
 
     adapters = [("tiny-sd-lcm-lora", 1.0, "accelerator")] + [(n, w, "style") for n, w in styles]
     return [direct_spec(prompt=f"a lighthouse {i}", seed=seed + i, model="tiny-sd", adapters=adapters)

@@ -1,11 +1,11 @@
 """LCM distillation (issue 14): training speed, and what a longer run buys at 1-8 sampling steps.
 
-- speed: training steps/s of engine.distill at batch 4, 8 and 16 on tiny-sd (CPU); with
+- speed: training steps/s of engine.training.distill at batch 4, 8 and 16 on tiny-sd (CPU); with
   ``--device cuda`` also the SD1.5 and SDXL architectures built from engine/configs with random
   fp16 weights at their native sizes (512, 1024), LoRA rank ``--cuda-rank`` (64, the reference
   script's), with the peak device memory of each.
 - quality (``--quality``): distil tiny-sd (the trained teacher when engine/weights/tiny-sd is
-  there) on the shapes set for ``--steps`` steps, evaluating (engine.evaluation) every
+  there) on the shapes set for ``--steps`` steps, evaluating (engine.training.evaluation) every
   ``--eval-every`` steps: Frechet distance to the teacher's 50-step DDIM samples per sampler
   (teacher DDIM, teacher LCMScheduler, teacher + LCM-LoRA) and sampling step count, and the
   one-step error. The plot: Frechet distance vs sampling steps, one line per sampler (the LoRA at
@@ -114,7 +114,7 @@ def speed(pipe, family: str, data: list, batch: int, steps: int, warmup: int, ra
     """Steps/s after ``warmup`` steps, and the peak device memory (CUDA)."""
     import torch
 
-    from engine.distill import DistillSettings, distill
+    from engine.training.distill import DistillSettings, distill
 
     times: list[float] = []
     if device == "cuda":
@@ -176,8 +176,8 @@ def run_speed(args, cache: Path) -> dict:
 
 
 def run_quality(args, cache: Path) -> dict:
-    from engine.distill import DistillSettings, distill, result_from_checkpoint
-    from engine.evaluation import evaluate
+    from engine.training.distill import DistillSettings, distill, result_from_checkpoint
+    from engine.training.evaluation import evaluate
 
     pipe = tiny_pipe(cache)
     data, source = examples(args.examples, 64, seed=args.seed)

@@ -261,7 +261,7 @@ def main() -> None:
 
     from engine.imaging import encode_png
     from engine.quiet import quiet_libraries
-    from farm.spec import direct_spec
+    from farm.jobs.spec import direct_spec
 
     quiet_libraries()
     if not torch.cuda.is_available() and not args.cpu_smoke:
@@ -278,8 +278,8 @@ def main() -> None:
         from diffusers import AutoencoderTiny
 
         from engine.runner import Runner, family_module
-        from farm.catalog import ModelEntry
-        from farm.spec import Catalog
+        from farm.jobs.spec import Catalog
+        from farm.models.catalog import ModelEntry
 
         flow = family in FLOW_FAMILIES
         size = 64 if args.cpu_smoke else (512 if family == "sd15" else 1024)

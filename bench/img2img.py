@@ -109,7 +109,7 @@ class Engine:
     def __init__(self, model_cache: Path, work: Path, inputs: list[Path], micro_batch: int):
         from engine.inputs import check_image
         from engine.runner import Runner
-        from farm.kinds import input_key
+        from farm.jobs.kinds import input_key
         from farm.storage import open_store
 
         store = open_store(f"file://{work / 'engine-store'}")
@@ -124,7 +124,7 @@ class Engine:
     def jobs(self, kind: str, first_seed: int) -> list:
         from dataclasses import replace
 
-        from farm.spec import direct_spec
+        from farm.jobs.spec import direct_spec
 
         base = direct_spec(model="tiny-sd", seed=0, prompt=PROMPT, adapters=[("tiny-sd-lcm-lora", 1.0, "accelerator")])
         if kind == "img2img":
@@ -192,7 +192,7 @@ def fetch_costs(work: Path, sizes=(64, 512), count: int = 16) -> dict:
     """ms per image for a worker's input fetch: miss (store -> cache, sha256 checked, decoded) and
     hit (cache, sha256 checked, decoded)."""
     from engine.inputs import InputCache, check_image
-    from farm.kinds import input_key
+    from farm.jobs.kinds import input_key
     from farm.storage import open_store
 
     store = open_store(f"file://{work / 'fetch-store'}")

@@ -83,12 +83,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from farm.config import load_config
-    from farm.dispatch import Publisher
+    from farm.fleet.dispatch import Publisher
+    from farm.fleet.localfarm import ensure_redis, stop_redis
+    from farm.fleet.producer import submit
+    from farm.jobs.plan import plan
+    from farm.jobs.spec import Catalog, JobRequest
+    from farm.jobs.variants import PromptRow
     from farm.ledger import Ledger
-    from farm.localfarm import ensure_redis, stop_redis
-    from farm.producer import plan, submit
-    from farm.spec import Catalog, JobRequest
-    from farm.variants import PromptRow
 
     work = Path(tempfile.mkdtemp(prefix="farm-overhead-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}

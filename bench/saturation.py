@@ -5,7 +5,7 @@ each micro-batch, as fast as they can, with no render and no image encoding: tak
 the model's Redis queue (the list kombu keeps for it, every priority level), claim its jobs in the
 ledger (one transaction: ``Ledger.claim``), and complete them with their artifacts (one
 transaction: ``Ledger.complete_many``). The jobs are submitted first through the real producer
-(``farm.producer.submit``: the batch in one transaction, micro-batches published to Redis), and
+(``farm.fleet.producer.submit``: the batch in one transaction, micro-batches published to Redis), and
 that submission is timed too.
 
 Reported for each worker count: images/s of bookkeeping, SQL transactions per image, CPU seconds of
@@ -37,9 +37,9 @@ from bench.cost import children, cpu_ms  # noqa: E402
 
 
 def queue_keys(base: str, model: str) -> list[str]:
-    """The kombu lists of one model's queue, highest priority first (farm.dispatch.BrokerLayout)."""
-    from farm.dispatch import KOMBU_SEP
-    from farm.states import MAX_PRIORITY
+    """The kombu lists of one model's queue, highest priority first (farm.fleet.dispatch.BrokerLayout)."""
+    from farm.fleet.dispatch import KOMBU_SEP
+    from farm.jobs.states import MAX_PRIORITY
 
     queue = f"{base}.{model}"
     return [queue if level == 0 else f"{queue}{KOMBU_SEP}{level}" for level in range(MAX_PRIORITY, -1, -1)]
@@ -49,7 +49,7 @@ def simulated_worker(database_url: str, redis_url: str, keys: list[str], name: s
     """Claim and complete micro-batches until the queue stays empty and ``stop`` is set."""
     import redis
 
-    from farm.dispatch import BrokerLayout
+    from farm.fleet.dispatch import BrokerLayout
     from farm.ledger import Artifact, Completion, Ledger
 
     ledger = Ledger(database_url, auto_migrate=False)
@@ -82,11 +82,12 @@ def simulated_worker(database_url: str, redis_url: str, keys: list[str], name: s
 
 def run_round(pg_uri: str, redis, postmaster: int, workers: int, images: int, micro_batch: int, seed: int) -> dict:
     from farm.config import load_config
-    from farm.dispatch import Publisher
+    from farm.fleet.dispatch import Publisher
+    from farm.fleet.producer import submit
+    from farm.jobs.plan import plan
+    from farm.jobs.spec import Catalog, JobRequest
+    from farm.jobs.variants import PromptRow
     from farm.ledger import Ledger
-    from farm.producer import plan, submit
-    from farm.spec import Catalog, JobRequest
-    from farm.variants import PromptRow
 
     env = {"FARM_DATABASE_URL": pg_uri, "FARM_BROKER_URL": redis.url, "FARM_QUEUE": "sat",
            "FARM_HOME": tempfile.mkdtemp(prefix="farm-sat-home-")}

@@ -38,11 +38,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from farm.config import load_config
-    from farm.dispatch import Publisher
+    from farm.fleet.dispatch import Publisher
+    from farm.fleet.producer import submit
+    from farm.jobs.plan import plan
+    from farm.jobs.spec import Catalog, JobRequest
+    from farm.jobs.variants import PromptRow
     from farm.ledger import Ledger
-    from farm.producer import plan, submit
-    from farm.spec import Catalog, JobRequest
-    from farm.variants import PromptRow
     from tests import servers
 
     work = Path(tempfile.mkdtemp(prefix="farm-overlap-"))

@@ -83,9 +83,9 @@ def _loadable(pipe, state: dict) -> dict:
     Kohya files spell UNet modules with diffusers names or original (LDM/SGM) names. diffusers
     maps original names only on SDXL pipelines (its SD1.5 path leaves them unmapped), and there
     maps diffusers-spelt ``add_embedding`` wrongly; so Kohya keys are respelt to the original
-    names on SDXL and to the diffusers names elsewhere (farm.loras), and diffusers converts the rest.
+    names on SDXL and to the diffusers names elsewhere (farm.models.loras), and diffusers converts the rest.
     """
-    from farm.loras import KOHYA_PREFIXES, kohya_respelling
+    from farm.models.loras import KOHYA_PREFIXES, kohya_respelling
 
     if not state or not all(key.startswith(tuple(KOHYA_PREFIXES)) for key in state):
         return state  # the diffusers/peft layout loads as it is

@@ -2,7 +2,7 @@
 
 Each embedding a micro-batch uses is loaded once per pipeline with diffusers'
 ``load_textual_inversion`` (SDXL: its ``clip_l`` vectors into the first tokenizer and text
-encoder, its ``clip_g`` vectors into the second), under a private token (farm.embeddings): the
+encoder, its ``clip_g`` vectors into the second), under a private token (farm.models.embeddings): the
 prompts are respelt with it before they are encoded. A prompt that uses no embedding is tokenized
 as it always was, whatever the pipeline loaded before, so its pixels do not depend on history.
 Loading happens outside inference mode: the text encoders' embedding tables are resized in place.
@@ -11,9 +11,9 @@ Loading happens outside inference mode: the text encoders' embedding tables are 
 from __future__ import annotations
 
 from engine import offload as offloading
-from farm.catalog import EmbeddingEntry
-from farm.embeddings import XL_KEYS, private_token, respell
 from farm.errors import InputError
+from farm.models.catalog import EmbeddingEntry
+from farm.models.embeddings import XL_KEYS, private_token, respell
 
 
 def _entry(runner, name: str) -> EmbeddingEntry:
@@ -35,7 +35,7 @@ def _load(runner, pipe, entry: EmbeddingEntry, token: str) -> None:
     if getattr(pipe, "text_encoder_2", None) is not None:
         parts = [(tensors[key], encoder, tokenizer) for key, (encoder, tokenizer) in zip(XL_KEYS, encoders)]
     else:
-        [vectors] = tensors.values()  # farm.embeddings checked the file at add: one tensor
+        [vectors] = tensors.values()  # farm.models.embeddings checked the file at add: one tensor
         parts = [(vectors, *encoders[0])]
     for vectors, encoder, tokenizer in parts:
         pipe.load_textual_inversion(vectors.reshape(-1, vectors.shape[-1]), token=token,

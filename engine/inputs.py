@@ -1,6 +1,6 @@
 """Input images (issue 13): checked and made canonical at submission, fetched and cached by workers.
 
-The producer calls ``check_image`` on purpose (farm.inputs) for every init image, mask and control
+The producer calls ``check_image`` on purpose (farm.jobs.inputs) for every init image, mask and control
 image a submission names, before anything is written: the bytes must decode as PNG, JPEG or WebP,
 whole (a truncated file is refused), within the size limits, and never as a decompression bomb
 (PIL's ``MAX_IMAGE_PIXELS`` is set to the limit and its bomb warning is an error, so a header that
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from farm.errors import InfrastructureError, InputError
-from farm.kinds import MAX_INPUT_BYTES, input_key
+from farm.jobs.kinds import MAX_INPUT_BYTES, input_key
 
 if TYPE_CHECKING:
     from farm.storage import Store

@@ -60,7 +60,7 @@ def from_components(cls, pipe, **extra):
 # -- ControlNets ------------------------------------------------------------------------------------
 def unet_config(runner, arch: str) -> dict:
     """The UNet config of ``arch``: a tiny arch's from its built model, a real family's from engine/configs."""
-    from farm.catalog import TINY_ARCHS
+    from farm.models.catalog import TINY_ARCHS
 
     if arch in TINY_ARCHS:
         from engine.sources import resolve

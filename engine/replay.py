@@ -7,7 +7,7 @@ from pathlib import Path
 
 from farm.errors import NotFound
 from farm.ledger import Ledger
-from farm.results import ArtifactReader
+from farm.results.artifacts import ArtifactReader
 
 
 def replay(ledger: Ledger, job_id: int, *, model_cache: Path, device: str = "cpu",

@@ -24,9 +24,9 @@ from engine.adapters import AdapterSet, HostStateDicts
 from engine.inputs import InputCache
 from engine.invariance import row_wise_linear
 from engine.sources import Location, resolve
-from farm.catalog import PREVIEW_DECODERS
 from farm.errors import InputError
-from farm.spec import Catalog, JobSpec
+from farm.jobs.spec import Catalog, JobSpec
+from farm.models.catalog import PREVIEW_DECODERS
 
 
 class Interrupted(Exception):
@@ -233,7 +233,7 @@ class Runner:
             from diffusers import AutoencoderTiny
 
             arch = self._entry("model", model).arch
-            source = self.preview_decoders[arch]  # every arch has one (farm.catalog.PREVIEW_DECODERS)
+            source = self.preview_decoders[arch]  # every arch has one (farm.models.catalog.PREVIEW_DECODERS)
             location = resolve(source, self.model_cache, name=f"{arch}-taesd", s3_endpoint_url=self.s3_endpoint_url)
             if location.single_file:
                 raise InputError("decoder", f"{source}: a tiny autoencoder loads from a diffusers directory "

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.catalog import tiny_build
 from farm.errors import InputError
+from farm.models.catalog import tiny_build
 
 WEIGHT_SUFFIXES = (".safetensors",)  # never pickles: a .ckpt or .bin can run code on load
 
@@ -29,7 +29,7 @@ def resolve(source: str, cache_dir: Path, *, name: str | None = None, sha256: st
     if source.startswith("builtin:"):
         return Location(str(_build(source[len("builtin:"):], cache_dir)))
     if source.startswith("s3://"):
-        from farm.fetch import fetch_s3
+        from farm.storage.fetch import fetch_s3
 
         if not name:
             raise InputError("source", f"{source}: s3:// sources are registered by name (farm models add)")

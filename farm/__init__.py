@@ -25,7 +25,7 @@ _LAZY = {
     "Farm": "farm.api",
     "FarmWarning": "farm.api",
     "Requeued": "farm.api",
-    "plan_submission": "farm.planning",
+    "plan_submission": "farm.jobs.planning",
 }
 
 __all__ = ["Farm", "FarmError", "FarmTimeout", "FarmWarning", "InputError", "ConfigError", "ConflictError",

@@ -29,12 +29,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, TextIO
 
-from farm import localfarm, states
 from farm.config import Config, load_config
-from farm.errors import FarmTimeout, InfrastructureError, InputError
-from farm.planning import plan_submission
-from farm.producer import Plan, SubmitResult, check_key, estimate, republish, submit
-from farm.progress import NoWorkerNotice, TrainingProgress, watch
+from farm.errors import ConflictError, FarmTimeout, InfrastructureError, InputError
+from farm.fleet import localfarm
+from farm.fleet.producer import SubmitResult, estimate, republish, submit
+from farm.jobs import states
+from farm.jobs.plan import Plan, check_idempotency_key
+from farm.jobs.planning import plan_submission
+from farm.results.progress import NoWorkerNotice, TrainingProgress, watch
 
 if TYPE_CHECKING:  # the ledger (sqlalchemy) is imported on first use, not with the API
     from farm.ledger import BatchSummary, JobView
@@ -195,7 +197,7 @@ class Farm:
     def publisher(self):
         """The broker publisher; starts the private Redis when it is the broker and not running."""
         if self._publisher is None:
-            from farm.dispatch import Publisher
+            from farm.fleet.dispatch import Publisher
 
             self._publisher = Publisher(self.config, localfarm.ensure_redis(self.config))
         return self._publisher
@@ -203,7 +205,7 @@ class Farm:
     def catalog(self):
         """Built-in plus registered models and adapters. A farm home whose SQLite ledger does not
         exist yet has registered nothing, and reading it must not create it (bad input writes nothing)."""
-        from farm.spec import Catalog
+        from farm.jobs.spec import Catalog
 
         ledger = self._existing_ledger()
         return Catalog() if ledger is None else ledger.catalog()
@@ -218,8 +220,8 @@ class Farm:
 
     def input_reader(self):
         """What reads a submission's input images (issue 13): files, s3:// objects, earlier jobs'
-        images (``job:ID``) and batches (``from_batch``); a ``farm.inputs.InputReader``."""
-        from farm.inputs import InputReader
+        images (``job:ID``) and batches (``from_batch``); a ``farm.intake.images.InputReader``."""
+        from farm.intake.images import InputReader
 
         return InputReader(ledger=self._existing_ledger, s3_endpoint_url=self.config.s3_endpoint_url)
 
@@ -258,7 +260,7 @@ class Farm:
         ``plan``. ``key``: an idempotency key (the same key returns the same batch); ``force``:
         render even jobs whose image exists. Caveats are issued as ``FarmWarning``. For the
         whole ``SubmitResult`` (jobs, to_render, reused, base_seed), use ``submit_plan(plan(...))``."""
-        check_key(key)
+        check_idempotency_key(key)
         planned = self.plan(prompt, **options)
         for message in planned.warnings:
             warnings.warn(message, FarmWarning, stacklevel=2)
@@ -277,7 +279,7 @@ class Farm:
             store = open_store(self.config.store_url, s3_endpoint_url=self.config.s3_endpoint_url)
         return submit(self.ledger, self.publisher, planned,
                       micro_batch=lambda spec: self.config.micro_batch_for(spec.family, spec.width, spec.height),
-                      key=check_key(key), submitter=_submitter(), force=force, store=store)
+                      key=check_idempotency_key(key), submitter=_submitter(), force=force, store=store)
 
     # -- training (issue 14) --------------------------------------------------------------------------
     def plan_distill(self, teacher: str, data: str, name: str, *, seed: int | None = None, priority: int = 0,
@@ -285,13 +287,14 @@ class Farm:
         """Validate a distillation (``farm distill``) without writing anything: the teacher, the
         name of the result, every example of ``data`` (a directory, ``s3://BUCKET/PREFIX`` or
         ``batch:ID``) and the settings (``steps``, ``rank``, ``skip``, ``guidance_range``,
-        ``solver``, ``batch_size``, ``lr``, ``checkpoint_every``, ``full``; farm.training)."""
+        ``solver``, ``batch_size``, ``lr``, ``checkpoint_every``, ``full``; farm.jobs.training)."""
         import random
 
-        from farm.datasets import read_dataset
-        from farm.spec import MAX_SEED, JobRequest, check_name
-        from farm.training import DistillRequest, resolve_distill
-        from farm.variants import PromptRow
+        from farm.intake.datasets import read_dataset
+        from farm.jobs.spec import MAX_SEED, JobRequest
+        from farm.jobs.training import DistillRequest, resolve_distill
+        from farm.jobs.variants import PromptRow
+        from farm.models.names import check_name
 
         catalog = self.catalog()
         teacher_name = check_name("teacher", teacher)
@@ -320,7 +323,7 @@ class Farm:
     def bind_accelerator(self, model: str, adapter: str, *, recipe: str = "lcm-lora") -> None:
         """Bind ``model`` to its own accelerator for ``recipe`` (checked: the adapter is an
         accelerator of that recipe for the model's arch)."""
-        from farm.recipes import get_recipe, resolve_recipe
+        from farm.models.recipes import get_recipe, resolve_recipe
 
         catalog = self.catalog()
         entry = catalog.models.get(model)
@@ -372,7 +375,8 @@ class Farm:
         counts = watch(lambda: self.ledger.batch_counts(batch), total, stream=stream, timeout=timeout,
                        check=check, notices=stream or sys.stderr)
         if sum(counts[s] for s in states.TERMINAL) < total:
-            raise FarmTimeout(batch, counts, timeout or 0)
+            raise FarmTimeout(batch, counts, timeout or 0,
+                              sum(n for state, n in counts.items() if state in states.TERMINAL))
         return counts
 
     def _heal(self) -> list[str]:
@@ -418,8 +422,8 @@ class Farm:
     def download(self, batch: str, out: str | os.PathLike) -> list[Path]:
         """Copy the batch's stored images into ``out`` (each checked against the ledger's sha256),
         with an ``index.html`` gallery of them and their parameters; the image paths, in job order."""
-        from farm.gallery import gallery_html
-        from farm.results import fetch_batch
+        from farm.results.artifacts import fetch_batch
+        from farm.results.gallery import gallery_html
 
         out = Path(out)
         fetched = fetch_batch(self.ledger, batch, out, s3_endpoint_url=self.config.s3_endpoint_url)
@@ -431,7 +435,7 @@ class Farm:
 
     def _download_inputs(self, rows: list[dict], out: Path) -> None:
         """The input images the jobs started from, into ``out/inputs/<sha256>.png`` (verified)."""
-        from farm.results import read_input
+        from farm.results.artifacts import read_input
 
         wanted = sorted({row[name] for row in rows for name in ("init_image", "mask_image", "control_image")
                          if row.get(name)})
@@ -445,7 +449,8 @@ class Farm:
     def contact_sheet(self, batch: str, out: str | os.PathLike, *, cols: str | None = None,
                       rows: str | None = None) -> dict:
         """Draw the batch as a grid labelled with its axis values into the PNG ``out``."""
-        from farm.results import ArtifactReader, sheet_cells, source_cells
+        from farm.results.artifacts import ArtifactReader, source_cells
+        from farm.results.sheets import sheet_cells
 
         info = self.ledger.get_batch(batch)
         jobs = [view.as_dict() for view in self.ledger.list_jobs(batch)]
@@ -501,3 +506,134 @@ class Farm:
     def _requeued(self, batch: str, job_ids: list[int]) -> Requeued:
         messages = republish(self.ledger, self.publisher, job_ids, micro_batch=self.config.micro_batch) if job_ids else 0
         return Requeued(batch, job_ids, messages)
+
+    # -- registries (models, adapters, embeddings, ControlNets) ------------------------------------------
+    def register(self, entry):
+        """Register a model, adapter, embedding or ControlNet entry (``farm.models.registry``'s
+        ``model_entry`` and friends build one) after looking into its file: an s3:// source is
+        fetched once and its sha256 recorded; a file of another family or arch is refused and
+        nothing is registered. Returns the entry as recorded."""
+        from farm.intake.files import checked_entry
+        from farm.models.catalog import AdapterEntry, ControlNetEntry, EmbeddingEntry, ModelEntry
+
+        what = {ModelEntry: "model", AdapterEntry: "adapter", EmbeddingEntry: "embedding",
+                ControlNetEntry: "controlnet"}[type(entry)]
+        catalog = self.catalog()
+        known = {"model": catalog.models, "adapter": catalog.adapters, "embedding": catalog.embeddings,
+                 "controlnet": catalog.controlnets}[what]
+        if entry.name in known:  # before hashing a large file (the ledger checks again as it writes)
+            raise ConflictError(f"{what} {entry.name} is already registered (remove it first)")
+        entry = checked_entry(entry, self.config)
+        add = {"model": self.ledger.add_model, "adapter": self.ledger.add_adapter,
+               "embedding": self.ledger.add_embedding, "controlnet": self.ledger.add_controlnet}[what]
+        add(entry)
+        return entry
+
+    def unregister(self, what: str, name: str) -> None:
+        """Remove a registered model, adapter, embedding or ControlNet (``what``); jobs already
+        recorded keep their record."""
+        self.ledger.remove_registered(what, name)
+
+    # -- the fleet ---------------------------------------------------------------------------------------
+    def workers(self) -> list:
+        """The workers the ledger knows, with their state, device and resident models."""
+        return self.ledger.workers()
+
+    def set_worker_state(self, name: str, state: str) -> None:
+        """Drain (``draining``), cordon (``cordoned``) or uncordon (``active``) a worker."""
+        self.ledger.set_worker_state(name, state)
+
+    def model_queues(self, models: str | None = None) -> str:
+        """The broker queues of ``models`` (comma-separated, preferred first; default every known
+        model), as a worker's ``-Q`` takes them; an unknown model is an ``InputError``."""
+        from farm.fleet.dispatch import model_queue
+
+        known = self.catalog().models
+        names = [m.strip() for m in models.split(",") if m.strip()] if models else sorted(known)
+        unknown = [m for m in names if m not in known]
+        if unknown:
+            raise InputError("models", f"unknown model {unknown[0]!r} (see `farm models list`)")
+        return ",".join(model_queue(self.config.queue, m) for m in names)
+
+    @staticmethod
+    def devices(devices: str | None, workers: int | None) -> list[str]:
+        """The device list ``--devices``/``--workers`` name (one worker process each)."""
+        return localfarm.parse_devices(devices, workers)
+
+    def run_workers(self, devices: list[str], *, models: str | None = None, name_prefix: str = "farm") -> int:
+        """Run workers in the foreground, one pinned process per device, restarted if one dies;
+        returns when they stop (the exit status)."""
+        from farm.models.names import check_name
+
+        check_name("name-prefix", name_prefix)
+        self.ledger  # noqa: B018 - migrate a fresh SQLite ledger once, before the workers race to
+        queues = self.model_queues(models)
+        broker = localfarm.ensure_redis(self.config)
+        slots = localfarm.worker_slots(self.config, devices, broker, prefix=name_prefix,
+                                       serve_all_models=models is None)
+        print(f"starting {len(slots)} worker(s): {', '.join(s.name for s in slots)}", file=sys.stderr, flush=True)
+        return localfarm.supervise(slots, queues=queues)
+
+    def up(self, devices: list[str], *, models: str | None = None) -> dict:
+        """Start the local farm in the background (a private Redis unless FARM_BROKER_URL, and
+        workers); the broker's URL comes back without its password."""
+        from farm.config import redact_url
+
+        self.ledger  # noqa: B018
+        self.model_queues(models)  # refuse unknown models here, not in the background
+        info = localfarm.up(self.config, devices, models=models)
+        info["broker"] = redact_url(info["broker"])  # a password never reaches the terminal or a log
+        return info
+
+    def down(self) -> dict:
+        """Stop the local farm: workers finish their current job, then the private Redis stops."""
+        return localfarm.down(self.config)
+
+    def reap(self) -> dict:
+        """Return jobs whose worker's lease lapsed to the queue (or fail them after max attempts)."""
+        from farm.fleet.maintenance import reap
+
+        return reap(self.ledger, self.publisher, max_attempts=self.config.max_attempts,
+                    micro_batch=self.config.micro_batch)
+
+    def reconcile(self, grace_s: float = 5.0) -> dict:
+        """Publish queued jobs that no message in the broker carries (published over ``grace_s`` ago)."""
+        from farm.fleet.maintenance import reconcile
+
+        return reconcile(self.ledger, self.publisher, grace_s=grace_s, micro_batch=self.config.micro_batch)
+
+    # -- the ledger's schema and records -------------------------------------------------------------------
+    def schema(self, upgrade_to: str | None = None) -> dict:
+        """The ledger's schema revision and the newest this farm knows; with ``upgrade_to``
+        ("head" or a revision), apply the migrations first ({"ledger", "before", "after", "head"})."""
+        from farm.ledger import Ledger
+        from farm.ledger.ledger import current_revision, head_revision, upgrade
+
+        ledger = Ledger(self.config.database_url, auto_migrate=False)
+        try:
+            before = current_revision(ledger.engine)
+            if upgrade_to is not None:
+                upgrade(ledger.engine, upgrade_to)
+            return {"ledger": ledger.safe_url, "before": before, "after": current_revision(ledger.engine),
+                    "head": head_revision()}
+        finally:
+            ledger.close()
+
+    def attempts(self, since: datetime) -> list[dict]:
+        """Every attempt that ended since ``since``, with its stage timings (what ``farm stats`` sums)."""
+        return [attempt.as_dict() for attempt in self.ledger.attempt_rows(since)]
+
+    def image_url(self, job: int, expires_s: int) -> str:
+        """A GET-only presigned URL for a job's image (s3:// stores)."""
+        from farm.errors import NotFound
+        from farm.storage import open_store
+
+        [view] = self.ledger.list_jobs(job_id=job) or [None]
+        if view is None:
+            raise NotFound(f"no job {job}")
+        if view.artifact is None:
+            raise InputError("job", f"job {job} has no stored image (state {view.state})")
+        store = open_store(view.artifact.store_url, s3_endpoint_url=self.config.s3_endpoint_url)
+        if not hasattr(store, "presigned_get"):
+            raise InputError("store", f"{view.artifact.store_url} is a local store; presigned URLs need an s3:// store")
+        return store.presigned_get(view.artifact.key, expires_s)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
 
-from farm.catalog import ARCHS
 from farm.errors import ConfigError
+from farm.models.catalog import ARCHS
 
 DEFAULT_MODEL = "tiny-sd"
 

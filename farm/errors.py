@@ -54,13 +54,11 @@ class InfrastructureError(FarmError):
 
 
 class FarmTimeout(FarmError):
-    """A wait for a batch ran out of time; ``counts`` holds its counts per state at that moment."""
+    """A wait for a batch ran out of time; ``counts`` holds its counts per state at that moment,
+    ``done`` how many of its jobs had ended (succeeded, failed or cancelled)."""
 
     exit_code = 1
 
-    def __init__(self, batch: str, counts: dict[str, int], timeout: float):
+    def __init__(self, batch: str, counts: dict[str, int], timeout: float, done: int):
         self.batch, self.counts, self.timeout = batch, counts, timeout
-        from farm.states import TERMINAL
-
-        done = sum(n for state, n in counts.items() if state in TERMINAL)
         super().__init__(f"batch {batch}: {done}/{sum(counts.values())} jobs done after {timeout:g}s")

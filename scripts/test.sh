@@ -7,5 +7,7 @@ bash scripts/install.sh test
 # house habits first (seconds): lint + import order, then the typed seams between layers
 .venv/bin/ruff check farm engine workers tests bench
 .venv/bin/mypy
+# the layers, as import-linter contracts ([tool.importlinter] in pyproject.toml)
+.venv/bin/lint-imports --no-cache --no-logo
 # two processes (this machine's cores); each test file stays on one of them, in order
 exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

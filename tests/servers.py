@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from farm.localfarm import redis_server_binary
+from farm.fleet.localfarm import redis_server_binary
 
 
 def free_port() -> int:

@@ -1,9 +1,9 @@
 """The hashes image sites link files by, in A1111's format: read back by a parser written from
 A1111's own (tests/a1111.py)."""
 
-from farm.catalog import AdapterEntry, EmbeddingEntry, ModelEntry
-from farm.metadata import a1111_parameters, job_record, resource_hashes
-from farm.spec import Catalog, JobRequest, resolve_job
+from farm.jobs.spec import Catalog, JobRequest, resolve_job
+from farm.models.catalog import AdapterEntry, EmbeddingEntry, ModelEntry
+from farm.results.metadata import a1111_parameters, job_record, resource_hashes
 from tests.a1111 import hash_list, parse
 
 MODEL = ModelEntry("my-sd", "/m/model.safetensors", "sd15", "tiny-sd", 64, sha256="1" * 10 + "f" * 54,

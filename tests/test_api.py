@@ -15,10 +15,10 @@ from click.testing import CliRunner
 import farm
 from farm.cli import cli
 from farm.config import load_config
+from farm.fleet.localfarm import redis_alive
+from farm.jobs.planning import plan_submission
+from farm.jobs.spec import Catalog
 from farm.ledger import JobView
-from farm.localfarm import redis_alive
-from farm.planning import plan_submission
-from farm.spec import Catalog
 
 
 @pytest.mark.workers

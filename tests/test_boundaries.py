@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "diffusers", "peft", "transformers", "PIL")
 
 
-@pytest.mark.parametrize("module", ["farm", "farm.cli", "farm.producer", "farm.ledger", "engine", "workers.app",
+@pytest.mark.parametrize("module", ["farm", "farm.cli", "farm.fleet.producer", "farm.ledger", "engine", "workers.app",
                                     "workers.tasks"])
 def test_importing_does_not_load_torch(module):
     code = (f"import sys, {module}; heavy = sorted(m for m in {HEAVY!r} if m in sys.modules); "
@@ -38,8 +38,8 @@ SEAMS = {
     "boto3": ("farm/storage/s3.py",),
     "botocore": ("farm/storage/s3.py",),
     "click": ("farm/cli/",),
-    "celery": ("farm/dispatch.py",),
-    "redis": ("farm/localfarm.py",),
+    "celery": ("farm/fleet/dispatch.py",),
+    "redis": ("farm/fleet/localfarm.py",),
 }
 
 
@@ -73,3 +73,34 @@ def test_no_static_import_of_workers_from_farm_or_engine():
             if "workers" in imports_of(path):
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def _lint_imports(tree: Path) -> subprocess.CompletedProcess:
+    lint = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run([str(lint), "--no-cache", "--no-logo"], cwd=tree, capture_output=True, text=True,
+                          env={"PATH": str(lint.parent), "PYTHONPATH": str(tree)})
+
+
+@pytest.mark.parametrize("module, bad_import, contract", [
+    ("farm/jobs/spec.py", "import sqlalchemy", "the pure subpackages do no I/O"),
+    ("farm/models/loras.py", "from farm.ledger import Ledger", "the pure subpackages do no I/O"),
+    ("farm/cli/status.py", "from farm.ledger import Ledger", "the CLI is a thin shell"),
+    ("farm/results/gallery.py", "import torch", "farm never imports"),
+    ("farm/ledger/queries.py", "from farm.fleet import producer", "the library's floors"),
+    ("engine/sheets.py", "import workers.handler", "the render engine never imports the worker process"),
+])
+def test_the_import_contracts_catch_a_bad_import(tmp_path, module, bad_import, contract):
+    """lint-imports passes on the tree as it is and fails, naming the contract, on a copy of it with
+    one import that crosses a layer."""
+    import shutil
+
+    for top in ("farm", "engine", "workers"):
+        shutil.copytree(ROOT / top, tmp_path / top, ignore=shutil.ignore_patterns("__pycache__", "weights", "configs"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    clean = _lint_imports(tmp_path)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    target = tmp_path / module
+    target.write_text(target.read_text() + f"\n{bad_import}  # noqa\n")
+    broken = _lint_imports(tmp_path)
+    assert broken.returncode != 0
+    assert f"{contract}" in broken.stdout and "BROKEN" in broken.stdout

@@ -1,14 +1,14 @@
 """Telling a model source's layout and architecture from a safetensors header or a directory's
-configs, without torch: what `farm models add` refuses, and why (farm.checkpoints). The real
+configs, without torch: what `farm models add` refuses, and why (farm.models.checkpoints). The real
 key layouts and the render path are in tests/engine/test_single_file.py."""
 
 import json
 
 import pytest
 
-from farm.checkpoints import ARCH_FAMILY, ARCH_SIGNATURES, check_model_source, config_signature, inspect_header
 from farm.errors import InputError
-from farm.weights import SafetensorsHeader, TensorInfo
+from farm.models.checkpoints import ARCH_FAMILY, ARCH_SIGNATURES, check_model_source, config_signature, inspect_header
+from farm.models.weights import SafetensorsHeader, TensorInfo
 
 U = "model.diffusion_model."
 

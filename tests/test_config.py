@@ -76,7 +76,7 @@ def test_fast_path_settings():
 def test_celery_task_events_are_off_until_asked_for(redis_server):
     """Three to four Redis PUBLISHes per message that no one reads unless a monitor listens; Flower
     turns them on itself (issue 15)."""
-    from farm.dispatch import celery_settings
+    from farm.fleet.dispatch import celery_settings
 
     default = celery_settings(load_config({}, cwd=Path("/tmp")), redis_server.url)
     assert (default["worker_send_task_events"], default["task_send_sent_event"]) == (False, False)

@@ -5,9 +5,9 @@ idempotency keys stop matching. The expected values were computed by the code be
 
 import pytest
 
-from farm.producer import request_digest
-from farm.spec import Catalog, JobRequest, resolve_job
-from farm.variants import PromptRow
+from farm.jobs.plan import request_digest
+from farm.jobs.spec import Catalog, JobRequest, resolve_job
+from farm.jobs.variants import PromptRow
 
 BEFORE = {
     "default": (JobRequest(prompt="a lighthouse at dusk", seed=100),

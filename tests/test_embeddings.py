@@ -1,14 +1,14 @@
-"""Textual-inversion embeddings without torch (farm.embeddings): which a prompt uses, how the worker
+"""Textual-inversion embeddings without torch (farm.models.embeddings): which a prompt uses, how the worker
 respells prompts, the job field and its digest, and files refused at add naming the file."""
 
 import re
 
 import pytest
 
-from farm.catalog import EmbeddingEntry
-from farm.embeddings import check_token, inspect_embedding, respell, tokens_in, used_embeddings
 from farm.errors import InputError
-from farm.spec import Catalog, JobRequest, resolve_job
+from farm.jobs.spec import Catalog, JobRequest, resolve_job
+from farm.models.catalog import EmbeddingEntry
+from farm.models.embeddings import check_token, inspect_embedding, respell, tokens_in, used_embeddings
 from tests.usersfiles import header_file
 
 SD = EmbeddingEntry("easyneg", "/e/easyneg.safetensors", "tiny-sd", "easyneg", 2, "a" * 64, builtin=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm.metadata import parse_seed
+from farm.results.metadata import parse_seed
 from tests import servers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_farm_run_on_a_fresh_home(farm_env, tmp_path):
 
     # the farm's pixels are the pixels of a direct render of the same seed in this process
     from engine.runner import Runner
-    from farm.spec import direct_spec
+    from farm.jobs.spec import direct_spec
 
     runner = Runner(device="cpu", model_cache=Path(farm_env["FARM_MODEL_CACHE"]))
     direct = runner.render([direct_spec(
@@ -187,7 +187,7 @@ def test_fleet_renders_into_s3_with_a_postgres_ledger(fleet, tmp_path):
 @pytest.mark.slow
 def test_a_duplicate_delivery_renders_nothing_twice(fleet):
     from farm.config import load_config
-    from farm.dispatch import Publisher
+    from farm.fleet.dispatch import Publisher
 
     env = fleet["env"]
     submitted = json.loads(farm("submit", "a quiet pier", "--model", "tiny-sd", "--variants", "3", "--seed", "9",

@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, PREVIEW_DECODERS, SIZE_MULTIPLE
 from farm.errors import InputError
-from farm.recipes import RECIPES, default_recipe, resolve_recipe
-from farm.spec import Catalog, JobRequest, resolve_job
+from farm.jobs.spec import Catalog, JobRequest, resolve_job
+from farm.models.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, PREVIEW_DECODERS, SIZE_MULTIPLE
+from farm.models.recipes import RECIPES, default_recipe, resolve_recipe
 from tests.usersfiles import header_file
 
 FLOW_RECIPES = ["schnell", "sd35-turbo", "flux-hyper"]
@@ -155,9 +155,9 @@ def test_recipes_list_shows_the_flow_recipes():
     assert listed["sd35-turbo"]["model_kinds"] == ["turbo"]
 
 
-# -- LoRA files for the transformer families, checked at add (farm.loras) ---------------------------
+# -- LoRA files for the transformer families, checked at add (farm.models.loras) ---------------------------
 def lora_header(arch: str, modules, rank: int = 4, prefix: str = "transformer.") -> dict:
-    from farm.layers import transformer_layers
+    from farm.models.layers import transformer_layers
 
     layers = transformer_layers(arch)
     tensors = {}
@@ -169,7 +169,7 @@ def lora_header(arch: str, modules, rank: int = 4, prefix: str = "transformer.")
 
 
 def test_diffusers_layout_loras_for_the_transformer_are_checked_against_its_layers(tmp_path):
-    from farm.loras import inspect_lora
+    from farm.models.loras import inspect_lora
 
     flux = ["transformer_blocks.0.attn.to_q", "single_transformer_blocks.1.proj_out", "x_embedder"]
     path = header_file(tmp_path / "flux.safetensors", {
@@ -194,7 +194,7 @@ def test_diffusers_layout_loras_for_the_transformer_are_checked_against_its_laye
 
 
 def kohya_flux_header(arch: str, rank: int = 4) -> dict:
-    from farm.layers import flux_original_layers
+    from farm.models.layers import flux_original_layers
 
     tensors = {}
     for name, layer in flux_original_layers(arch).items():
@@ -207,7 +207,7 @@ def kohya_flux_header(arch: str, rank: int = 4) -> dict:
 
 
 def test_kohya_flux_loras_are_checked_in_black_forest_labs_names(tmp_path):
-    from farm.loras import inspect_lora, kohya_names
+    from farm.models.loras import inspect_lora, kohya_names
 
     names = kohya_names("flux")
     assert names["lora_unet_double_blocks_0_img_attn_qkv"] == ("transformer", "double_blocks.0.img_attn.qkv")
@@ -226,7 +226,7 @@ def test_kohya_flux_loras_are_checked_in_black_forest_labs_names(tmp_path):
 def test_embeddings_are_refused_for_the_flow_families(tmp_path):
     from pathlib import Path
 
-    from farm.registry import embedding_entry
+    from farm.models.registry import embedding_entry
 
     for family in ("flux", "tiny-sd3"):
         with pytest.raises(InputError, match="textual-inversion embeddings are for sd15, sdxl and ssd-1b models"):
@@ -236,7 +236,7 @@ def test_embeddings_are_refused_for_the_flow_families(tmp_path):
 def test_an_accelerator_is_registered_for_a_recipe_of_its_family(tmp_path):
     from pathlib import Path
 
-    from farm.registry import adapter_entry
+    from farm.models.registry import adapter_entry
 
     entry = adapter_entry("hyper16", source="ByteDance/Hyper-SD", kind="accelerator", family="flux",
                           recipe="flux-hyper", steps=16, weight_name="Hyper-FLUX.1-dev-16steps-lora.safetensors",

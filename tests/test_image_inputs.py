@@ -16,8 +16,8 @@ from sqlalchemy import create_engine, text
 
 from farm.cli import cli
 from farm.errors import InputError
-from farm.kinds import InputInfo
-from farm.spec import Catalog, JobRequest, resolve_job
+from farm.jobs.kinds import InputInfo
+from farm.jobs.spec import Catalog, JobRequest, resolve_job
 
 SHA = "a" * 64
 
@@ -213,7 +213,7 @@ def test_kinds_are_inferred_and_checked_without_io():
     with pytest.raises(InputError, match="^init_image: 'photo.png' is not a stored input image"):
         resolve_job(JobRequest(prompt="x", seed=1, init_image="photo.png"), Catalog(), "tiny-sd")
     with pytest.raises(InputError, match="^kind: img2img jobs run on the sd15, sdxl, ssd-1b families"):
-        from farm.catalog import ModelEntry
+        from farm.models.catalog import ModelEntry
 
         models = {**Catalog().models, "flowy": ModelEntry("flowy", "x/y", "flux", "flux", 64)}
         resolve_job(JobRequest(prompt="x", seed=1, model="flowy", init_image=SHA), Catalog(models=models), "tiny-sd",
@@ -243,7 +243,7 @@ def test_importing_farm_and_its_cli_still_loads_no_pil():
     import subprocess
     import sys
 
-    code = ("import sys, farm, farm.cli, farm.inputs, farm.kinds, farm.controlnets; "
+    code = ("import sys, farm, farm.cli, farm.jobs.inputs, farm.jobs.kinds, farm.models.controlnets; "
             "print(','.join(m for m in ('PIL', 'torch', 'numpy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
@@ -292,8 +292,8 @@ def test_controlnets_register_from_a_directory_or_one_file_checked_against_the_f
 def test_a1111_parameters_of_each_kind_parse_as_a1111_reads_them():
     from dataclasses import replace
 
-    from farm.catalog import BUILTIN_CONTROLNETS, ControlNetEntry
-    from farm.metadata import a1111_parameters, job_record, resource_hashes
+    from farm.models.catalog import BUILTIN_CONTROLNETS, ControlNetEntry
+    from farm.results.metadata import a1111_parameters, job_record, resource_hashes
     from tests import a1111
 
     infos = {SHA: InputInfo(SHA, 64, 64), "b" * 64: InputInfo("b" * 64, 64, 64)}

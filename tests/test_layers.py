@@ -1,4 +1,4 @@
-"""farm.layers against the real modules: every arch's table equals the linear and convolution layers
+"""farm.models.layers against the real modules: every arch's table equals the linear and convolution layers
 of the UNet and text encoders diffusers and transformers build from the same configs (the real
 families on torch's meta device, no weights), the tiny archs' configs are the built tiny models',
 and the original (LDM/SGM) names are the ones diffusers' own Kohya converter maps."""
@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from farm.layers import TEXT_ENCODERS, UNET_CONFIGS, clip_layers, original_names, unet_layers
-from farm.loras import kohya_respelling
+from farm.models.layers import TEXT_ENCODERS, UNET_CONFIGS, clip_layers, original_names, unet_layers
+from farm.models.loras import kohya_respelling
 
 torch = pytest.importorskip("torch")
 
@@ -81,7 +81,7 @@ def test_the_real_families_configs_are_the_ones_engine_configs_ships(arch):
 def test_original_names_are_the_ones_diffusers_kohya_converter_maps(arch):
     """The converter load_lora_weights runs on a Kohya file, key by key: for SDXL pipelines (which
     pass their UNet config) original names map to every layer; for SD1.5 pipelines (which do not)
-    the keys respelt by farm.loras do."""
+    the keys respelt by farm.models.loras do."""
     from diffusers.loaders.lora_conversion_utils import (
         _convert_non_diffusers_lora_to_diffusers,
         _maybe_map_sgm_blocks_to_diffusers,

@@ -4,7 +4,7 @@ import pytest
 
 from farm.config import load_config
 from farm.errors import InputError
-from farm.localfarm import parse_devices, redis_socket_path, worker_slots
+from farm.fleet.localfarm import parse_devices, redis_socket_path, worker_slots
 
 
 def test_parse_devices():

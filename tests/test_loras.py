@@ -1,4 +1,4 @@
-"""LoRA files checked at add without torch (farm.loras): the Kohya and diffusers layouts, a LoRA
+"""LoRA files checked at add without torch (farm.models.loras): the Kohya and diffusers layouts, a LoRA
 of another arch or of no arch, and what is no LoRA at all, each refused naming the file."""
 
 import re
@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from farm.errors import InputError
-from farm.layers import UNET_CONFIGS, original_names, unet_layers
-from farm.loras import inspect_lora, kohya_names, kohya_respelling, layout_of
+from farm.models.layers import UNET_CONFIGS, original_names, unet_layers
+from farm.models.loras import inspect_lora, kohya_names, kohya_respelling, layout_of
 from tests.usersfiles import header_file, kohya_header
 
 
@@ -137,6 +137,6 @@ def test_a_safetensors_file_whose_length_looks_like_a_pickle_or_zip_is_read(tmp_
     path = tmp_path / "lucky.safetensors"
     path.write_bytes(struct.pack("<Q", length) + blob.ljust(length) + b"\0" * 4)  # JSON may end in spaces
     assert path.read_bytes()[:1] == b"\x80" or path.read_bytes()[:2] == b"PK"
-    from farm.weights import read_header
+    from farm.models.weights import read_header
 
     assert read_header(path).keys() == ["lora_unet_conv_in.alpha"]

@@ -4,12 +4,13 @@ import random
 from datetime import timedelta
 
 from farm.config import load_config
-from farm.dispatch import Publisher
+from farm.fleet.dispatch import Publisher
+from farm.fleet.maintenance import reconcile
+from farm.fleet.producer import submit
+from farm.jobs.plan import plan
+from farm.jobs.spec import Catalog, JobRequest
+from farm.jobs.variants import PromptRow
 from farm.ledger import Ledger
-from farm.maintenance import reconcile
-from farm.producer import plan, submit
-from farm.spec import Catalog, JobRequest
-from farm.variants import PromptRow
 
 
 def enqueued_at(ledger, batch):

@@ -1,6 +1,6 @@
 """The A1111 parameters text that other tools read."""
 
-from farm.metadata import a1111_parameters, parse_seed, sampler_name
+from farm.results.metadata import a1111_parameters, parse_seed, sampler_name
 
 JOB = {"id": 7, "prompt": "a lighthouse\nat dusk", "negative_prompt": "blurry", "steps": 4,
        "scheduler": "LCMScheduler", "scheduler_config": {}, "guidance": 1.0, "seed": 100,

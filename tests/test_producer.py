@@ -2,9 +2,10 @@
 
 import random
 
-from farm.producer import micro_batches, plan
-from farm.spec import Catalog, JobRequest
-from farm.variants import PromptRow
+from farm.fleet.producer import micro_batches
+from farm.jobs.plan import plan
+from farm.jobs.spec import Catalog, JobRequest
+from farm.jobs.variants import PromptRow
 
 
 def make(rows, variants=1, **defaults):
@@ -40,7 +41,7 @@ def test_request_digest_ignores_the_random_seed():
 
 
 def test_workers_poll_the_queues_of_resident_models_first():
-    from farm.dispatch import preferred_queue_order
+    from farm.fleet.dispatch import preferred_queue_order
 
     queues = ["farm.sd15", "farm.sdxl", "farm.tiny-sd", "farm.tiny-sdxl"]
     assert preferred_queue_order(queues, "farm", []) == queues

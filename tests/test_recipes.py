@@ -2,9 +2,9 @@
 
 import pytest
 
-from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, AdapterEntry
 from farm.errors import InputError
-from farm.recipes import RECIPES, resolve_recipe
+from farm.models.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, AdapterEntry
+from farm.models.recipes import RECIPES, resolve_recipe
 
 
 def resolve(recipe, model, steps=None, guidance=None, negative="", adapters=BUILTIN_ADAPTERS):

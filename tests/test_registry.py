@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from farm.cli import cli
 from farm.errors import InfrastructureError, InputError
-from farm.fetch import fetch_s3
-from farm.registry import adapter_entry, check_source, model_entry
+from farm.models.registry import adapter_entry, check_source, model_entry
+from farm.storage.fetch import fetch_s3
 
 
 def test_sources(tmp_path):
@@ -99,8 +99,8 @@ def test_registered_s3_lora_renders_like_the_original(s3_server, s3_bucket, lora
                                                        monkeypatch):
     from engine.runner import Runner
     from farm.config import load_config
+    from farm.jobs.spec import direct_spec
     from farm.ledger import Ledger
-    from farm.spec import direct_spec
 
     s3_server.client().put_object(Bucket=s3_bucket, Key="styles/toy.safetensors", Body=lora_file.read_bytes())
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))

@@ -60,7 +60,7 @@ def test_kohya_and_diffusers_loras_are_registered_with_their_layout_and_sha256(f
                      "--family", "tiny-sd", "--json")
     assert added.exit_code == 0, added.stderr
     row = json.loads(added.stdout)
-    from farm.loras import inspect_lora
+    from farm.models.loras import inspect_lora
 
     lora = inspect_lora(files["kohya"], "tiny-sd")
     assert (row["layout"], row["sha256"], row["addnet_sha256"]) == ("kohya", lora.sha256, lora.addnet_sha256)

@@ -1,7 +1,8 @@
 """The retry policy as a pure function: the worker and the reaper decide through it."""
 
-from farm import retry, states
 from farm.errors import InputError, NotFound
+from farm.fleet import retry
+from farm.jobs import states
 
 
 def test_bad_input_fails_at_once():

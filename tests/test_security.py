@@ -169,11 +169,11 @@ def test_presigned_urls_are_get_only_and_bounded(tmp_path, s3_server, s3_bucket,
     from click.testing import CliRunner
 
     from farm.cli import cli
+    from farm.jobs.plan import plan
+    from farm.jobs.spec import Catalog, JobRequest
+    from farm.jobs.variants import PromptRow
     from farm.ledger import Ledger
-    from farm.producer import plan
-    from farm.spec import Catalog, JobRequest
     from farm.storage import open_store
-    from farm.variants import PromptRow
 
     monkeypatch.setenv("FARM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FARM_S3_ENDPOINT_URL", s3_server.endpoint)

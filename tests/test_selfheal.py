@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from farm.progress import NoWorkerNotice
+from farm.results.progress import NoWorkerNotice
 from tests import servers
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,8 @@
 import pytest
 
 from farm.errors import InputError
-from farm.spec import Catalog, JobRequest, parse_adapter, parse_size, resolve_job
+from farm.jobs.spec import Catalog, JobRequest, parse_adapter, resolve_job
+from farm.jobs.values import parse_size
 
 
 def resolve(**fields):

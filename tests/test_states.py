@@ -1,6 +1,6 @@
 """The transition table."""
 
-from farm import states
+from farm.jobs import states
 
 
 def test_transitions():

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from farm.errors import InputError
-from farm.stats import parse_since, percentile, summarise
+from farm.results.stats import parse_since, percentile, summarise
 
 T0 = datetime(2026, 11, 22, tzinfo=timezone.utc)
 

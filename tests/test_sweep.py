@@ -5,11 +5,11 @@ import random
 import pytest
 
 from farm.errors import InputError
-from farm.producer import plan
-from farm.spec import Catalog, JobRequest
-from farm.sweep import Sweep, axis_values, group, load_spec
-from farm.variants import PromptRow
-from farm.wildcards import expand_wildcards, parse_list_file
+from farm.jobs.plan import plan
+from farm.jobs.spec import Catalog, JobRequest
+from farm.jobs.sweep import Sweep, axis_values, group, load_spec
+from farm.jobs.variants import PromptRow
+from farm.jobs.wildcards import expand_wildcards, parse_list_file
 
 
 def expand(sweep, prompt="a fox", variants=1, **defaults):

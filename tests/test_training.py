@@ -9,14 +9,14 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from farm.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, AdapterEntry
 from farm.cli import cli
-from farm.datasets import read_dataset
 from farm.errors import ConflictError, InputError
-from farm.inputs import InputReader
+from farm.intake.datasets import read_dataset
+from farm.intake.images import InputReader
+from farm.jobs.training import DistillRequest, checkpoint_key, eval_split, resolve_distill
 from farm.ledger import Artifact, Completion, Ledger
-from farm.recipes import resolve_recipe
-from farm.training import DistillRequest, checkpoint_key, eval_split, resolve_distill
+from farm.models.catalog import BUILTIN_ADAPTERS, BUILTIN_MODELS, AdapterEntry
+from farm.models.recipes import resolve_recipe
 
 TEACHER = BUILTIN_MODELS["tiny-sd"]
 
@@ -246,7 +246,7 @@ def test_binding_a_model_through_the_api_checks_the_adapter(tmp_path, monkeypatc
 
 def test_status_watch_reports_a_training_jobs_progress_once_per_step():
     from farm.ledger.values import TrainingView
-    from farm.progress import TrainingProgress
+    from farm.results.progress import TrainingProgress
 
     def view(step, result=None):
         return TrainingView(step=step, total_steps=100, loss=0.01234, steps_per_s=4.0, eta_s=(100 - step) / 4,

@@ -30,7 +30,7 @@ def test_a_single_file_model_a_kohya_lora_and_an_embedding_render_and_the_png_na
     pytest.importorskip("torch")
     from engine.imaging import read_png_text
     from engine.sources import resolve
-    from farm.layers import encoder_widths
+    from farm.models.layers import encoder_widths
     from tests.ldm_convert import save_single_file
     from tests.usersfiles import embedding_file, peft_lora, to_kohya
 

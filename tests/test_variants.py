@@ -3,8 +3,8 @@
 import pytest
 
 from farm.errors import InputError
-from farm.spec import JobRequest
-from farm.variants import PromptRow, detect_format, expand, read_prompt_file
+from farm.jobs.spec import JobRequest
+from farm.jobs.variants import PromptRow, detect_format, expand, read_prompt_file
 
 
 def test_variants_get_consecutive_seeds():

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from farm.errors import InputError
-from farm.weights import a1111_model_hash, a1111_short_hash, addnet_sha256, read_header, sha256_file
+from farm.models.weights import a1111_model_hash, a1111_short_hash, addnet_sha256, read_header, sha256_file
 
 
 def write_safetensors(path, tensors: dict, metadata: dict | None = None):

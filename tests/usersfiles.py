@@ -54,7 +54,7 @@ def peft_lora(model_dir: Path, path: Path, *, xl: bool, seed: int, rank: int = 4
 
 def to_kohya(peft_path: Path, path: Path, *, xl: bool, rank: int = 4, alpha: float = 2.0,
              original: dict[str, str] | None = None, text_encoders: bool = True) -> Path:
-    """``original``: diffusers UNet name -> original name (farm.layers.original_names) to spell
+    """``original``: diffusers UNet name -> original name (farm.models.layers.original_names) to spell
     UNet modules the LDM/SGM way; None keeps diffusers spelling (Kohya's SD1.x files)."""
     import torch
     from safetensors.torch import load_file, save_file
@@ -112,8 +112,8 @@ def header_file(path: Path, tensors: dict[str, tuple[int, ...]], metadata: dict 
 def kohya_header(arch: str, *, rank: int = 4, original: bool = False, modules: int | None = None,
                  text_encoders: bool = True) -> dict[str, tuple[int, ...]]:
     """Names and shapes of a Kohya LoRA for ``arch`` on its attention projections (and its text
-    encoders' q_proj), from farm.layers: what a real file of that arch holds, without torch."""
-    from farm.layers import TEXT_ENCODERS, UNET_CONFIGS, clip_layers, original_names, unet_layers
+    encoders' q_proj), from farm.models.layers: what a real file of that arch holds, without torch."""
+    from farm.models.layers import TEXT_ENCODERS, UNET_CONFIGS, clip_layers, original_names, unet_layers
 
     config = UNET_CONFIGS[arch]
     names = original_names(config)

@@ -7,8 +7,8 @@ Importing this module does not import torch: the pipelines load when the worker 
 from __future__ import annotations
 
 from farm.config import load_config
-from farm.dispatch import make_celery
-from farm.localfarm import broker_url_for
+from farm.fleet.dispatch import make_celery
+from farm.fleet.localfarm import broker_url_for
 
 config = load_config()
 app = make_celery(config, broker_url_for(config), main="farm-worker")

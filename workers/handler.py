@@ -24,10 +24,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
 from engine.imaging import encode_png
-from farm import retry, states
+from farm.fleet import retry
+from farm.jobs import states
+from farm.jobs.spec import JobSpec
 from farm.ledger import Artifact, Claim, Completion, Ledger
-from farm.metadata import a1111_parameters, job_record, job_record_json, resource_hashes
-from farm.spec import JobSpec
+from farm.results.metadata import a1111_parameters, job_record, job_record_json, resource_hashes
 from farm.storage import Store, artifact_key
 
 log = logging.getLogger("farm.worker")
@@ -333,7 +334,7 @@ class Handler:
 
     def _retry_or_fail(self, claim: Claim, error: str, outcome: str = states.ATTEMPT_RETRY) -> str:
         """Back to the queue after an exponential backoff, or failed once attempts are used up
-        (farm.retry decides). Every attempt keeps its own error."""
+        (farm.fleet.retry decides). Every attempt keeps its own error."""
         decision = retry.decide(failures_before=self.ledger.failures(claim.job_id), max_attempts=self.max_attempts,
                                 backoff_s=self.retry_backoff_s, error=error, outcome=outcome)
         return self._settle(claim, decision)
@@ -349,7 +350,7 @@ class Handler:
     def _publish_now(self, job_ids: list[int]) -> None:
         if not job_ids or self.publisher is None:
             return
-        from farm.producer import republish
+        from farm.fleet.producer import republish
 
         try:
             republish(self.ledger, self.publisher, job_ids, micro_batch=self.micro_batch)

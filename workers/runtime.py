@@ -22,7 +22,7 @@ from celery import signals
 
 from engine.versions import library_versions
 from farm.config import Config, load_config
-from farm.dispatch import model_queue
+from farm.fleet.dispatch import model_queue
 from farm.ledger import Ledger
 from farm.storage import open_store
 from workers.settings import WorkerSettings
@@ -80,8 +80,8 @@ def make_renderer(config: Config, settings: WorkerSettings, ledger: Ledger):
 
 def build(config: Config, settings: WorkerSettings) -> Runtime:
     from engine.imaging import warm_up as warm_up_encoding
-    from farm.dispatch import Publisher
-    from farm.localfarm import broker_url_for
+    from farm.fleet.dispatch import Publisher
+    from farm.fleet.localfarm import broker_url_for
     from workers.handler import Handler
 
     ledger = Ledger(config.database_url)
@@ -149,7 +149,7 @@ def prefer_resident_models(runtime: Runtime) -> None:
     without a model switch before it takes a micro-batch that would evict something. Message
     priorities still come first (each priority level is polled across all queues).
     """
-    from farm.dispatch import preferred_queue_order
+    from farm.fleet.dispatch import preferred_queue_order
 
     channel = getattr(getattr(runtime.consumer, "task_consumer", None), "channel", None)
     cycle = getattr(channel, "_queue_cycle", None)
@@ -210,9 +210,9 @@ def consumer_is_stuck(runtime: Runtime, publisher, serving: set[str]) -> bool:
 def _background(runtime: Runtime) -> None:
     """Heartbeats, fleet maintenance (when this worker holds the lease), new models, quarantines,
     remote drains."""
-    from farm import maintenance
-    from farm.dispatch import Publisher
-    from farm.localfarm import broker_url_for
+    from farm.fleet import maintenance
+    from farm.fleet.dispatch import Publisher
+    from farm.fleet.localfarm import broker_url_for
 
     config = runtime.config
     publisher = None

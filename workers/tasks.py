@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from farm.dispatch import RENDER_TASK
+from farm.fleet.dispatch import RENDER_TASK
 from workers import runtime
 from workers.app import app
 

@@ -1,7 +1,7 @@
 """Running a training job (issue 14) on the worker that claimed it: one job, the whole worker.
 
-The job's dataset comes from the store (a manifest of input images and captions, farm.datasets);
-the teacher is loaded fresh (``Runner.training_pipeline``); ``engine.distill`` trains. Along the
+The job's dataset comes from the store (a manifest of input images and captions, farm.jobs.datasets);
+the teacher is loaded fresh (``Runner.training_pipeline``); ``engine.training.distill`` trains. Along the
 way, every write is fenced by the attempt's token (farm.ledger.training):
 
 - progress (step, loss, steps/s, ETA) goes to the ledger about once a second;
@@ -11,7 +11,7 @@ way, every write is fenced by the attempt's token (farm.ledger.training):
 - a cancel, a drain or a superseded attempt stops at the next step; the last checkpoint stays, and
   the next attempt (after a drain, a lost worker, a retry) resumes from it, not from step 0.
 
-At the end the job evaluates the result against its teacher (engine.evaluation), stores the weights
+At the end the job evaluates the result against its teacher (engine.training.evaluation), stores the weights
 and, in the one transaction that completes the job, records the evaluation and registers the
 result as an ``lcm-lora`` accelerator of the teacher's arch (or a model of kind ``lcm``).
 """
@@ -23,15 +23,15 @@ import json
 import logging
 import time
 
-from farm import states
-from farm.catalog import AdapterEntry, ModelEntry
-from farm.datasets import manifest_key, parse_manifest
 from farm.errors import ConflictError, InputError
-from farm.fetch import manifest_digest
+from farm.jobs import states
+from farm.jobs.datasets import manifest_key, parse_manifest
+from farm.jobs.training import RESULT_FILE, checkpoint_key, result_key
 from farm.ledger import Artifact, Claim, Completion
+from farm.models.catalog import AdapterEntry, ModelEntry
+from farm.models.weights import addnet_sha256_of
 from farm.storage import object_uri
-from farm.training import RESULT_FILE, checkpoint_key, result_key
-from farm.weights import addnet_sha256_of
+from farm.storage.fetch import manifest_digest
 
 log = logging.getLogger("farm.worker")
 PROGRESS_EVERY_S = 1.0
@@ -97,8 +97,8 @@ def run(handler, claim: Claim) -> dict:
 
 
 def _train(handler, claim: Claim, resume) -> str:
-    from engine.distill import DistillSettings, distill
-    from engine.evaluation import evaluate
+    from engine.training.distill import DistillSettings, distill
+    from engine.training.evaluation import evaluate
 
     ledger, store, runner = handler.ledger, handler.store, handler.runner
     spec, job_id, token = claim.spec, claim.job_id, claim.token

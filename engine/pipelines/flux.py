@@ -4,11 +4,11 @@ A rectified-flow transformer (19 double-stream and 38 single-stream blocks, 12B 
 two text encoders: CLIP ViT-L (only its pooled output) and T5-XXL (the token sequence,
 ``max_sequence_length`` tokens: 256 for schnell, 512 for dev, set by the recipe). Latents have 16
 channels and are packed into 2x2 patches, so sides are multiples of 16 (refused otherwise at
-submit, farm.spec, instead of the pipeline rounding them down). The VAE needs ``shift_factor``.
+submit, farm.jobs.spec, instead of the pipeline rounding them down). The VAE needs ``shift_factor``.
 
 FLUX runs no classifier-free guidance: schnell has no guidance at all, dev feeds its distilled
 guidance (``guidance_scale``, ~3.5) to a guidance embedding. So a call is never doubled for CFG
-and negative prompts are not encoded (farm.recipes warns that they are ignored).
+and negative prompts are not encoded (farm.models.recipes warns that they are ignored).
 
 Memory: T5-XXL (4.7B parameters, 9.5 GB in bf16) is the largest part after the transformer and
 runs once per distinct prompt. On a card that cannot hold both, ``FARM_OFFLOAD=model`` moves each
@@ -54,7 +54,7 @@ def load(location: str, *, single_file: bool, revision: str | None, dtype, cache
 
 def max_sequence_length(spec) -> int:
     """T5 tokens per prompt: the recipe's (schnell: 256), else the family's default."""
-    from farm.recipes import pipeline_option
+    from farm.models.recipes import pipeline_option
 
     return int(pipeline_option(spec.recipe, "max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH))
 

@@ -4,7 +4,7 @@ An MMDiT transformer (SD3.5 Large: 38 blocks, 8B parameters) with three text enc
 ViT-L and OpenCLIP ViT-bigG (both with projections: their pooled outputs, concatenated, and their
 token sequences, padded to T5's width) and T5-XXL (``max_sequence_length`` tokens, 256). Latents
 have 16 channels and the transformer takes 2x2 patches, so sides are multiples of 16 (refused at
-submit, farm.spec; the pipeline would raise). The VAE needs ``shift_factor``.
+submit, farm.jobs.spec; the pipeline would raise). The VAE needs ``shift_factor``.
 
 SD3 runs classifier-free guidance when guidance > 1, like the SD families; SD3.5 Large Turbo is
 distilled to run without it (guidance 0, recipe ``sd35-turbo``).
@@ -41,7 +41,7 @@ def load(location: str, *, single_file: bool, revision: str | None, dtype, cache
 
 def max_sequence_length(spec) -> int:
     """T5 tokens per prompt: the recipe's (sd35-turbo: 256), else the family's default."""
-    from farm.recipes import pipeline_option
+    from farm.models.recipes import pipeline_option
 
     return int(pipeline_option(spec.recipe, "max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH))
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from farm.catalog import TINY_ARCHS
 from farm.errors import InputError
+from farm.models.catalog import TINY_ARCHS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # One copy of CLIP's BPE vocabulary (openai/clip-vit-large-patch14's vocab.json and merges.txt,

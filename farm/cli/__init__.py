@@ -39,10 +39,6 @@ class State:
             self._farm = Farm(self.config)
         return self._farm
 
-    @property
-    def ledger(self):
-        return self.farm.ledger
-
     def catalog(self):
         """Built-in plus registered models and adapters (a farm home without a ledger yet has
         registered nothing, and reading it creates nothing)."""

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from farm.catalog import ADAPTER_KINDS, ARCHS
 from farm.cli import State, cli
 from farm.cli.entries import print_entries, register, remove_command
+from farm.models.catalog import ADAPTER_KINDS, ARCHS
 
 
 @cli.group("adapters")
@@ -35,7 +35,7 @@ def adapters_add(state: State, name, source, weight_name, kind, family, recipe, 
     A local or s3:// file is read (its header, no weights loaded) and every layer it adapts must
     be a layer of --family, with the same widths, or it is refused and nothing is registered. Its
     sha256 is recorded, and a file registered already under another name is refused."""
-    from farm.registry import adapter_entry
+    from farm.models.registry import adapter_entry
 
     entry = adapter_entry(name, source=source, kind=kind, family=family, weight_name=weight_name, recipe=recipe,
                           steps=steps, guidance_max=guidance_max, revision=revision, cwd=Path.cwd())

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from farm.catalog import CONTROLNET_ARCHS
 from farm.cli import State, cli
 from farm.cli.entries import print_entries, register, remove_command
+from farm.models.catalog import CONTROLNET_ARCHS
 
 
 @cli.group("controlnets")
@@ -31,7 +31,7 @@ def controlnets_add(state: State, name, source, family, revision, as_json):
     A local or s3:// source is looked into (a directory's config.json, a file's header; no weights
     are loaded): it must be a ControlNet whose cross-attention is as wide as --family's, or nothing
     is registered. A single file's sha256 is recorded (and written into PNGs as A1111 does)."""
-    from farm.controlnets import controlnet_entry
+    from farm.models.controlnets import controlnet_entry
 
     entry = controlnet_entry(name, source=source, family=family, revision=revision, cwd=Path.cwd())
     register(state, entry, as_json, f"ControlNet for {family}")

@@ -18,20 +18,11 @@ def db_group():
 @click.pass_obj
 def db_upgrade(state: State, revision, as_json):
     """Apply migrations to FARM_DATABASE_URL (or the farm home's SQLite file)."""
-    from farm.ledger import Ledger
-    from farm.ledger.ledger import current_revision, upgrade
-
-    ledger = Ledger(state.config.database_url, auto_migrate=False)
-    try:
-        before = current_revision(ledger.engine)
-        upgrade(ledger.engine, revision)
-        after = current_revision(ledger.engine)
-    finally:
-        ledger.close()
+    done = state.farm.schema(upgrade_to=revision)
     if as_json:
-        emit_json({"ledger": ledger.safe_url, "before": before, "after": after})
+        emit_json({"ledger": done["ledger"], "before": done["before"], "after": done["after"]})
     else:
-        click.echo(f"ledger {ledger.safe_url}: {before or 'empty'} -> {after}")
+        click.echo(f"ledger {done['ledger']}: {done['before'] or 'empty'} -> {done['after']}")
 
 
 @db_group.command("current")
@@ -39,15 +30,8 @@ def db_upgrade(state: State, revision, as_json):
 @click.pass_obj
 def db_current(state: State, as_json):
     """Show the ledger's schema revision and the newest one this farm knows."""
-    from farm.ledger import Ledger
-    from farm.ledger.ledger import current_revision, head_revision
-
-    ledger = Ledger(state.config.database_url, auto_migrate=False)
-    try:
-        current = current_revision(ledger.engine)
-        if as_json:
-            emit_json({"current": current, "head": head_revision()})
-        else:
-            click.echo(f"current {current or 'empty'}, head {head_revision()}")
-    finally:
-        ledger.close()
+    schema = state.farm.schema()
+    if as_json:
+        emit_json({"current": schema["after"], "head": schema["head"]})
+    else:
+        click.echo(f"current {schema['after'] or 'empty'}, head {schema['head']}")

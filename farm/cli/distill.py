@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from farm.cli import State, cli, emit_json
-from farm.training import DEFAULTS, SOLVERS
+from farm.jobs.training import DEFAULTS, SOLVERS
 
 
 @cli.command("distill")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from farm.catalog import ARCHS
 from farm.cli import State, cli
 from farm.cli.entries import print_entries, register, remove_command
+from farm.models.catalog import ARCHS
 
 
 @cli.group("embeddings")
@@ -26,7 +26,7 @@ def embeddings_group():
 def embeddings_add(state: State, name, source, family, token, as_json):
     """Register an embedding: its vectors must be as wide as --family's text encoders (SD1.5: one
     tensor [n, 768]; SDXL: clip_l [n, 768] and clip_g [n, 1280]), or nothing is registered."""
-    from farm.registry import embedding_entry
+    from farm.models.registry import embedding_entry
 
     entry = embedding_entry(name, source=source, family=family, token=token, cwd=Path.cwd())
     register(state, entry, as_json, f"embedding for {family}, token {entry.token}")

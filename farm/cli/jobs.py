@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from farm import states
 from farm.cli import State, cli, emit_json
+from farm.jobs import states
 
 
 @cli.group("jobs")

@@ -12,10 +12,7 @@ from farm.cli import State, cli, emit_json
 @click.pass_obj
 def reap_cmd(state: State, as_json):
     """Return jobs whose worker's lease lapsed to the queue (or fail them after max attempts)."""
-    from farm.maintenance import reap
-
-    done = reap(state.ledger, state.farm.publisher, max_attempts=state.config.max_attempts,
-                micro_batch=state.config.micro_batch)
+    done = state.farm.reap()
     emit_json(done) if as_json else click.echo(f"reaped: {done['requeued']} requeued, {done['failed']} failed")
 
 
@@ -26,7 +23,5 @@ def reap_cmd(state: State, as_json):
 @click.pass_obj
 def reconcile_cmd(state: State, grace, as_json):
     """Publish queued jobs that no message in the broker carries."""
-    from farm.maintenance import reconcile
-
-    done = reconcile(state.ledger, state.farm.publisher, grace_s=grace, micro_batch=state.config.micro_batch)
+    done = state.farm.reconcile(grace_s=grace)
     emit_json(done) if as_json else click.echo(f"reconciled: {done['republished']} jobs published again")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from farm.catalog import ARCHS, FAMILIES, MODEL_KINDS
 from farm.cli import State, cli, emit_json
 from farm.cli.entries import print_entries, register, remove_command
 from farm.errors import InputError
+from farm.models.catalog import ARCHS, FAMILIES, MODEL_KINDS
 
 
 @cli.group("models")
@@ -33,22 +33,10 @@ def models_add(state: State, name, source, family, kind, arch, revision, native_
     A local or s3:// source is looked into first: a .safetensors file must be a single-file
     checkpoint (the original LDM layout A1111 and Civitai use) of --family and --arch, and a
     directory's configs must say so too; anything else is refused and nothing is registered."""
-    from farm.registry import model_entry
+    from farm.models.registry import model_entry
 
     entry = model_entry(name, source=source, family=family, kind=kind, arch=arch, revision=revision,
                         native_size=native_size, cwd=Path.cwd())
-    if entry.source.startswith("s3://"):
-        from farm.checkpoints import check_model_source
-        from farm.errors import InputError
-        from farm.fetch import fetch_s3
-
-        # into this machine's cache now; register() records its sha256 from the same copy
-        fetched = fetch_s3(entry.source, state.config.model_cache, name=entry.name,
-                           endpoint_url=state.config.s3_endpoint_url)
-        try:
-            check_model_source(fetched.path, family=entry.family, arch=entry.arch)
-        except InputError as exc:  # named by its source, not by where this machine cached it
-            raise InputError(None, str(exc).replace(str(fetched.path), entry.source)) from None
     single = ", single file" if entry.layout == "single-file" else ""
     register(state, entry, as_json, f"{kind} {family} model{single}")
 

@@ -6,9 +6,9 @@ import functools
 
 import click
 
-from farm.kinds import IMAGE_KINDS, PREPROCESSORS
+from farm.jobs.kinds import IMAGE_KINDS, PREPROCESSORS
 
-KIND_CHOICES = ("txt2img",) + IMAGE_KINDS  # farm.spec.KINDS (issue 13)
+KIND_CHOICES = ("txt2img",) + IMAGE_KINDS  # farm.jobs.spec.KINDS (issue 13)
 
 
 def job_options(func):
@@ -38,7 +38,7 @@ def job_options(func):
         click.option("--wildcard-mode", type=click.Choice(["combinatorial", "random"]), default=None,
                      help="Expand {a|b} and __name__ into every combination, or pick at random (seeded)."),
         click.option("--wildcard-count", type=int, default=None, help="Random mode: prompts per template."),
-        # issue 13: jobs that start from images (farm.kinds); an image is a path, s3://BUCKET/KEY or job:ID
+        # issue 13: jobs that start from images (farm.jobs.kinds); an image is a path, s3://BUCKET/KEY or job:ID
         click.option("--kind", type=click.Choice(KIND_CHOICES), default=None,
                      help="What the jobs do (default: what the image options imply, else txt2img)."),
         click.option("--init-image", "init_image", multiple=True, metavar="IMAGE",

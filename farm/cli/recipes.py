@@ -16,7 +16,7 @@ def recipes_group():
 @click.option("--json", "as_json", is_flag=True)
 def recipes_list(as_json):
     """The recipes with their allowed and default steps and guidance."""
-    from farm.recipes import RECIPES
+    from farm.models.recipes import RECIPES
 
     if as_json:
         emit_json([r.as_dict() for r in RECIPES.values()])

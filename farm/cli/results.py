@@ -67,18 +67,6 @@ def parse_duration(text: str) -> int:
 @click.pass_obj
 def url_cmd(state: State, job, expires, as_json):
     """A GET-only presigned URL for a job's image (s3:// stores)."""
-    from farm.storage import open_store
-
     seconds = parse_duration(expires)
-    [view] = state.ledger.list_jobs(job_id=job) or [None]
-    if view is None:
-        from farm.errors import NotFound
-
-        raise NotFound(f"no job {job}")
-    if view.artifact is None:
-        raise InputError("job", f"job {job} has no stored image (state {view.state})")
-    store = open_store(view.artifact.store_url, s3_endpoint_url=state.config.s3_endpoint_url)
-    if not hasattr(store, "presigned_get"):
-        raise InputError("store", f"{view.artifact.store_url} is a local store; presigned URLs need an s3:// store")
-    link = store.presigned_get(view.artifact.key, seconds)
+    link = state.farm.image_url(job, seconds)
     emit_json({"job": job, "url": link, "expires_s": seconds}) if as_json else click.echo(link)

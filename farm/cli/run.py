@@ -6,10 +6,10 @@ import time
 
 import click
 
-from farm import states
 from farm.cli import State, cli, emit_json, warn
 from farm.cli.options import job_options
 from farm.errors import FarmTimeout
+from farm.jobs import states
 
 
 @cli.command("run")
@@ -29,11 +29,9 @@ def run_cmd(state: State, prompt, file, out, workers, devices, timeout, as_json,
 
     Workers it started that die while it waits are started again; they stop with it, even when
     it is killed."""
-    from farm.localfarm import parse_devices
-
     farm = state.farm
     planned = farm.plan(prompt, file=file, **options)  # all validation before anything starts
-    parse_devices(devices, workers)
+    farm.devices(devices, workers)
     for message in planned.warnings:
         warn(message)
     began = time.monotonic()

@@ -17,13 +17,13 @@ from farm.cli import State, cli, emit_json
 @click.pass_obj
 def stats_cmd(state: State, since, by, plot_file, as_json):
     """Images, images/s, failure rate and p50/p95/p99 per stage, from the ledger."""
-    from farm.stats import STAGES, parse_since, summarise
+    from farm.results.stats import STAGES, parse_since, summarise
 
     start = parse_since(since, datetime.now(timezone.utc))
-    rows = [attempt.as_dict() for attempt in state.ledger.attempt_rows(start)]
+    rows = state.farm.attempts(start)
     summary = summarise(rows, by)
     if plot_file:
-        from farm.stats_plot import plot_stats
+        from farm.results.stats_plot import plot_stats
 
         plot_stats(rows, summary, plot_file, title=f"farm stats since {since}" + (f" by {by}" if by else ""))
     if as_json:

@@ -6,7 +6,7 @@ import click
 
 from farm.cli import State, cli, emit_json, warn
 from farm.cli.options import job_options
-from farm.producer import check_key
+from farm.jobs.plan import check_idempotency_key
 
 
 @cli.command("submit")
@@ -21,7 +21,7 @@ from farm.producer import check_key
 @click.pass_obj
 def submit_cmd(state: State, prompt, file, key, priority, force, dry_run, as_json, **options):
     """Validate, expand and enqueue a batch (workers render it: see `farm up`)."""
-    check_key(key)
+    check_idempotency_key(key)
     farm = state.farm
     planned = farm.plan(prompt, file=file, priority=priority, **options)
     for message in planned.warnings:

@@ -7,9 +7,8 @@ from datetime import datetime, timezone
 
 import click
 
-from farm import states
 from farm.cli import State, cli, emit_json
-from farm.errors import InputError
+from farm.jobs import states
 
 
 @cli.group("workers", invoke_without_command=True)
@@ -29,7 +28,7 @@ def workers_group(ctx, as_json):
              "heartbeat_age_s": round((now - w.last_heartbeat).total_seconds(), 1),
              "resident_models": w.resident_models, "resident_adapters": w.resident_adapters,
              "current_job": w.current_job, "images_rendered": w.images_rendered, "last_error": w.last_error}
-            for w in state.ledger.workers()]
+            for w in state.farm.workers()]
     if as_json:
         emit_json(rows)
         return
@@ -48,7 +47,7 @@ def _worker_state_command(verb: str, state: str, doc: str, done: str) -> None:
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
     def command(state_obj: State, name, as_json):
-        state_obj.ledger.set_worker_state(name, state)
+        state_obj.farm.set_worker_state(name, state)
         emit_json({"worker": name, "state": state}) if as_json else click.echo(f"worker {name}: {done}")
 
 
@@ -61,25 +60,6 @@ _worker_state_command("cordon", "cordoned", "Stop a worker taking new work (it f
 
 
 _worker_state_command("uncordon", "active", "Let a cordoned worker take work again.", "active")
-
-
-def _devices(devices, workers):
-    from farm.localfarm import parse_devices
-
-    return parse_devices(devices, workers)
-
-
-def _model_queues(state: State, models: str | None) -> str:
-    """The queues of the models a worker serves, in order of preference (with the broker's
-    priority queue order, a worker drains its first model's queue before the next)."""
-    from farm.dispatch import model_queue
-
-    known = state.catalog().models
-    names = [m.strip() for m in models.split(",") if m.strip()] if models else sorted(known)
-    unknown = [m for m in names if m not in known]
-    if unknown:
-        raise InputError("models", f"unknown model {unknown[0]!r} (see `farm models list`)")
-    return ",".join(model_queue(state.config.queue, m) for m in names)
 
 
 @cli.command("worker")
@@ -95,24 +75,14 @@ def _model_queues(state: State, models: str | None) -> str:
 @click.pass_obj
 def worker_cmd(state: State, devices, workers, models, name_prefix, log_format, offload, vae_tiling):
     """Run workers in the foreground, one pinned process per device, restarted if one dies."""
-    from farm import localfarm
-    from farm.spec import check_name
-
-    check_name("name-prefix", name_prefix)
     if log_format:
         os.environ["FARM_LOG_FORMAT"] = log_format  # the workers inherit it
     if offload:
         os.environ["FARM_OFFLOAD"] = offload  # per worker process: each reads its own settings
     if vae_tiling:
         os.environ["FARM_VAE_TILING"] = "1"
-    device_list = _devices(devices, workers)
-    state.ledger  # noqa: B018 - migrate a fresh SQLite ledger once, before the workers race to
-    queues = _model_queues(state, models)
-    broker = localfarm.ensure_redis(state.config)
-    slots = localfarm.worker_slots(state.config, device_list, broker, prefix=name_prefix,
-                                   serve_all_models=models is None)
-    click.echo(f"starting {len(slots)} worker(s): {', '.join(s.name for s in slots)}", err=True)
-    return localfarm.supervise(slots, queues=queues)
+    device_list = state.farm.devices(devices, workers)
+    return state.farm.run_workers(device_list, models=models, name_prefix=name_prefix)
 
 
 @cli.command("up")
@@ -123,15 +93,8 @@ def worker_cmd(state: State, devices, workers, models, name_prefix, log_format, 
 @click.pass_obj
 def up_cmd(state: State, devices, workers, models, as_json):
     """Start the local farm in the background: private Redis (if no FARM_BROKER_URL) and workers."""
-    from farm import localfarm
-
-    device_list = _devices(devices, workers)
-    state.ledger  # noqa: B018
-    _model_queues(state, models)  # refuse unknown models here, not in the background
-    from farm.config import redact_url
-
-    info = localfarm.up(state.config, device_list, models=models)
-    info["broker"] = redact_url(info["broker"])  # a password never reaches the terminal or a log
+    device_list = state.farm.devices(devices, workers)
+    info = state.farm.up(device_list, models=models)
     if as_json:
         emit_json(info)
     elif info["started"]:
@@ -145,9 +108,7 @@ def up_cmd(state: State, devices, workers, models, as_json):
 @click.pass_obj
 def down_cmd(state: State, as_json):
     """Stop the local farm: workers finish their current job, then the private Redis stops."""
-    from farm import localfarm
-
-    info = localfarm.down(state.config)
+    info = state.farm.down()
     if as_json:
         emit_json(info)
     else:

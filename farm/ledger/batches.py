@@ -9,14 +9,14 @@ from typing import Iterable
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from farm import states
 from farm.errors import ConflictError, NotFound
+from farm.jobs import states
+from farm.jobs.spec import JobSpec
 from farm.ledger.mapping import artifact_value, batch_info, spec_columns, stored_job
 from farm.ledger.models import ARTIFACTS, BATCHES, JOBS, Artifact, Batch, Job
 from farm.ledger.schema import Database, rowcount
 from farm.ledger.values import Artifact as ArtifactValue
 from farm.ledger.values import BatchInfo, NewBatch, StoredJob
-from farm.spec import JobSpec
 
 
 class Batches(Database):

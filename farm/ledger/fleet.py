@@ -7,8 +7,8 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from farm import states
 from farm.errors import NotFound
+from farm.jobs import states
 from farm.ledger.mapping import worker_info
 from farm.ledger.models import Lock, Worker
 from farm.ledger.schema import Database, rowcount

@@ -1,6 +1,6 @@
 """The job lifecycle: claim, complete, fail, requeue, leases, and what maintenance asks for.
 
-Every state change is a conditional UPDATE (``farm.states`` says from which states), so a
+Every state change is a conditional UPDATE (``farm.jobs.states`` says from which states), so a
 duplicate delivery or a completion from a superseded attempt changes nothing. Claim and
 completion are the hot paths: Core statements, one transaction, ``UPDATE ... RETURNING``.
 """
@@ -14,7 +14,7 @@ from typing import Iterable
 
 from sqlalchemy import bindparam, case, delete, func, insert, select, update
 
-from farm import states
+from farm.jobs import states
 from farm.ledger.mapping import stored_job
 from farm.ledger.models import ARTIFACTS, ATTEMPTS, JOBS, TIMING_FIELDS, Artifact, Attempt, Batch, Job
 from farm.ledger.schema import Database, rowcount

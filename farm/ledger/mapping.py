@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+from farm.jobs.spec import AdapterUse, JobSpec
 from farm.ledger import models
 from farm.ledger.values import (
     PEAK_MEMORY,
@@ -21,7 +22,6 @@ from farm.ledger.values import (
     TrainingView,
     WorkerInfo,
 )
-from farm.spec import AdapterUse, JobSpec
 
 NOT_STORED = ("warnings",)  # shown at submission, not part of the job
 SPEC_COLUMNS = tuple(f.name for f in fields(JobSpec) if f.name not in NOT_STORED)

@@ -100,7 +100,7 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(16), default="txt2img", server_default="txt2img")  # spec.KINDS
     # the textual-inversion embeddings its prompts use (names, sorted)
     embeddings: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
-    # issue 13, jobs that start from images (farm.kinds): inputs by the sha256 of their stored PNG
+    # issue 13, jobs that start from images (farm.jobs.kinds): inputs by the sha256 of their stored PNG
     init_image: Mapped[str | None] = mapped_column(String(64))
     mask_image: Mapped[str | None] = mapped_column(String(64))
     control_image: Mapped[str | None] = mapped_column(String(64))
@@ -110,7 +110,7 @@ class Job(Base):
     control_scale: Mapped[float | None] = mapped_column(Float)
     control_preprocess: Mapped[str | None] = mapped_column(String(16))
     upscale: Mapped[float | None] = mapped_column(Float)
-    # issue 14, training jobs (farm.training): the settings only a training job has
+    # issue 14, training jobs (farm.jobs.training): the settings only a training job has
     training: Mapped[dict | None] = mapped_column(JSON)
     digest: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
@@ -198,7 +198,7 @@ class Worker(Base):
 
 
 class RegisteredModel(Base):
-    """A model added with `farm models add` (built-ins live in farm.catalog)."""
+    """A model added with `farm models add` (built-ins live in farm.models.catalog)."""
 
     __tablename__ = "models"
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
-from farm import states
+from farm.jobs import states
 from farm.ledger.mapping import attempt_stat, batch_info, job_view, training_view
 from farm.ledger.models import Artifact, Attempt, Batch, Job, Training
 from farm.ledger.schema import Database

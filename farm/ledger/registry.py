@@ -8,7 +8,17 @@ from typing import Any, Mapping
 
 from sqlalchemy import func, select
 
-from farm.catalog import (
+from farm.errors import ConflictError, InputError, NotFound
+from farm.jobs.spec import Catalog
+from farm.ledger.models import (
+    AcceleratorBinding,
+    RegisteredAdapter,
+    RegisteredControlNet,
+    RegisteredEmbedding,
+    RegisteredModel,
+)
+from farm.ledger.schema import Database
+from farm.models.catalog import (
     BUILTIN_ADAPTERS,
     BUILTIN_CONTROLNETS,
     BUILTIN_EMBEDDINGS,
@@ -18,16 +28,6 @@ from farm.catalog import (
     EmbeddingEntry,
     ModelEntry,
 )
-from farm.errors import ConflictError, InputError, NotFound
-from farm.ledger.models import (
-    AcceleratorBinding,
-    RegisteredAdapter,
-    RegisteredControlNet,
-    RegisteredEmbedding,
-    RegisteredModel,
-)
-from farm.ledger.schema import Database
-from farm.spec import Catalog
 
 TABLES: dict[str, Any] = {"model": RegisteredModel, "adapter": RegisteredAdapter, "embedding": RegisteredEmbedding,
                           "controlnet": RegisteredControlNet}

@@ -3,7 +3,7 @@
 Every write here is fenced like a completion: it changes something only while the attempt's
 token still owns the running job, so an attempt that was superseded (its worker lost, the job
 cancelled or handed to another worker) can neither move the checkpoint pointer nor register a
-result. Checkpoint blobs carry the token in their store key (farm.training.checkpoint_key), so a
+result. Checkpoint blobs carry the token in their store key (farm.jobs.training.checkpoint_key), so a
 superseded attempt's late write never replaces the checkpoint the ledger points at.
 """
 
@@ -14,14 +14,14 @@ from typing import Iterable
 
 from sqlalchemy import exists, select, update
 
-from farm import states
-from farm.catalog import AdapterEntry, ModelEntry
+from farm.jobs import states
 from farm.ledger.lifecycle import Lifecycle
 from farm.ledger.mapping import training_view
 from farm.ledger.models import Job, Training
 from farm.ledger.registry import Registry
 from farm.ledger.schema import rowcount
 from farm.ledger.values import Completion, TrainingView
+from farm.models.catalog import AdapterEntry, ModelEntry
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from farm.spec import JobSpec
+from farm.jobs.spec import JobSpec
 
 TIMING_NAMES = ("queue_wait", "model_load", "adapter_load", "text_encode", "denoise", "vae_decode",
                 "image_encode", "upload", "total")  # ms, each a column NAME_ms of the attempt
@@ -129,7 +129,7 @@ class Artifact:
 def image_fields(spec: JobSpec) -> dict:
     """An image job's inputs and settings as `farm jobs list --json` shows them (issue 13), with the
     denoising steps that run (``int(steps x strength)``); nothing for a txt2img job."""
-    from farm.kinds import FLAGS, denoise_steps
+    from farm.jobs.kinds import FLAGS, denoise_steps
 
     if spec.kind == "txt2img":
         return {}
@@ -272,7 +272,7 @@ class AttemptStat:
     timings: dict[str, float | None]
 
     def as_dict(self) -> dict:
-        """The flat shape ``farm.stats.summarise`` reads (stage names as keys)."""
+        """The flat shape ``farm.results.stats.summarise`` reads (stage names as keys)."""
         return {"outcome": self.outcome, "started_at": self.started_at, "finished_at": self.finished_at,
                 "model": self.model, "recipe": self.recipe, "device": self.device, "worker": self.worker,
                 "batch_size": self.batch_size, **self.timings}

@@ -7,7 +7,7 @@ import weakref
 import numpy as np
 import pytest
 
-from farm.spec import direct_spec
+from farm.jobs.spec import direct_spec
 
 torch = pytest.importorskip("torch")
 

@@ -1,4 +1,4 @@
-"""LCM distillation (engine.distill) and its evaluation (engine.evaluation) on the tiny models:
+"""LCM distillation (engine.training.distill) and its evaluation (engine.training.evaluation) on the tiny models:
 input validation, exact resume from a checkpoint, interruption, LoRA files that load into a fresh
 pipeline, the full-model student, SDXL, the evaluation table, and (with the trained teacher) a
 short distillation that cuts the one-step error."""
@@ -13,8 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.distill import DistillSettings, distill, result_from_checkpoint  # noqa: E402
-from engine.evaluation import evaluate, frechet_distance  # noqa: E402
+from engine.training.distill import DistillSettings, distill, result_from_checkpoint  # noqa: E402
+from engine.training.evaluation import evaluate, frechet_distance  # noqa: E402
 
 TRAINED_TEACHER = Path(__file__).resolve().parents[2] / "engine" / "weights" / "tiny-sd" / "SHA256SUMS"
 COLOURS = {"red": (220, 45, 40), "green": (45, 190, 60), "blue": (45, 85, 230)}
@@ -199,8 +199,8 @@ def test_full_model_student_has_a_guidance_embedding_and_resumes(sd_pipe):
 def test_a_full_model_becomes_an_lcm_model_directory_that_loads_evaluates_and_renders(sd_pipe, tmp_path):
     from diffusers import LCMScheduler, StableDiffusionPipeline
 
-    from engine.evaluation import evaluate
     from engine.exporting import lcm_model_files
+    from engine.training.evaluation import evaluate
 
     check = untouched(sd_pipe)
     result = distill(sd_pipe, "sd15", captioned(4), DistillSettings(steps=2, batch_size=2, full=True, checkpoint_every=0))

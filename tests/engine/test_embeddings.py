@@ -5,10 +5,10 @@ prompt with guidance, and keep an image's pixels independent of its batch."""
 import numpy as np
 import pytest
 
-from farm.catalog import EmbeddingEntry
-from farm.embeddings import inspect_embedding
-from farm.layers import encoder_widths
-from farm.spec import Catalog, JobRequest, resolve_job
+from farm.jobs.spec import Catalog, JobRequest, resolve_job
+from farm.models.catalog import EmbeddingEntry
+from farm.models.embeddings import inspect_embedding
+from farm.models.layers import encoder_widths
 from tests.usersfiles import embedding_file
 
 torch = pytest.importorskip("torch")

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from farm.spec import Catalog, JobRequest, direct_spec, resolve_job
+from farm.jobs.spec import Catalog, JobRequest, direct_spec, resolve_job
 from tests.test_layers import real_layers
 
 torch = pytest.importorskip("torch")
@@ -247,8 +247,8 @@ def test_the_render_records_the_dtype_and_a_vae_without_shift_factor_is_refused(
 
     from engine.runner import Runner
     from engine.sources import resolve
-    from farm.catalog import BUILTIN_MODELS, ModelEntry
     from farm.errors import InputError
+    from farm.models.catalog import BUILTIN_MODELS, ModelEntry
 
     runner = Runner(device="cpu", model_cache=model_cache, max_models=1)
     assert runner.render([job()]).environment["dtype"] == "float32"
@@ -263,7 +263,7 @@ def test_the_render_records_the_dtype_and_a_vae_without_shift_factor_is_refused(
         other.pipeline("no-shift")
 
 
-# -- the layer tables LoRAs are checked against at add (farm.layers) --------------------------------
+# -- the layer tables LoRAs are checked against at add (farm.models.layers) --------------------------------
 linear_and_conv_layers = real_layers  # the UNet layer tables' reader (tests/test_layers.py)
 
 
@@ -271,7 +271,7 @@ linear_and_conv_layers = real_layers  # the UNet layer tables' reader (tests/tes
 def test_the_transformer_tables_are_the_modules_diffusers_builds(arch):
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
-    from farm.layers import TRANSFORMER_CONFIGS, transformer_layers
+    from farm.models.layers import TRANSFORMER_CONFIGS, transformer_layers
 
     kind, config = TRANSFORMER_CONFIGS[arch]
     cls = FluxTransformer2DModel if kind == "flux" else SD3Transformer2DModel
@@ -288,7 +288,7 @@ def test_the_tiny_tables_are_the_built_tiny_models(model_cache, arch, model):
     from pathlib import Path
 
     from engine.sources import resolve
-    from farm.layers import TEXT_ENCODERS, TRANSFORMER_CONFIGS
+    from farm.models.layers import TEXT_ENCODERS, TRANSFORMER_CONFIGS
 
     built = Path(resolve(f"builtin:{model}", model_cache).path)
     transformer = json.loads((built / "transformer" / "config.json").read_text())
@@ -300,11 +300,11 @@ def test_the_tiny_tables_are_the_built_tiny_models(model_cache, arch, model):
 
 
 def test_the_flux_original_names_are_the_ones_diffusers_kohya_converter_maps():
-    """Every Black Forest Labs layer farm.loras accepts in a Kohya FLUX file is converted by
+    """Every Black Forest Labs layer farm.models.loras accepts in a Kohya FLUX file is converted by
     load_lora_weights' converter onto diffusers layers of the same table (real FLUX sizes)."""
     from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
 
-    from farm.layers import flux_original_layers, transformer_layers
+    from farm.models.layers import flux_original_layers, transformer_layers
 
     state = {}
     for name in flux_original_layers("flux"):
@@ -328,9 +328,9 @@ def test_a_kohya_flux_lora_registers_and_renders_through_diffusers_converter(mod
     from safetensors.torch import save_file
 
     from engine.runner import Runner
-    from farm.catalog import BUILTIN_ADAPTERS, AdapterEntry
-    from farm.layers import flux_original_layers
-    from farm.loras import inspect_lora
+    from farm.models.catalog import BUILTIN_ADAPTERS, AdapterEntry
+    from farm.models.layers import flux_original_layers
+    from farm.models.loras import inspect_lora
 
     generator = torch.Generator().manual_seed(3)
     tensors = {}

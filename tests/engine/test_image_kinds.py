@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from farm.spec import direct_spec
+from farm.jobs.spec import direct_spec
 
 torch = pytest.importorskip("torch")
 MODELS = ["tiny-sd", "tiny-sdxl"]
@@ -39,7 +39,7 @@ class Inputs:
 
     def put(self, image, *, mask=False) -> str:
         from engine.inputs import check_image
-        from farm.kinds import input_key
+        from farm.jobs.kinds import input_key
 
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
@@ -50,7 +50,7 @@ class Inputs:
     def get(self, sha256: str):
         from PIL import Image
 
-        from farm.kinds import input_key
+        from farm.jobs.kinds import input_key
 
         image = Image.open(io.BytesIO(self.store.get(input_key(sha256))))
         image.load()
@@ -219,8 +219,8 @@ def test_a_controlnet_loads_from_one_safetensors_file(runner, inputs, model_cach
     pixels as its directory: its config is derived from the arch's UNet, offline."""
     from engine.runner import Runner
     from engine.sources import resolve
-    from farm.catalog import BUILTIN_CONTROLNETS, ControlNetEntry
-    from farm.spec import Catalog
+    from farm.jobs.spec import Catalog
+    from farm.models.catalog import BUILTIN_CONTROLNETS, ControlNetEntry
 
     directory = resolve("builtin:tiny-sd-canny", model_cache).path
     single = f"{directory}/diffusion_pytorch_model.safetensors"
@@ -239,7 +239,7 @@ def test_inputs_are_fetched_once_and_checked_against_their_sha256(model_cache, s
 
     from engine.inputs import InputCache
     from farm.errors import InfrastructureError
-    from farm.kinds import input_key
+    from farm.jobs.kinds import input_key
 
     sha = inputs.put(noise_image(95))
     cache = InputCache(tmp_path / "inputs", store.url)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from farm.catalog import BUILTIN_ADAPTERS, AdapterEntry
-from farm.layers import UNET_CONFIGS, original_names
-from farm.loras import inspect_lora
-from farm.spec import Catalog, direct_spec
+from farm.jobs.spec import Catalog, direct_spec
+from farm.models.catalog import BUILTIN_ADAPTERS, AdapterEntry
+from farm.models.layers import UNET_CONFIGS, original_names
+from farm.models.loras import inspect_lora
 from tests.usersfiles import peft_lora, to_kohya
 
 torch = pytest.importorskip("torch")

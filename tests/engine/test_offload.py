@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from farm.errors import ConfigError
-from farm.spec import Catalog, JobRequest, resolve_job
+from farm.jobs.spec import Catalog, JobRequest, resolve_job
 
 torch = pytest.importorskip("torch")
 

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from farm.spec import Catalog, JobRequest, resolve_job
+from farm.jobs.spec import Catalog, JobRequest, resolve_job
 
 pytest.importorskip("torch")
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from farm.spec import Catalog, JobRequest, resolve_job
+from farm.jobs.spec import Catalog, JobRequest, resolve_job
 
 torch = pytest.importorskip("torch")
 
@@ -112,7 +112,7 @@ def test_a_lora_loads_from_a_single_safetensors_file(runner, model_cache):
     """Adapter sources may be one .safetensors file, as most LoRAs are shared."""
     from engine.runner import Runner
     from engine.sources import resolve
-    from farm.catalog import BUILTIN_ADAPTERS, AdapterEntry
+    from farm.models.catalog import BUILTIN_ADAPTERS, AdapterEntry
 
     directory = resolve("builtin:tiny-sd-toy", model_cache).path
     single = f"{directory}/pytorch_lora_weights.safetensors"

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from farm.cli import cli
-from farm.spec import direct_spec
+from farm.jobs.spec import direct_spec
 from tests.ldm_convert import clip_to_ldm, open_clip_to_ldm, save_single_file, unet_to_ldm, vae_to_ldm
 
 torch = pytest.importorskip("torch")
@@ -241,8 +241,8 @@ def meta_checkpoint(family: str) -> tuple[dict, dict]:
 def test_the_shipped_configs_match_diffusers_key_mapping_and_the_farms_detection(family):
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
-    from farm.checkpoints import inspect_header
-    from farm.weights import SafetensorsHeader, TensorInfo
+    from farm.models.checkpoints import inspect_header
+    from farm.models.weights import SafetensorsHeader, TensorInfo
 
     ldm, parts = meta_checkpoint(family)
     # diffusers' own single-file mapping takes our LDM names back to every key of the real-size
@@ -270,8 +270,8 @@ def test_the_shipped_tokenizers_are_clips(family):
 
 def test_the_tiny_archs_are_told_apart_by_their_built_directories(model_cache):
     from engine.pipelines.single_file import config_dir
-    from farm.catalog import TINY_ARCHS
-    from farm.checkpoints import inspect
+    from farm.models.catalog import TINY_ARCHS
+    from farm.models.checkpoints import inspect
 
     for arch in TINY_ARCHS:
         assert inspect(config_dir(arch, model_cache)).arch == arch

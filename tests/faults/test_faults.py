@@ -127,11 +127,11 @@ def test_redis_killed_or_flushed_during_a_200_job_burst(tmp_path, fault):
 
 
 def test_a_broker_connection_silent_past_its_socket_timeout(tmp_path, redis):
-    """Half-open for longer than the broker connection's socket timeout (farm.dispatch: 30 s), so
+    """Half-open for longer than the broker connection's socket timeout (farm.fleet.dispatch: 30 s), so
     the worker's reads and acks time out mid-silence and its connection must be recovered; 10 s
     more than that timeout is enough for it to fire (the test once waited a fixed 60 s)."""
     from farm.config import load_config
-    from farm.dispatch import celery_settings
+    from farm.fleet.dispatch import celery_settings
 
     proxy = SilentProxy(redis.port)
     farm = FaultFarm(tmp_path, f"redis://127.0.0.1:{proxy.port}/0", seconds=0.05, workers=1)
@@ -182,7 +182,7 @@ def redeliver_unacked(client) -> int:
     for tag, raw in client.hgetall("unacked").items():
         message, _exchange, routing_key = json.loads(raw)
         priority = message.get("properties", {}).get("priority") or 0
-        from farm.dispatch import KOMBU_SEP
+        from farm.fleet.dispatch import KOMBU_SEP
 
         client.lpush(f"{routing_key}{KOMBU_SEP}{priority}" if priority else routing_key, json.dumps(message))
         client.hdel("unacked", tag)

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from farm.errors import InputError
-from farm.producer import plan
-from farm.spec import Catalog, JobRequest
-from farm.sweep import load_spec
-from farm.variants import read_prompt_file
+from farm.jobs.plan import plan
+from farm.jobs.spec import Catalog, JobRequest
+from farm.jobs.sweep import load_spec
+from farm.jobs.variants import read_prompt_file
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def try_plan(rows, defaults=JobRequest(), variants=1, sweep=None):
                                         "height", "model", "recipe", "adapters"]), scalars, max_size=10),
        st.integers(-3, 20))
 def test_job_fields(values, variants):
-    from farm.variants import PromptRow
+    from farm.jobs.variants import PromptRow
 
     try:
         request = JobRequest(**values)
@@ -89,7 +89,7 @@ def test_sweep_specs(name, data):
     except InputError as exc:
         one_line_error(exc)
         return
-    from farm.variants import PromptRow
+    from farm.jobs.variants import PromptRow
 
     try_plan([PromptRow(JobRequest(prompt=p)) for p in spec.prompts], sweep=spec.sweep)
 

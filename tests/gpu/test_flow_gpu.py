@@ -6,7 +6,7 @@ wider than fp16's."""
 import numpy as np
 import pytest
 
-from farm.spec import Catalog, JobRequest, resolve_job
+from farm.jobs.spec import Catalog, JobRequest, resolve_job
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu,

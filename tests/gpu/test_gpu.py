@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from farm.spec import AdapterUse, direct_spec
+from farm.jobs.spec import AdapterUse, direct_spec
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu,

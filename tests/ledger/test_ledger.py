@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import inspect
 
 from farm.errors import ConflictError, NotFound
+from farm.jobs.plan import plan
+from farm.jobs.spec import Catalog, JobRequest
+from farm.jobs.variants import PromptRow
 from farm.ledger import Artifact, Ledger
 from farm.ledger.ledger import current_revision, head_revision, make_engine, upgrade
 from farm.ledger.models import Base
-from farm.producer import plan
-from farm.spec import Catalog, JobRequest
-from farm.variants import PromptRow
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

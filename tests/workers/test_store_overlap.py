@@ -13,11 +13,11 @@ import time
 import pytest
 
 from engine.sleeper import SleepRenderer
+from farm.jobs.plan import plan
+from farm.jobs.spec import Catalog, JobRequest
+from farm.jobs.variants import PromptRow
 from farm.ledger import Ledger
-from farm.producer import plan
-from farm.spec import Catalog, JobRequest
 from farm.storage.local import LocalStore
-from farm.variants import PromptRow
 from workers.handler import Handler
 
 

@@ -1,0 +1,48 @@
+"""Values a user types (integers, numbers, sizes), parsed with a one-line error that names the
+field. Pure: the bottom of ``farm.jobs``, imported by the spec, the kinds and the sweeps alike."""
+
+from __future__ import annotations
+
+import math
+
+from farm.errors import InputError
+
+
+def parse_int(field_name: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise InputError(field_name, f"expected an integer, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise InputError(field_name, f"expected an integer, got {value!r}") from None
+    if not isinstance(value, int):
+        raise InputError(field_name, f"expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise InputError(field_name, f"{value} is outside {lo}..{hi}")
+    return value
+
+
+def parse_float(field_name: str, value: object) -> float:
+    if isinstance(value, bool):
+        raise InputError(field_name, f"expected a number, got {value!r}")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(field_name, f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InputError(field_name, f"expected a finite number, got {value!r}")
+    return number
+
+
+def parse_size(value: str) -> tuple[int, int]:
+    """'WxH' or a single 'N' for a square."""
+    text = value.strip().lower()
+    parts = text.split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise InputError("size", f"expected WIDTHxHEIGHT such as 512x512, got {value!r}")
+    return int(parts[0]), int(parts[1])
