@@ -4,15 +4,16 @@
   ``--device cuda`` also the SD1.5 and SDXL architectures built from engine/configs with random
   fp16 weights at their native sizes (512, 1024), LoRA rank ``--cuda-rank`` (64, the reference
   script's), with the peak device memory of each.
-- quality (``--quality``): distil tiny-sd (the trained teacher when engine/weights/tiny-sd is
-  there) on the shapes set for ``--steps`` steps, evaluating (engine.training.evaluation) every
-  ``--eval-every`` steps: Frechet distance to the teacher's 50-step DDIM samples per sampler
-  (teacher DDIM, teacher LCMScheduler, teacher + LCM-LoRA) and sampling step count, and the
-  one-step error. The plot: Frechet distance vs sampling steps, one line per sampler (the LoRA at
-  each evaluated checkpoint).
+- quality (``--quality``): distil tiny-sd (the trained teacher) on the shapes set without three
+  held-out captions, once per training seed (``--train-seeds 0,1,2``), and evaluate each LoRA on
+  the held-out captions (engine.training.evaluation): per sampler at its best documented setting
+  and step count, the latent MSE and pixel RMSE against the teacher's 50-step sample from the same
+  noise and the colour-and-shape task accuracy, each with a 95% bootstrap interval, the floor
+  (the 50-step teacher from other noise) and the ceiling (its own task accuracy), and paired
+  verdicts of the LoRA against each teacher sampler. The plot: latent MSE vs sampling steps.
 
     .venv/bin/python bench/distill.py                      # speed, a few steps per batch size
-    .venv/bin/python bench/distill.py --quality --steps 2000 --eval-every 500
+    .venv/bin/python bench/distill.py --no-speed --quality --steps 1500
     .venv/bin/python bench/distill.py --device cuda        # adds SD1.5 and SDXL architectures
 
 Each part updates its own section of bench/results/distill.json, so they can run separately.
@@ -175,68 +176,96 @@ def run_speed(args, cache: Path) -> dict:
     return section
 
 
+HELD_OUT = ("a white triangle", "a green square", "a blue circle")  # left out of every training set below
+
+
 def run_quality(args, cache: Path) -> dict:
-    from engine.training.distill import DistillSettings, distill, result_from_checkpoint
+    """Distil tiny-sd on the shapes set minus ``HELD_OUT`` once per training seed, and evaluate
+    each LoRA on the held-out captions (engine.training.evaluation: paired errors against the
+    teacher's 50-step samples from the same noise, with bootstrap intervals, the floor, and the
+    colour-and-shape task with the teacher's own accuracy as its ceiling)."""
+    from engine.training import shapes
+    from engine.training.distill import DistillSettings, distill
     from engine.training.evaluation import evaluate
 
     pipe = tiny_pipe(cache)
-    data, source = examples(args.examples, 64, seed=args.seed)
-    try:
-        from engine.training.shapes import CAPTIONS as prompts
-    except ImportError:
-        prompts = sorted({c for _, c in data})
-    prompts = list(prompts)
-    settings = DistillSettings(steps=args.steps, rank=args.rank, lr=args.lr, batch_size=args.batch,
-                               checkpoint_every=args.eval_every, seed=args.seed)
-    blobs: dict[int, bytes] = {}
-    log_every = max(1, args.steps // 20)
+    pool = shapes.sample(args.seed, args.examples * 2)
+    data = [pair for pair in pool if pair[1] not in HELD_OUT][:args.examples]
+    trained_captions = sorted({c for _, c in data})
+    assert not set(HELD_OUT) & set(trained_captions), "held-out captions leaked into training"
+    seeds = [int(s) for s in args.train_seeds.split(",")]
+    runs = []
+    for seed in seeds:
+        settings = DistillSettings(steps=args.steps, rank=args.rank, lr=args.lr, batch_size=args.batch,
+                                   checkpoint_every=0, seed=seed)
+        def report(step, loss, rate, seed=seed, every=max(1, args.steps // 10)):
+            if step % every == 0:
+                print(f"seed {seed} step {step} loss {loss:.5f} {rate:.2f} steps/s", flush=True)
 
-    def progress(step, loss, rate):
-        if step % log_every == 0:
-            print(f"step {step} loss {loss:.5f} {rate:.2f} steps/s", flush=True)
-
-    started = time.perf_counter()
-    result = distill(pipe, "sd15", data, settings, on_progress=progress,
-                     on_checkpoint=lambda step, blob: blobs.__setitem__(step, blob))
-    train_s = time.perf_counter() - started
-
-    def table(lora, steps_done):
         started = time.perf_counter()
-        out = evaluate(pipe, "sd15", lora, prompts, samples=args.samples, steps=(1, 2, 4, 8),
-                       original_inference_steps=result.original_inference_steps)
-        out["training_steps"] = steps_done
-        out["eval_s"] = round(time.perf_counter() - started, 1)
-        print(steps_done, out["one_step_error"], flush=True)
-        return out
-
-    evaluations = [table(None, 0)]
-    for step in sorted(blobs):
-        evaluations.append(table(result_from_checkpoint(pipe, blobs[step]).weights, step))
-    evaluations.append(table(result.weights, result.steps_done))
-    thin = max(1, len(result.losses) // 200)
-    return {"model": "tiny-sd", "teacher": teacher_kind(), "data": source, "examples": len(data),
+        result = distill(pipe, "sd15", data, settings, on_progress=report)
+        train_s = time.perf_counter() - started
+        started = time.perf_counter()
+        table = evaluate(pipe, "sd15", result.weights, list(HELD_OUT), samples=args.samples, steps=(1, 2, 4, 8),
+                         original_inference_steps=result.original_inference_steps)
+        eval_s = time.perf_counter() - started
+        print(f"seed {seed}: trained {train_s:.0f} s, evaluated {eval_s:.0f} s", flush=True)
+        thin = max(1, len(result.losses) // 100)
+        runs.append({"seed": seed, "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
+                     "steps_per_s": round(result.steps_done / train_s, 3), "losses_every": thin,
+                     "losses": [round(x, 6) for x in result.losses[::thin]], "evaluation": table})
+    return {"model": "tiny-sd", "teacher": teacher_kind(), "data": "shapes", "examples": len(data),
+            "held_out_prompts": list(HELD_OUT), "trained_captions": trained_captions,
             "settings": {k: getattr(settings, k) for k in ("steps", "rank", "lr", "batch_size", "skip",
-                                                          "guidance_min", "guidance_max", "huber_c", "seed")},
-            "train_s": round(train_s, 1), "steps_per_s": round(result.steps_done / train_s, 3),
-            "original_inference_steps": result.original_inference_steps,
-            "losses_every": thin, "losses": [round(x, 6) for x in result.losses[::thin]],
-            "evaluations": evaluations}
+                                                          "guidance_min", "guidance_max", "huber_c")},
+            "train_seeds": seeds, "samples": args.samples, "runs": runs, "summary": summarise(runs)}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """The table as the docs show it: each teacher sampler once (it does not depend on training),
+    the LoRA's rows per training seed and their mean, and per step count how many seeds the LoRA
+    beat, tied or lost against each teacher sampler (paired bootstrap on latent MSE and on the task)."""
+    first = runs[0]["evaluation"]
+    teacher = [r for r in first["rows"] if r["sampler"] != "lcm-lora"]
+    lora: dict[int, dict] = {}
+    for run in runs:
+        for row in run["evaluation"]["rows"]:
+            if row["sampler"] == "lcm-lora":
+                entry = lora.setdefault(row["steps"], {"steps": row["steps"], "setting": row["setting"], "seeds": []})
+                entry["seeds"].append({"seed": run["seed"], **{m: row[m] for m in ("latent_mse", "pixel_rmse",
+                                                                                   "task_accuracy")}})
+    for entry in lora.values():
+        for metric in ("latent_mse", "pixel_rmse", "task_accuracy"):
+            means = [s[metric]["mean"] for s in entry["seeds"]]
+            entry[metric] = {"mean_of_seeds": round(sum(means) / len(means), 6), "range": [min(means), max(means)]}
+    verdicts: dict[str, dict] = {}
+    for run in runs:
+        for c in run["evaluation"]["comparisons"]:
+            key = f"{c['against']} @{c['steps']}"
+            for metric in ("latent_mse", "task_accuracy"):
+                tally = verdicts.setdefault(key, {}).setdefault(metric, {"better": 0, "tie": 0, "worse": 0})
+                tally[c[metric]["verdict"]] += 1
+    return {"reference": first["reference"], "floor": first["floor"], "ceiling": first["ceiling"],
+            "teacher_rows": teacher, "lcm_lora": [lora[n] for n in sorted(lora)], "lora_vs_teacher": verdicts}
 
 
 def plot(path: Path, quality: dict) -> None:
     from bench.plotting import save_lines
 
+    summary = quality["summary"]
     series: dict[str, tuple[list, list]] = {}
-    first, *rest = quality["evaluations"]
-    for sampler in ("teacher-ddim", "teacher-lcm"):
-        rows = [r for r in first["rows"] if r["sampler"] == sampler]
-        series[sampler] = ([r["steps"] for r in rows], [r["frechet"] for r in rows])
-    for evaluation in rest:
-        rows = [r for r in evaluation["rows"] if r["sampler"] == "lcm-lora"]
-        series[f"lcm-lora @{evaluation['training_steps']}"] = ([r["steps"] for r in rows], [r["frechet"] for r in rows])
-    save_lines(path, series, xlabel="sampling steps", ylabel=f"Frechet distance to {first['reference']}",
-               title=f"LCM-LoRA, tiny-sd ({quality['teacher']} teacher), "
-                     f"{quality['settings']['steps']} training steps")
+    for sampler in ("teacher-ddim", "teacher-dpmpp-2m-karras", "teacher-lcm"):
+        rows = [r for r in summary["teacher_rows"] if r["sampler"] == sampler]
+        series[sampler] = ([r["steps"] for r in rows], [r["latent_mse"]["mean"] for r in rows])
+    for run in quality["runs"]:
+        rows = [r for r in run["evaluation"]["rows"] if r["sampler"] == "lcm-lora"]
+        series[f"lcm-lora, training seed {run['seed']}"] = ([r["steps"] for r in rows],
+                                                            [r["latent_mse"]["mean"] for r in rows])
+    floor = summary["floor"]["latent_mse"]["mean"]
+    series["floor: 50-step teacher, other noise"] = ([1, 8], [floor, floor])
+    save_lines(path, series, xlabel="sampling steps", ylabel="latent MSE to the teacher's 50-step sample (same noise)",
+               title=f"LCM-LoRA on held-out prompts, tiny-sd ({quality['teacher']} teacher), "
+                     f"{quality['settings']['steps']} training steps", logy=True)
 
 
 def main() -> None:
@@ -247,15 +276,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--quality", action="store_true", help="the long run with evaluations")
-    parser.add_argument("--steps", type=int, default=2000, help="quality run: training steps")
-    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=1500, help="quality run: training steps per seed")
     parser.add_argument("--examples", type=int, default=2048)
-    parser.add_argument("--samples", type=int, default=64, help="evaluation samples")
+    parser.add_argument("--samples", type=int, default=96, help="evaluation samples (per sampler and step count)")
     parser.add_argument("--batch", type=int, default=8, help="quality run: batch size")
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--cuda-rank", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="quality run: the dataset's seed")
+    parser.add_argument("--train-seeds", default="0,1,2", help="quality run: one distillation per training seed")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill.json"))
     args = parser.parse_args()
@@ -279,7 +308,7 @@ def main() -> None:
         results["quality"] = run_quality(args, cache)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    if "quality" in results:
+    if args.quality:
         plot(out.with_suffix(".png"), results["quality"])
     print(json.dumps({k: v for k, v in results.items() if k != "quality"}, indent=2))
 

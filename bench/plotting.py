@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 def save_lines(path: Path, series: dict[str, tuple[list, list]], *, xlabel: str, ylabel: str, title: str,
-               target: float | None = None, ylim: tuple | None = None, log_x: bool = True) -> bool:
+               target: float | None = None, ylim: tuple | None = None, log_x: bool = True,
+               logy: bool = False) -> bool:
     """``series``: label -> (xs, ys). Returns False when matplotlib is not installed."""
     try:
         import matplotlib
@@ -23,6 +24,8 @@ def save_lines(path: Path, series: dict[str, tuple[list, list]], *, xlabel: str,
         ax.axhline(target, color="grey", linestyle="--", label=f"target {target:g}")
     if log_x:
         ax.set_xscale("log", base=2)
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if ylim:

@@ -287,7 +287,8 @@ class Farm:
         """Validate a distillation (``farm distill``) without writing anything: the teacher, the
         name of the result, every example of ``data`` (a directory, ``s3://BUCKET/PREFIX`` or
         ``batch:ID``) and the settings (``steps``, ``rank``, ``skip``, ``guidance_range``,
-        ``solver``, ``batch_size``, ``lr``, ``checkpoint_every``, ``full``; farm.jobs.training)."""
+        ``solver``, ``batch_size``, ``lr``, ``checkpoint_every``, ``eval_samples``, ``full``,
+        ``resolution``, ``gradient_checkpointing``; farm.jobs.training)."""
         import random
 
         from farm.intake.datasets import read_dataset

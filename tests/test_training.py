@@ -65,10 +65,20 @@ def test_a_distillation_is_one_job_spec_with_its_training_settings():
     ({"solver": "euler"}, "is not a solver"),
     ({"rank": 0}, "rank: 0 is outside"),
     ({"lr": -1}, "lr: -1 is outside"),
+    ({"resolution": 100}, "resolution: 100 is not a multiple of 8"),
+    ({"resolution": 32}, "resolution: 32 is outside 64..2048"),
+    ({"gradient_checkpointing": "yes"}, "expected true or false"),
 ])
 def test_bad_settings_are_refused_by_name(overrides, words):
     with pytest.raises(InputError, match=words):
         resolve(**overrides)
+
+
+def test_the_training_resolution_defaults_to_the_teachers_native_size():
+    assert resolve().training["resolution"] == TEACHER.native_size
+    assert resolve(resolution="128").training["resolution"] == 128
+    assert "gradient_checkpointing" not in resolve().training  # the same result either way: recorded when asked
+    assert resolve(gradient_checkpointing=True).training["gradient_checkpointing"] is True
 
 
 def test_a_taken_name_and_an_unsupported_teacher_are_refused():

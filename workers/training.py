@@ -22,7 +22,9 @@ import hashlib
 import json
 import logging
 import time
+from typing import Collection
 
+from engine.training.settings import DataError
 from farm.errors import ConflictError, InputError
 from farm.jobs import states
 from farm.jobs.datasets import manifest_key, parse_manifest
@@ -35,7 +37,8 @@ from farm.storage.fetch import manifest_digest
 
 log = logging.getLogger("farm.worker")
 PROGRESS_EVERY_S = 1.0
-STEP_HANG_S = 900.0  # one training step (or the evaluation) not done after this long: a hung worker
+STEP_HANG_S = 900.0  # one training step (or one evaluation render) not done after this long: a hung worker
+MAX_RECORDED_CAPTIONS = 64  # the distinct training captions the evaluation record lists
 
 
 class Superseded(Exception):
@@ -46,14 +49,42 @@ class Superseded(Exception):
         self.step = step
 
 
-def load_examples(runner, store, manifest_sha256: str) -> list:
-    """The dataset as (HxWx3 uint8 array, caption) pairs, images verified by sha256."""
-    import numpy as np
+class StoredExamples:
+    """A dataset's examples as ``engine.training.data.Examples``, read from the store as training
+    reaches them (through the worker's input cache on disk, verified by sha256): memory holds the
+    manifest's rows, not the images. ``held_out``: captions left out of training."""
 
+    def __init__(self, runner, rows: list[tuple[str, str]], held_out: Collection[str] = ()):
+        self.runner = runner
+        leave_out = set(held_out)
+        self.rows = [(sha, caption) for sha, caption in rows if caption not in leave_out]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def caption(self, index: int) -> str:
+        return self.rows[index][1]
+
+    def image(self, index: int):
+        import numpy as np
+
+        return np.asarray(self.runner.inputs.image(self.rows[index][0]).convert("RGB"))
+
+    def captions(self) -> list[str]:
+        return list(dict.fromkeys(caption for _, caption in self.rows))
+
+
+def manifest_rows(store, manifest_sha256: str) -> list[tuple[str, str]]:
+    """The dataset's (image sha256, caption) rows, the manifest verified by its sha256."""
     data = store.get(manifest_key(manifest_sha256))
     if hashlib.sha256(data).hexdigest() != manifest_sha256:
         raise InputError("data", f"the stored dataset {manifest_sha256[:12]} does not match its name")
-    return [(np.asarray(runner.inputs.image(sha).convert("RGB")), caption) for sha, caption in parse_manifest(data)]
+    return parse_manifest(data)
+
+
+def load_examples(runner, store, manifest_sha256: str, held_out: Collection[str] = ()) -> StoredExamples:
+    """The dataset's examples, minus those whose caption is held out for the evaluation."""
+    return StoredExamples(runner, manifest_rows(store, manifest_sha256), held_out)
 
 
 def run(handler, claim: Claim) -> dict:
@@ -84,6 +115,8 @@ def run(handler, claim: Claim) -> dict:
             ledger.close_attempts([claim.token], outcome=states.ATTEMPT_SUPERSEDED, error=str(exc))
         counts["skipped"] += 1
         return counts
+    except DataError as exc:  # the data or a setting cannot be used: bad input, not the model's fault
+        return handler._failed([claim], InputError("data", str(exc)), counts)
     except ConflictError as exc:  # the name was registered while it trained: nothing to retry
         ledger.fail_attempt(claim.job_id, claim.token, error=str(exc), outcome=states.ATTEMPT_FAILED)
         counts["failed"] += 1
@@ -104,7 +137,11 @@ def _train(handler, claim: Claim, resume) -> str:
     spec, job_id, token = claim.spec, claim.job_id, claim.token
     training = spec.training or {}
     started = time.perf_counter()
-    examples = load_examples(runner, store, training["data"]["manifest"])
+    prompts = list(training["eval_prompts"])
+    held_out = set(prompts) if training.get("eval_held_out") else set()
+    examples = load_examples(runner, store, training["data"]["manifest"], held_out)
+    if not len(examples):
+        raise DataError("every example's caption is held out for the evaluation")
     state = store.get(resume.key) if resume.key else None
     if state is not None:
         log.info("job %s resumes at step %s from %s", job_id, resume.step, resume.key)
@@ -113,7 +150,8 @@ def _train(handler, claim: Claim, resume) -> str:
     settings = DistillSettings(
         steps=spec.steps, rank=training["rank"], skip=training["skip"], guidance_min=lo, guidance_max=hi,
         solver=training["solver"], batch_size=training["batch_size"], lr=training["lr"],
-        full=training["output"] == "model", seed=spec.seed, checkpoint_every=training["checkpoint_every"])
+        full=training["output"] == "model", seed=spec.seed, checkpoint_every=training["checkpoint_every"],
+        resolution=training.get("resolution"), gradient_checkpointing=bool(training.get("gradient_checkpointing")))
     reported = {"at": 0.0}
     stop = handler._stop_check([token], float("inf"))
 
@@ -140,12 +178,21 @@ def _train(handler, claim: Claim, resume) -> str:
     handler.hang_deadline = time.monotonic() + STEP_HANG_S
     started = time.perf_counter()
     student = (result.unet_config or {}, result.weights) if settings.full else None  # a full model's UNet
-    evaluation = evaluate(pipe, spec.family, None if settings.full else result.weights,
-                          training["eval_prompts"], samples=training["eval_samples"],
-                          seed=spec.seed, original_inference_steps=result.original_inference_steps,
-                          student=student)
+
+    def on_evaluation(done: int, total: int) -> None:  # each pipeline call: alive, not hung
+        handler.hang_deadline = time.monotonic() + STEP_HANG_S
+
+    evaluation = evaluate(pipe, spec.family, None if settings.full else result.weights, prompts,
+                          samples=training["eval_samples"], seed=spec.seed,
+                          original_inference_steps=result.original_inference_steps, student=student,
+                          on_progress=on_evaluation)
     evaluation = json.loads(json.dumps(evaluation))  # plain JSON for the ledger
-    evaluation["prompts_held_out"] = training.get("eval_held_out", False)
+    trained = examples.captions()
+    # held out only when it is true of what was trained: no evaluation prompt among its captions
+    evaluation["prompts_held_out"] = bool(training.get("eval_held_out")) and not set(prompts) & set(trained)
+    evaluation["trained_examples"] = len(examples)
+    evaluation["trained_captions"] = trained[:MAX_RECORDED_CAPTIONS]
+    evaluation["trained_captions_total"] = len(trained)
     evaluated_ms = (time.perf_counter() - started) * 1000
     if stop():
         raise Superseded("the job was cancelled during the evaluation")

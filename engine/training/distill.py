@@ -24,10 +24,13 @@ diffusers' reference scripts do (examples/consistency_distillation/train_lcm_dis
 - AdamW (betas 0.9/0.999, weight decay 1e-2, eps 1e-8), constant learning rate, gradient norm
   clipped to 1, latents from the VAE's latent distribution (sampled) times its scaling factor.
 
-Differences from the scripts, all deliberate: images and captions come in as a list (no
-webdataset), every image must have the same size, size/crop conditioning for SDXL is fixed at
-(H, W, 0, 0, H, W); the VAE's latent distributions and the caption embeddings are computed once at
-the start (in fixed chunks, so the result does not depend on resuming); the conditional and
+Data as the scripts prepare it: every image resized (shorter side, bilinear) and centre-cropped to
+the resolution (default the UNet's native size), SDXL conditioned on each image's original size
+and crop (``time_ids``), each batch VAE-encoded (fp32 where the VAE would overflow in fp16) and
+text-encoded as it is drawn, so memory does not grow with the dataset (``engine.training.data``).
+
+Differences from the scripts, all deliberate: examples come from a list or an ``Examples`` reader
+(no webdataset), the crop is the centre one (no random crop or flip); the conditional and
 unconditional teacher passes run as one batch; the full student's new guidance projection
 (``time_embedding.cond_proj``) starts at zero, so the student starts as exactly the teacher (the
 script leaves it randomly initialised); results are stored in the pipeline's dtype.
@@ -54,7 +57,15 @@ from dataclasses import asdict
 from types import SimpleNamespace
 from typing import Callable
 
-from engine.training.data import data_indices, encode_captions, encode_images, latents_from
+from engine.training.data import (
+    as_examples,
+    data_indices,
+    encode_captions,
+    encode_images,
+    latents_from,
+    prepare,
+    training_vae,
+)
 from engine.training.export import lora_bytes, unet_bytes
 from engine.training.lcm import (
     DDIMSolver,
@@ -71,6 +82,7 @@ from engine.training.settings import (
     MAX_GRAD_NORM,
     SDXL_FAMILIES,
     TIME_COND_PROJ_DIM,
+    DataError,
     DistillResult,
     DistillSettings,
     validate,
@@ -81,7 +93,7 @@ __all__ = ["DistillResult", "DistillSettings", "clean_unet_copy", "distill", "re
 CHECKPOINT_FORMAT = 1
 # settings a resumed run must share with the run that wrote the checkpoint
 _RESUME_KEYS = ("rank", "skip", "guidance_min", "guidance_max", "solver", "batch_size", "lr", "full", "seed",
-                "huber_c", "lora_alpha")
+                "huber_c", "lora_alpha", "resolution")
 
 
 
@@ -117,7 +129,10 @@ def distill(pipe, family: str, examples, settings: DistillSettings, *, resume: b
             on_checkpoint: Callable[[int, bytes], None] = lambda step, state: None,
             should_stop: Callable[[], str | None] = lambda: None) -> DistillResult:
     """Distil ``pipe``'s UNet (the teacher) into an LCM-LoRA or, with ``settings.full``, a full LCM
-    UNet, on ``examples`` (uint8 HxWx3 images, all one size, and their captions).
+    UNet, on ``examples``: a list of (uint8 HxWx3 image, caption) pairs, or ``engine.training.data.
+    Examples`` read as training reaches them. Images of any size are resized (shorter side) and
+    centre-cropped to ``settings.resolution`` (default: the UNet's native size); each batch is
+    encoded as it is drawn, so memory does not grow with the dataset.
 
     ``on_progress(step, loss, steps_per_s)`` after every step; ``on_checkpoint(step, blob)`` every
     ``checkpoint_every`` steps before the last (``blob``: ``torch.load(io.BytesIO(blob),
@@ -126,35 +141,33 @@ def distill(pipe, family: str, examples, settings: DistillSettings, *, resume: b
     """
     import torch
 
+    examples = as_examples(examples)
     validate(family, examples, settings)
     if getattr(pipe.unet.config, "time_cond_proj_dim", None) is not None:
-        raise ValueError("the teacher UNet already embeds guidance (time_cond_proj_dim): distil from a base model")
+        raise DataError("the teacher UNet already embeds guidance (time_cond_proj_dim): distil from a base model")
     if family in SDXL_FAMILIES and getattr(pipe, "text_encoder_2", None) is None:
-        raise ValueError(f"family {family!r} needs an SDXL pipeline (two text encoders)")
+        raise DataError(f"family {family!r} needs an SDXL pipeline (two text encoders)")
     state = _load_checkpoint(resume, settings) if resume is not None else None
     if state is not None and int(state["step"]) > settings.steps:
-        raise ValueError(f"the checkpoint is at step {state['step']}, past the {settings.steps} steps asked for")
+        raise DataError(f"the checkpoint is at step {state['step']}, past the {settings.steps} steps asked for")
     if state is not None and state["data"]["examples"] != len(examples):
-        raise ValueError(f"the checkpoint was written for {state['data']['examples']} examples, not {len(examples)}")
+        raise DataError(f"the checkpoint was written for {state['data']['examples']} examples, not {len(examples)}")
 
     device = pipe._execution_device
     dtype = pipe.unet.dtype
     alphas_cumprod, prediction_type, num_train_timesteps = noise_schedule(pipe)
     if settings.skip > num_train_timesteps:
-        raise ValueError(f"skip {settings.skip} is above the teacher's {num_train_timesteps} timesteps")
+        raise DataError(f"skip {settings.skip} is above the teacher's {num_train_timesteps} timesteps")
     num_ddim = num_train_timesteps // settings.skip
     topk = num_train_timesteps // num_ddim
     solver = DDIMSolver(alphas_cumprod, timesteps=num_train_timesteps, ddim_timesteps=num_ddim).to(device)
     alpha_schedule = alphas_cumprod.sqrt().to(device)
     sigma_schedule = (1 - alphas_cumprod).sqrt().to(device)
 
-    # frozen inputs, computed once: the VAE's latent distributions and the caption embeddings
-    captions = {c: i for i, c in enumerate(dict.fromkeys(c for _, c in examples))}
-    caption_index = torch.tensor([captions[c] for _, c in examples])
-    text = encode_captions(pipe, family, list(captions), device)
-    mean, std = encode_images(pipe, [image for image, _ in examples], device)
-    height, width = examples[0][0].shape[:2]
-    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+    # the data: read, resized, cropped and encoded batch by batch (the unconditional row once)
+    resolution = settings.resolution or int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    vae = training_vae(pipe, family)
+    empty = encode_captions(pipe, family, [""], device)
 
     nets = _networks(pipe, settings, device)
     student, teacher, target, names, params = nets.student, nets.teacher, nets.target, nets.names, nets.params
@@ -168,7 +181,7 @@ def distill(pipe, family: str, examples, settings: DistillSettings, *, resume: b
     steps_done, losses = 0, []
     if state is not None:
         if state["names"] != names:
-            raise ValueError("the checkpoint's trainable weights do not match this UNet")
+            raise DataError("the checkpoint's trainable weights do not match this UNet")
         with torch.no_grad():
             for p, saved in zip(params, state["trainable"]):
                 p.copy_(saved.to(p.device, p.dtype))
@@ -206,15 +219,18 @@ def distill(pipe, family: str, examples, settings: DistillSettings, *, resume: b
 
             raise Interrupted(f"{reason} at step {steps_done}", reason)
         # 1. the batch: latents sampled from the VAE's distributions, and the caption embeddings
-        idx = torch.tensor(data_indices(settings.seed, n, steps_done * bsz, bsz))
-        latents = latents_from(pipe, mean[idx], std[idx], generator).to(device, torch.float32)
-        rows = caption_index[idx]
-        prompt_embeds = text["prompt_embeds"][rows].to(device, dtype)
-        uncond_embeds = text["uncond"].expand_as(text["prompt_embeds"][rows]).to(device, dtype)
-        if family in SDXL_FAMILIES:
-            ids = time_ids.expand(bsz, -1).to(device, dtype)
-            cond_added = {"text_embeds": text["pooled"][rows].to(device, dtype), "time_ids": ids}
-            uncond_added = {"text_embeds": text["uncond_pooled"].expand(bsz, -1).to(device, dtype), "time_ids": ids}
+        idx = data_indices(settings.seed, n, steps_done * bsz, bsz)
+        prepared = [prepare(i, examples.image(i), resolution) for i in idx]
+        mean, std = encode_images(vae, [p[0] for p in prepared], device)
+        latents = latents_from(vae, mean, std, generator).to(device, torch.float32)
+        text = encode_captions(pipe, family, [examples.caption(i) for i in idx], device, uncond=False)
+        prompt_embeds = text["prompt_embeds"].to(device, dtype)
+        uncond_embeds = empty["uncond"].expand_as(text["prompt_embeds"]).to(device, dtype)
+        if family in SDXL_FAMILIES:  # the scripts' micro-conditioning: original size, crop, target size
+            ids = torch.tensor([[*original, *crop, resolution, resolution] for _, original, crop in prepared],
+                               dtype=torch.float32).to(device, dtype)
+            cond_added = {"text_embeds": text["pooled"].to(device, dtype), "time_ids": ids}
+            uncond_added = {"text_embeds": empty["uncond_pooled"].expand(bsz, -1).to(device, dtype), "time_ids": ids}
         else:
             cond_added = uncond_added = None
         # 2. a solver timestep t_{n+k} per example, and the end of its step t_n
@@ -314,6 +330,8 @@ def _networks(pipe, settings: DistillSettings, device) -> SimpleNamespace:
         student = _full_student(base, TIME_COND_PROJ_DIM, device)
         target = copy.deepcopy(student).requires_grad_(False)
         target.train()
+        if settings.gradient_checkpointing:  # after the copy: the target runs without gradients anyway
+            student.enable_gradient_checkpointing()
         names, params = zip(*student.named_parameters())
         return SimpleNamespace(teacher=base.eval(), student=student, target=target, names=list(names),
                                params=list(params), proj_dim=TIME_COND_PROJ_DIM, config=None, trained_modules=[])
@@ -327,6 +345,8 @@ def _networks(pipe, settings: DistillSettings, device) -> SimpleNamespace:
         torch.random.default_generator.manual_seed(settings.seed)
         base.add_adapter(config)
     base.train()
+    if settings.gradient_checkpointing:  # the teacher and target passes run under no_grad, where it does nothing
+        base.enable_gradient_checkpointing()
     names, params = [], []
     for name, param in base.named_parameters():
         if param.requires_grad:  # peft leaves only the adapter trainable
@@ -357,7 +377,7 @@ def result_from_checkpoint(pipe, blob: bytes) -> DistillResult:
     device = pipe._execution_device
     nets = _networks(pipe, settings, device)
     if state["names"] != nets.names:
-        raise ValueError("the checkpoint's trainable weights do not match this UNet")
+        raise DataError("the checkpoint's trainable weights do not match this UNet")
     with torch.no_grad():
         for p, saved in zip(nets.params, state["trainable"]):
             p.copy_(saved.to(p.device, p.dtype))
@@ -397,11 +417,11 @@ def _load_checkpoint(blob: bytes, settings: DistillSettings | None) -> dict:
     try:
         state = torch.load(io.BytesIO(blob), weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable blob is the caller's input error
-        raise ValueError(f"the resume blob is not a distillation checkpoint ({type(exc).__name__})") from None
+        raise DataError(f"the resume blob is not a distillation checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError("the resume blob is not a distillation checkpoint of this format")
+        raise DataError("the resume blob is not a distillation checkpoint of this format")
     saved = state["settings"]
     changed = [] if settings is None else [k for k in _RESUME_KEYS if saved.get(k) != getattr(settings, k)]
     if changed:
-        raise ValueError(f"the checkpoint was written with other settings ({', '.join(changed)})")
+        raise DataError(f"the checkpoint was written with other settings ({', '.join(changed)})")
     return state

@@ -19,6 +19,11 @@ ADAM = {"betas": (0.9, 0.999), "weight_decay": 1e-2, "eps": 1e-8}
 MAX_GRAD_NORM = 1.0
 
 
+class DataError(ValueError):
+    """An example, a setting or a checkpoint that distillation cannot use: bad input, not a fault
+    of the machine, so retrying cannot help (the worker records it as the job's input error)."""
+
+
 @dataclass(frozen=True)
 class DistillSettings:
     steps: int
@@ -34,6 +39,8 @@ class DistillSettings:
     checkpoint_every: int = 50  # 0: never
     huber_c: float = 0.001
     lora_alpha: int | None = None  # None: = rank (scale 1)
+    resolution: int | None = None  # square side images are resized and centre-cropped to (None: the UNet's native size)
+    gradient_checkpointing: bool = False  # recompute the student's activations in the backward pass (memory for time)
 
 
 @dataclass
@@ -49,42 +56,27 @@ class DistillResult:
 
 # -- validation -------------------------------------------------------------------------------
 def validate(family: str, examples, settings: DistillSettings) -> None:
-    """ValueError, with a one-line message, for settings and inputs distillation cannot use."""
-    if family not in FAMILIES:
-        raise ValueError(f"distillation supports the {', '.join(FAMILIES)} families, not {family!r}")
-    if settings.solver not in SOLVERS:
-        raise ValueError(f"unknown solver {settings.solver!r} (known: {', '.join(SOLVERS)})")
-    if settings.steps < 1:
-        raise ValueError(f"steps must be at least 1, not {settings.steps}")
-    if settings.guidance_min > settings.guidance_max:
-        raise ValueError(f"guidance_min {settings.guidance_min} is above guidance_max {settings.guidance_max}")
-    if settings.batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {settings.batch_size}")
-    if settings.rank < 1:
-        raise ValueError(f"rank must be at least 1, not {settings.rank}")
-    if settings.lora_alpha is not None and settings.lora_alpha < 1:
-        raise ValueError(f"lora_alpha must be at least 1, not {settings.lora_alpha}")
-    if not settings.lr > 0:
-        raise ValueError(f"lr must be positive, not {settings.lr}")
-    if not settings.huber_c > 0:
-        raise ValueError(f"huber_c must be positive, not {settings.huber_c}")
-    if settings.skip < 1:
-        raise ValueError(f"skip must be at least 1, not {settings.skip}")
-    if settings.checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every must be 0 (never) or more, not {settings.checkpoint_every}")
-    if not examples:
-        raise ValueError("no examples to distil on")
-    shape = None
-    for i, (image, caption) in enumerate(examples):
-        if not isinstance(caption, str):
-            raise ValueError(f"example {i}: the caption is a {type(caption).__name__}, not a str")
-        dims = getattr(image, "shape", None)
-        if dims is None or len(dims) != 3 or dims[2] != 3 or str(getattr(image, "dtype", "")) != "uint8":
-            raise ValueError(f"example {i}: the image must be a uint8 HxWx3 array")
-        if dims[0] % 8 or dims[1] % 8:
-            raise ValueError(f"example {i}: {dims[1]}x{dims[0]} is not a multiple of 8")
-        if shape is None:
-            shape = tuple(dims)
-        elif tuple(dims) != shape:
-            raise ValueError(f"example {i}: {dims[1]}x{dims[0]} differs from the first example's {shape[1]}x{shape[0]}")
-
+    """``DataError``, with a one-line message, for settings distillation cannot use. The examples
+    themselves are read as training reaches them (``engine.training.data``); only their count and
+    captions are looked at here."""
+    checks = [
+        (family not in FAMILIES, f"distillation supports the {', '.join(FAMILIES)} families, not {family!r}"),
+        (settings.solver not in SOLVERS, f"unknown solver {settings.solver!r} (known: {', '.join(SOLVERS)})"),
+        (settings.steps < 1, f"steps must be at least 1, not {settings.steps}"),
+        (settings.guidance_min > settings.guidance_max,
+         f"guidance_min {settings.guidance_min} is above guidance_max {settings.guidance_max}"),
+        (settings.batch_size < 1, f"batch_size must be at least 1, not {settings.batch_size}"),
+        (settings.rank < 1, f"rank must be at least 1, not {settings.rank}"),
+        (settings.lora_alpha is not None and settings.lora_alpha < 1,
+         f"lora_alpha must be at least 1, not {settings.lora_alpha}"),
+        (not settings.lr > 0, f"lr must be positive, not {settings.lr}"),
+        (not settings.huber_c > 0, f"huber_c must be positive, not {settings.huber_c}"),
+        (settings.skip < 1, f"skip must be at least 1, not {settings.skip}"),
+        (settings.checkpoint_every < 0, f"checkpoint_every must be 0 (never) or more, not {settings.checkpoint_every}"),
+        (settings.resolution is not None and (settings.resolution < 8 or settings.resolution % 8),
+         f"resolution must be a multiple of 8, not {settings.resolution}"),
+        (not len(examples), "no examples to distil on"),
+    ]
+    for failed, message in checks:
+        if failed:
+            raise DataError(message)

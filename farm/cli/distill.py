@@ -27,6 +27,10 @@ from farm.jobs.training import DEFAULTS, SOLVERS
               help=f"Steps between checkpoints in the store (default {DEFAULTS['checkpoint_every']}).")
 @click.option("--eval-samples", "eval_samples", default=None, metavar="N",
               help=f"Samples per sampler and step count in the final evaluation (default {DEFAULTS['eval_samples']}).")
+@click.option("--resolution", default=None, metavar="PX",
+              help="Images are resized (shorter side) and centre-cropped to PX x PX (default: the teacher's native size).")
+@click.option("--gradient-checkpointing", "gradient_checkpointing", is_flag=True, default=None,
+              help="Recompute activations in the backward pass: less GPU memory, slower steps (SDXL on one GPU).")
 @click.option("--full", is_flag=True, help="Distil every UNet weight into a model of kind lcm, not a LoRA.")
 @click.option("--seed", type=int, default=None, help="Training seed (default: drawn and recorded).")
 @click.option("--priority", type=int, default=0, show_default=True, help="0..9, higher runs first.")

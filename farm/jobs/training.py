@@ -42,6 +42,7 @@ MAX_EVAL_SAMPLES = 4096
 MIN_HELD_OUT_CAPTIONS = 5  # fewer distinct captions than this: evaluate on the training captions
 HELD_OUT_FRACTION = 0.1
 MAX_EVAL_PROMPTS = 8
+MIN_RESOLUTION, MAX_RESOLUTION = 64, 2048
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class DistillRequest:
     eval_samples: object = None  # samples per sampler and step count in the evaluation
     seed: object = None
     full: bool = False
+    resolution: object = None  # the square side images are resized and centre-cropped to (default: native)
+    gradient_checkpointing: bool = False
 
 
 def parse_range(value: object) -> tuple[float, float]:
@@ -124,6 +127,12 @@ def resolve_distill(request: DistillRequest, teacher: ModelEntry, *, taken: set[
     lr = DEFAULTS["lr"] if request.lr is None else parse_float("lr", request.lr)
     if not 0 < lr <= 1:
         raise InputError("lr", f"{lr:g} is outside (0, 1]")
+    resolution = teacher.native_size if request.resolution is None else \
+        parse_int("resolution", request.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+    if resolution % 8:
+        raise InputError("resolution", f"{resolution} is not a multiple of 8")
+    if not isinstance(request.gradient_checkpointing, bool):
+        raise InputError("gradient_checkpointing", f"expected true or false, got {request.gradient_checkpointing!r}")
     if not captions:
         raise InputError("data", "the dataset has no examples")
     prompts, held_out = eval_split(captions)
@@ -132,7 +141,10 @@ def resolve_distill(request: DistillRequest, teacher: ModelEntry, *, taken: set[
         "guidance_range": [lo, hi], "solver": solver, "batch_size": batch_size, "lr": lr,
         "checkpoint_every": checkpoint_every, "original_steps": TRAIN_TIMESTEPS // skip,
         "eval_prompts": prompts, "eval_held_out": held_out, "eval_samples": eval_samples,
+        "resolution": resolution,
     }
+    if request.gradient_checkpointing:  # memory for time: the same result, so recorded only when asked
+        training["gradient_checkpointing"] = True
     native = teacher.native_size
     return JobSpec(
         prompt=f"distill {teacher.name} into {name}", negative_prompt="", seed=seed, steps=steps,
