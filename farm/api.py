@@ -373,12 +373,29 @@ class Farm:
                     lines += training.lines(self.ledger.trainings_of_batch(batch))
             return lines
 
-        counts = watch(lambda: self.ledger.batch_counts(batch), total, stream=stream, timeout=timeout,
-                       check=check, notices=stream or sys.stderr)
+        bell = self._doorbell(batch)  # subscribed before the first read: no ring falls in between
+        try:
+            counts = watch(lambda: self.ledger.batch_counts(batch), total, stream=stream, timeout=timeout,
+                           check=check, notices=stream or sys.stderr, sleep=bell.wait)
+        finally:
+            bell.close()
         if sum(counts[s] for s in states.TERMINAL) < total:
             raise FarmTimeout(batch, counts, timeout or 0,
                               sum(n for state, n in counts.items() if state in states.TERMINAL))
         return counts
+
+    def _doorbell(self, batch: str):
+        """The batch's doorbell (farm.fleet.doorbell): workers ring it as they record its jobs, so
+        a wait wakes at once instead of at its next poll. Only on a broker that runs already: a
+        wait never starts the private Redis (a finished batch of a stopped farm needs none)."""
+        from farm.fleet.doorbell import Listener
+
+        if self._publisher is None and not localfarm.broker_running(self.config):
+            return Listener(None, self.config.queue, batch)
+        try:
+            return self.publisher.listener(batch)
+        except Exception:  # noqa: BLE001 - no doorbell: poll
+            return Listener(None, self.config.queue, batch)
 
     def _heal(self) -> list[str]:
         """Start again what died of the local farm this client owns; the lines that say so.

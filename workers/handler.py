@@ -289,6 +289,7 @@ class Handler:
         finally:
             for claim in group:
                 self.storing.pop(claim.job_id, None)
+        self._ring(group)
         ordered = [outcomes[claim.job_id] for claim in group]
         if self.store_overlap:
             with self._lock:
@@ -318,12 +319,14 @@ class Handler:
                                                  backoff_s=self.retry_backoff_s, error=error, permanent=True))
             counts["failed"] += len(group)
             self.ledger.heartbeat(self.worker, error=error)
+            self._ring(group)
             return counts
         log.error("render failed: %s\n%s", error, traceback.format_exc(),
                   extra={"jobs": [c.job_id for c in group], "batch": group[0].batch_id})
         for claim in group:
             counts[self._retry_or_fail(claim, error, outcome)] += 1
         self.ledger.heartbeat(self.worker, error=error)
+        self._ring(group)
         model = group[0].spec.model
         self.model_failures[model] = self.model_failures.get(model, 0) + 1
         # kept away from the model only where another worker can take it over
@@ -331,6 +334,12 @@ class Handler:
             self.model_failures.pop(model)
             self.on_quarantine(model)
         return counts
+
+    def _ring(self, group: list[Claim]) -> None:
+        """Wake the clients waiting on these jobs' batches (farm.fleet.doorbell): best-effort, the
+        ledger already holds the outcome."""
+        if self.publisher is not None and hasattr(self.publisher, "ring"):
+            self.publisher.ring(c.batch_id for c in group)
 
     def _retry_or_fail(self, claim: Claim, error: str, outcome: str = states.ATTEMPT_RETRY) -> str:
         """Back to the queue after an exponential backoff, or failed once attempts are used up

@@ -8,7 +8,7 @@ and Redis is transport. JSON is the only serializer; there is no result backend.
 from __future__ import annotations
 
 import threading
-from typing import Iterable
+from typing import Any, Iterable
 
 from farm.config import Config
 from farm.errors import InfrastructureError
@@ -110,6 +110,32 @@ class Publisher:
     def __init__(self, cfg: Config, broker_url: str):
         self.cfg = cfg
         self.app = make_celery(cfg, broker_url, main="farm-producer")
+        self._bell_connection: Any = None
+        self._bell: Any = None  # the doorbell's Redis client on the broker's own settings; False: none
+
+    def doorbell_client(self):
+        """A Redis client with the broker's settings (TLS, passwords) for the doorbell, or None
+        where the broker is not Redis."""
+        if self._bell is None:
+            try:
+                connection = self._bell_connection = self.app.connection_for_write()
+                self._bell = connection.default_channel.client
+            except Exception:  # noqa: BLE001 - no doorbell: waiters poll
+                self._bell = False
+        return self._bell or None
+
+    def ring(self, batch_ids: Iterable[str]) -> int:
+        """Tell waiters these batches moved (farm.fleet.doorbell); best-effort."""
+        from farm.fleet.doorbell import ring
+
+        client = self.doorbell_client()
+        return ring(client, self.cfg.queue, batch_ids) if client is not None else 0
+
+    def listener(self, batch_id: str):
+        """A subscription to a batch's doorbell (farm.fleet.doorbell.Listener)."""
+        from farm.fleet.doorbell import Listener
+
+        return Listener(self.doorbell_client(), self.cfg.queue, batch_id)
 
     def publish(self, groups: Iterable[tuple[str, list[int]]], *, priority: int = 0) -> int:
         """``groups``: (model, job ids) pairs; one message each."""
@@ -137,6 +163,11 @@ class Publisher:
         return BrokerLayout(self.app, self.cfg.queue).waiting(queues)
 
     def close(self) -> None:
+        if self._bell_connection is not None:
+            try:
+                self._bell_connection.release()
+            except Exception:  # noqa: BLE001
+                pass
         self.app.close()
 
 

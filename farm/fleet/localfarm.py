@@ -79,6 +79,12 @@ def redis_alive(cfg: Config) -> bool:
         return False
 
 
+def broker_running(cfg: Config) -> bool:
+    """Whether the broker is there without starting anything: a configured broker counts as
+    running (its clients connect or fail), the private one when its socket answers."""
+    return bool(cfg.broker_url) or redis_alive(cfg)
+
+
 def ensure_redis(cfg: Config, timeout: float = 15.0) -> str:
     """Start the private Redis if it is not running; return the broker URL."""
     if not cfg.uses_embedded_broker:

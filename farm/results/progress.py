@@ -28,12 +28,14 @@ def render_line(counts: dict[str, int], total: int, elapsed: float, width: int =
 def watch(counts_fn: Callable[[], dict[str, int]], total: int, *, stream: TextIO | None,
           interval: float = 0.25, timeout: float | None = None,
           clock: Callable[[], float] = time.monotonic,
-          check: Callable[[], Iterable[str]] | None = None, notices: TextIO | None = None) -> dict[str, int]:
+          check: Callable[[], Iterable[str]] | None = None, notices: TextIO | None = None,
+          sleep: Callable[[float], object] = time.sleep) -> dict[str, int]:
     """Poll until every job is in a terminal state (or ``timeout``); draw progress on ``stream``.
 
     ``check`` runs once per poll and returns lines to report (it may also repair what it finds);
     they go to ``notices`` (default: ``stream``), each on a line of its own, even between redraws
-    of a terminal's progress line.
+    of a terminal's progress line. ``sleep(interval)`` waits between polls; a doorbell's wait
+    (farm.fleet.doorbell) returns early when the batch moved.
     """
     started = clock()
     tty = bool(stream and hasattr(stream, "isatty") and stream.isatty())
@@ -65,7 +67,7 @@ def watch(counts_fn: Callable[[], dict[str, int]], total: int, *, stream: TextIO
                 last_line = ""
             notices.write(message + "\n")
             notices.flush()
-        time.sleep(interval)
+        sleep(interval)
 
 
 # -- is anything there to render it? ----------------------------------------------------------
