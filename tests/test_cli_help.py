@@ -5,6 +5,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from farm.cli import COMMANDS as LAZY
 from farm.cli import cli
 
 FOREGROUND = {"worker"}  # a long-running process, not a report
@@ -14,13 +15,37 @@ def leaves(command: click.Command, path: tuple[str, ...] = ()):
     if isinstance(command, click.Group):
         if path:
             yield path, command  # a group is a command too (`farm workers` lists the fleet)
-        for name, sub in sorted(command.commands.items()):
-            yield from leaves(sub, path + (name,))
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):  # the top group imports each command's module here
+            yield from leaves(command.get_command(ctx, name), path + (name,))
     else:
         yield path, command
 
 
 COMMANDS = list(leaves(cli))
+
+
+def test_the_lazy_command_table_names_what_each_module_registers():
+    import importlib
+    import pkgutil
+
+    import farm.cli as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name != "__main__":  # `python -m farm.cli`: it runs the CLI
+            importlib.import_module(f"farm.cli.{info.name}")
+    assert set(cli.commands) == set(LAZY)
+    assert all(cli.commands[name].callback.__module__ == f"farm.cli.{module}" for name, module in LAZY.items())
+
+
+def test_a_command_imports_only_its_own_module():
+    import subprocess
+    import sys
+
+    code = ("import sys; from farm.cli import cli; import click; cli.get_command(click.Context(cli), 'status'); "
+            "print(sorted(m for m in sys.modules if m.startswith('farm.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['farm.cli.status']"
 
 
 def test_the_walk_sees_every_command_group():

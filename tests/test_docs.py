@@ -41,7 +41,7 @@ def resolve(words: list[str]) -> list[click.Command]:
             if not isinstance(command, click.Group):
                 return commands  # the rest are arguments
             for alternative in word.split("|"):
-                sub = command.commands.get(alternative)
+                sub = command.get_command(click.Context(command), alternative)
                 if sub is None:
                     return []
                 nxt.append(sub)

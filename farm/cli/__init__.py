@@ -57,8 +57,31 @@ def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
+# command -> the module of farm/cli that defines it, imported when the command is asked for: a
+# command pays for its own imports only (`farm status` does not import the distillation's).
+# tests/test_cli_help.py checks this table against what the modules register.
+COMMANDS = {
+    "adapters": "adapters", "batches": "batches", "cancel": "batches", "retry": "batches", "pause": "batches",
+    "resume": "batches", "controlnets": "controlnets", "db": "db", "distill": "distill", "embeddings": "embeddings",
+    "jobs": "jobs", "reap": "maintenance", "reconcile": "maintenance", "models": "models", "recipes": "recipes",
+    "replay": "replay", "results": "results", "run": "run", "stats": "stats", "status": "status",
+    "submit": "submit", "workers": "workers", "worker": "workers", "up": "workers", "down": "workers",
+}
+
+
 class FarmGroup(click.Group):
-    """A click group that turns every error into one line and a stable exit status."""
+    """A click group that turns every error into one line and a stable exit status, and imports a
+    command's module only when that command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            import importlib
+
+            importlib.import_module(f"farm.cli.{COMMANDS[cmd_name]}")
+        return self.commands.get(cmd_name)
 
     def main(self, args=None, prog_name=None, **extra):
         try:
@@ -105,25 +128,3 @@ def cli(ctx: click.Context) -> None:
 
 def main() -> None:
     cli.main()
-
-
-# the commands register themselves on ``cli``: one module per command group
-from farm.cli import (  # noqa: E402,F401
-    adapters,
-    batches,
-    controlnets,
-    db,
-    distill,
-    embeddings,
-    jobs,
-    maintenance,
-    models,
-    recipes,
-    replay,
-    results,
-    run,
-    stats,
-    status,
-    submit,
-    workers,
-)
