@@ -19,8 +19,9 @@ Each row holds, per sample and then as a mean with a 95% bootstrap interval
 against the reference sample from the same noise, and, where the prompts are the tiny teacher's
 ("a red circle"), whether the image shows the prompt's colour and shape (``task_accuracy``). The
 ``floor`` row is the reference sampler again with *other* noise: the error of a sample that is right
-in distribution but unrelated to the noise (a sampler whose error reaches it has lost the pairing),
-and its task accuracy, like the reference's own (``ceiling``), bounds what a sampler can reach.
+in distribution but unrelated to the noise (a sampler whose error reaches it has lost the pairing);
+the reference's own task accuracy (``ceiling``) is what a sampler faithful to the teacher reaches (a
+distilled sampler can exceed it by drawing cleaner, less varied shapes).
 ``comparisons`` says, per step count, whether the LoRA beats each teacher sampler on the same
 samples (a paired bootstrap), and ``one_step_error`` is the LCM consistency function's estimate of
 x0 from points on the reference trajectories against their final latents.
