@@ -39,7 +39,10 @@ After a Ray Data pass (untimed) the benchmark waits for its actors to exit (a se
 teardown), so the next pass does not pay for it. Ray stays up, idle, during the farm's passes and the farm's workers
 stay up, idle, during Ray's.
 
-    .venv/bin/python bench/ray_data.py --images 256 --rounds 3 [--workers 2] [--actors 1] [--threads 2]
+    .venv/bin/python bench/ray_data.py --images 1024 --rounds 3 [--workers 2] [--actors 2] [--threads 1]
+
+Equal deployment by default: as many Ray actors as farm workers, one torch thread each, both
+writing PNGs with the farm's metadata.
 """
 
 from __future__ import annotations
@@ -88,12 +91,21 @@ class RenderActor:
         self.ready = time.time()  # wall clock: compared with the driver's, same machine
 
     def render(self, seeds: list[int], prefix: str = "") -> list[str]:
+        """One ``pipe()`` call; every image written with the metadata the farm writes (the A1111
+        parameters text and the JSON job record, through the farm's own encoder): the same cost."""
+        from engine.imaging import encode_png
+        from farm.jobs.spec import direct_spec
+        from farm.results.metadata import a1111_parameters, job_record, job_record_json
+
         images = self.pipe([self.prompt] * len(seeds), num_inference_steps=4, guidance_scale=1.0, width=64, height=64,
-                           generator=[self.torch.Generator().manual_seed(s) for s in seeds]).images
+                           generator=[self.torch.Generator().manual_seed(s) for s in seeds], output_type="np").images
         paths = []
         for seed, image in zip(seeds, images):
             path = self.out_dir / f"{prefix}{seed}.png"
-            image.save(path)
+            pixels = (image * 255).round().clip(0, 255).astype("uint8")
+            record = job_record(direct_spec(model="tiny-sd", seed=seed, prompt=self.prompt), job_id=None, batch=None,
+                                index=None, worker="ray", device="cpu", versions={})
+            path.write_bytes(encode_png(pixels, a1111_parameters(record), job_record_json(record)))
             paths.append(str(path))
         return paths
 
@@ -162,14 +174,16 @@ def ray_actors_images_per_s(pool, seeds: list[int]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="farm workers")
-    parser.add_argument("--actors", type=int, default=1, help="Ray actors")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="Ray actors (default: the farm's workers, the same deployment)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per Ray actor (cpus // actors)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ray_data.json"))
     args = parser.parse_args()
     cpus = os.cpu_count() or 1
+    args.actors = args.actors or args.workers
     threads = args.threads or max(1, cpus // args.actors)
     on_term = lambda *_: sys.exit(143)  # a killed run still runs the finally blocks: farm down, ray.shutdown()
     signal.signal(signal.SIGTERM, on_term)
