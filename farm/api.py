@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the ledger (sqlalchemy) is imported on first use, not with 
 
 FLEET_CHECK_S = 2.0  # how often a wait reads the workers table
 HEALTH_CHECK_S = 1.0  # how often a wait looks at the local farm it owns
+READ_GAP_S = 0.1  # a wait reads a large batch's counts at most this often, doorbell or not
 MAX_RESTARTS, RESTART_WINDOW_S = 5, 600.0  # more restarts than this in the window: give up
 
 
@@ -74,6 +75,13 @@ def _submitter() -> str:
         return ""
 
 
+def _registry_kind(entry) -> str:
+    from farm.models.catalog import AdapterEntry, ControlNetEntry, EmbeddingEntry, ModelEntry
+
+    return {ModelEntry: "model", AdapterEntry: "adapter", EmbeddingEntry: "embedding",
+            ControlNetEntry: "controlnet"}[type(entry)]
+
+
 def _exit_on_sigterm(signum, _frame):
     # the normal way out, so `with Farm.local(...)` and try/finally blocks stop what they started
     raise SystemExit(128 + signum)
@@ -100,6 +108,7 @@ class Farm:
         self._restarts: list[float] = []
         self._next_health_check = 0.0
         self._previous_sigterm = None
+        self._secret: bytes | None = None
 
     # -- building one ----------------------------------------------------------------------------
     @classmethod
@@ -107,6 +116,14 @@ class Farm:
         """The farm FARM_* describe (``env``'s FARM_* variables in place of this process's)."""
         environment = _environment(env)
         return cls(load_config(environment), env=environment)
+
+    @staticmethod
+    def remote(url: str, key: str, **options):
+        """A farm over its HTTP API (``farm serve``): the same methods for submitting, watching and
+        fetching, with no database or broker settings here (``farm.client.remote.RemoteFarm``)."""
+        from farm.client.remote import RemoteFarm
+
+        return RemoteFarm(url, key, **options)
 
     @classmethod
     def local(cls, home: str | os.PathLike | None = None, workers: int | None = None, devices: str | None = None,
@@ -218,21 +235,26 @@ class Farm:
             return None
         return self.ledger
 
-    def input_reader(self):
+    def input_reader(self, policy=None):
         """What reads a submission's input images (issue 13): files, s3:// objects, earlier jobs'
-        images (``job:ID``) and batches (``from_batch``); a ``farm.intake.images.InputReader``."""
+        images (``job:ID``), uploads (``input:<sha256>``) and batches (``from_batch``); a
+        ``farm.intake.images.InputReader``. ``policy`` (farm.tenancy.policy): what the submitter
+        may name (default: the operator, anything)."""
         from farm.intake.images import InputReader
+        from farm.tenancy.policy import OPERATOR
 
-        return InputReader(ledger=self._existing_ledger, s3_endpoint_url=self.config.s3_endpoint_url)
+        return InputReader(ledger=self._existing_ledger, s3_endpoint_url=self.config.s3_endpoint_url,
+                           policy=policy or OPERATOR, store_url=self.config.store_url)
 
     # -- submitting ----------------------------------------------------------------------------------
     def plan(self, prompt: str | None = None, *, file=None, spec=None, variants: int = 1, seed: int | None = None,
              seeds=None, model: str | None = None, recipe: str | None = None, steps=None, guidance=None, size=None,
              negative: str | None = None, adapters=(), decoder: str | None = None, wildcards=None,
              wildcard_mode: str | None = None, wildcard_count: int | None = None, priority: int = 0, rng=None,
-             from_batch: str | None = None, **job_fields) -> Plan:
+             from_batch: str | None = None, spec_data: dict | None = None, policy=None, **job_fields) -> Plan:
         """Validate and expand a submission without writing anything (the options of ``farm
-        submit``; ``spec`` is a spec file, ``wildcards`` a directory of __name__ lists). Axes:
+        submit``; ``spec`` is a spec file and ``spec_data`` its fields as a mapping, ``wildcards`` a
+        directory of __name__ lists; ``policy``: what the submitter may name, farm.tenancy.policy). Axes:
         ``steps="1-8"``, ``guidance=[1, 1.5]``, ``seeds="0-3"``, ``adapters=["toy:0.2,0.8"]``.
 
         Jobs that start from images (issue 13): ``kind``, ``init_image``, ``mask_image``,
@@ -244,7 +266,7 @@ class Farm:
             seed=seed, seeds=seeds, model=model, recipe=recipe, steps=steps, guidance=guidance, size=size,
             negative=negative, adapters=adapters, decoder=decoder, wildcard_dir=wildcards,
             wildcard_mode=wildcard_mode, wildcard_count=wildcard_count, priority=priority, rng=rng,
-            from_batch=from_batch, inputs=self.input_reader(), **job_fields)
+            from_batch=from_batch, inputs=self.input_reader(policy), spec_data=spec_data, **job_fields)
 
     def dry_run(self, prompt: str | None = None, *, force: bool = False, **options) -> dict:
         """What ``submit`` would do (``farm submit --dry-run --json``): jobs, renders, reuses, axes
@@ -270,8 +292,10 @@ class Farm:
         """Submit a spec file (.yaml or .json: prompts, axes, wildcards); ``overrides`` beat its fields."""
         return self.submit(spec=os.fspath(path), **overrides)
 
-    def submit_plan(self, planned: Plan, *, key: str | None = None, force: bool = False) -> SubmitResult:
-        """Record and enqueue a planned batch (one transaction, then its micro-batches of job ids)."""
+    def submit_plan(self, planned: Plan, *, key: str | None = None, force: bool = False,
+                    tenant: str = "local") -> SubmitResult:
+        """Record and enqueue a planned batch (one transaction, then its micro-batches of job ids).
+        ``tenant``: whose batch it is (the HTTP API's; this library is the operator, ``local``)."""
         store = None
         if planned.inputs or planned.datasets:  # issue 13: input images go to the store before the batch is recorded
             from farm.storage import open_store
@@ -279,11 +303,12 @@ class Farm:
             store = open_store(self.config.store_url, s3_endpoint_url=self.config.s3_endpoint_url)
         return submit(self.ledger, self.publisher, planned,
                       micro_batch=lambda spec: self.config.micro_batch_for(spec.family, spec.width, spec.height),
-                      key=check_idempotency_key(key), submitter=_submitter(), force=force, store=store)
+                      key=check_idempotency_key(key), submitter=_submitter(), force=force, store=store,
+                      tenant=tenant)
 
     # -- training (issue 14) --------------------------------------------------------------------------
     def plan_distill(self, teacher: str, data: str, name: str, *, seed: int | None = None, priority: int = 0,
-                     rng=None, **settings) -> Plan:
+                     rng=None, policy=None, **settings) -> Plan:
         """Validate a distillation (``farm distill``) without writing anything: the teacher, the
         name of the result, every example of ``data`` (a directory, ``s3://BUCKET/PREFIX`` or
         ``batch:ID``) and the settings (``steps``, ``rank``, ``skip``, ``guidance_range``,
@@ -306,7 +331,7 @@ class Farm:
         # the cheap checks first: a bad name or setting is refused before the dataset is read
         resolve_distill(request, entry, taken=set(catalog.adapters) | set(catalog.models),
                         data={}, captions=["-"], seed=0)
-        dataset = read_dataset(data, self.input_reader())
+        dataset = read_dataset(data, self.input_reader(policy))
         base_seed = seed if seed is not None else (rng or random.SystemRandom()).randrange(0, MAX_SEED // 2)
         spec = resolve_distill(request, entry, taken=set(catalog.adapters) | set(catalog.models),
                                data=dataset.record(), captions=dataset.captions, seed=base_seed)
@@ -374,9 +399,27 @@ class Farm:
             return lines
 
         bell = self._doorbell(batch)  # subscribed before the first read: no ring falls in between
+        last = {"at": 0.0, "left": total}
+
+        def read() -> dict[str, int]:
+            counts = self.ledger.batch_counts(batch)
+            last["at"], last["left"] = time.monotonic(), total - sum(counts[s] for s in states.TERMINAL)
+            return counts
+
+        def sleep(interval: float) -> None:
+            # every micro-batch rings: while more than one message's worth is left, read at most
+            # every READ_GAP_S (the waiter shares the machine with the workers it waits for); the
+            # last message's ring is answered at once
+            if last["left"] > self.config.micro_batch:
+                gap = READ_GAP_S - (time.monotonic() - last["at"])
+                if gap > 0:
+                    time.sleep(min(gap, interval))
+                    interval -= min(gap, interval)
+            bell.wait(interval)
+
         try:
-            counts = watch(lambda: self.ledger.batch_counts(batch), total, stream=stream, timeout=timeout,
-                           check=check, notices=stream or sys.stderr, sleep=bell.wait)
+            counts = watch(read, total, stream=stream, timeout=timeout, check=check, notices=stream or sys.stderr,
+                           sleep=sleep)
         finally:
             bell.close()
         if sum(counts[s] for s in states.TERMINAL) < total:
@@ -526,22 +569,27 @@ class Farm:
         return Requeued(batch, job_ids, messages)
 
     # -- registries (models, adapters, embeddings, ControlNets) ------------------------------------------
-    def register(self, entry):
-        """Register a model, adapter, embedding or ControlNet entry (``farm.models.registry``'s
-        ``model_entry`` and friends build one) after looking into its file: an s3:// source is
-        fetched once and its sha256 recorded; a file of another family or arch is refused and
-        nothing is registered. Returns the entry as recorded."""
+    def check_entry(self, entry):
+        """``entry`` as its file says (sha256, layout), refused when its name is taken or its file
+        is of another family or arch (an s3:// source is fetched once). Nothing is registered."""
         from farm.intake.files import checked_entry
-        from farm.models.catalog import AdapterEntry, ControlNetEntry, EmbeddingEntry, ModelEntry
 
-        what = {ModelEntry: "model", AdapterEntry: "adapter", EmbeddingEntry: "embedding",
-                ControlNetEntry: "controlnet"}[type(entry)]
+        what = _registry_kind(entry)
         catalog = self.catalog()
         known = {"model": catalog.models, "adapter": catalog.adapters, "embedding": catalog.embeddings,
                  "controlnet": catalog.controlnets}[what]
         if entry.name in known:  # before hashing a large file (the ledger checks again as it writes)
             raise ConflictError(f"{what} {entry.name} is already registered (remove it first)")
-        entry = checked_entry(entry, self.config)
+        return checked_entry(entry, self.config)
+
+    def register(self, entry, *, checked: bool = False):
+        """Register a model, adapter, embedding or ControlNet entry (``farm.models.registry``'s
+        ``model_entry`` and friends build one) after looking into its file (``check_entry``, unless
+        ``checked``): a file of another family or arch is refused and nothing is registered.
+        Returns the entry as recorded."""
+        what = _registry_kind(entry)
+        if not checked:
+            entry = self.check_entry(entry)
         add = {"model": self.ledger.add_model, "adapter": self.ledger.add_adapter,
                "embedding": self.ledger.add_embedding, "controlnet": self.ledger.add_controlnet}[what]
         add(entry)
@@ -655,3 +703,94 @@ class Farm:
         if not hasattr(store, "presigned_get"):
             raise InputError("store", f"{view.artifact.store_url} is a local store; presigned URLs need an s3:// store")
         return store.presigned_get(view.artifact.key, expires_s)
+
+    # -- sharing the farm: tenants and API keys (issue 23) ------------------------------------------------
+    def secret(self) -> bytes:
+        """The server secret API keys are hashed with: FARM_SECRET_KEY, the file FARM_SECRET_KEY_FILE
+        names, or ``<home>/secret.key`` (made on first use, readable by its owner only). `farm keys
+        create` and `farm serve` must share it."""
+        if self._secret is None:
+            self._secret = self._read_secret()
+        return self._secret
+
+    def _read_secret(self) -> bytes:
+        if self.config.secret_key:
+            return self.config.secret_key.encode()
+        path = self.config.secret_key_file or self.config.home / "secret.key"
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            if self.config.secret_key_file is not None:
+                raise InputError("FARM_SECRET_KEY_FILE", f"{path}: no such file") from None
+        import secrets as random_secrets
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            time.sleep(0.05)
+            return path.read_bytes().strip()
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(random_secrets.token_hex(32).encode())
+        return path.read_bytes().strip()
+
+    def create_key(self, tenant: str, scopes: str, *, expires: str | None = None, label: str = "") -> dict:
+        """A new API key for ``tenant`` (made if new) with ``scopes`` ("submit,read[,admin]"),
+        expiring after ``expires`` ("30d", "12h"; None: never). The key is in the answer once and
+        nowhere else: the ledger keeps its HMAC."""
+        from farm.models.names import check_name
+        from farm.tenancy.keys import new_key, parse_expiry, parse_scopes
+
+        tenant = check_name("tenant", tenant)
+        wanted = parse_scopes(scopes)
+        expires_at = parse_expiry(expires, datetime.now(timezone.utc))
+        if len(label) > 128:
+            raise InputError("label", "at most 128 characters")
+        made = new_key(self.secret())
+        info = self.ledger.add_key(prefix=made.prefix, key_hash=made.key_hash, tenant=tenant, scopes=wanted,
+                                   label=label, expires_at=expires_at)
+        return {"key": made.key, **info.as_dict()}
+
+    def keys(self, tenant: str | None = None) -> list[dict]:
+        """Every key (or ``tenant``'s), without the keys themselves."""
+        return [k.as_dict() for k in self.ledger.keys(tenant)]
+
+    def revoke_key(self, prefix: str) -> dict:
+        """Revoke a key by its prefix (``farm_<prefix>_...``): it stops working at once."""
+        return self.ledger.revoke_key(prefix).as_dict()
+
+    def authenticate(self, key: str):
+        """The ``farm.tenancy.keys.Principal`` a key stands for, or None for a key that is unknown,
+        wrong, revoked or expired (the caller answers all of them alike)."""
+        from farm.tenancy.keys import Principal, key_prefix, matches
+
+        prefix = key_prefix(key)
+        info = self.ledger.key(prefix) if prefix else None
+        if info is None or not matches(self.secret(), key, info.key_hash) or info.revoked_at is not None:
+            return None
+        now = datetime.now(timezone.utc)
+        if info.expires_at is not None and info.expires_at <= now:
+            return None
+        self.ledger.touch_key(prefix, now)
+        return Principal(info.tenant, frozenset(info.scopes), info.prefix)
+
+    def set_tenant(self, tenant: str, *, s3_prefixes: list[str] | None = None) -> dict:
+        """Make or change a tenant; ``s3_prefixes``: the s3://bucket/prefix/ it may name."""
+        from farm.models.names import check_name
+
+        tenant = check_name("tenant", tenant)
+        import re
+
+        for prefix in s3_prefixes or ():
+            if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/[^\s]*)?", prefix) or ".." in prefix.split("/"):
+                raise InputError("s3_prefix", f"{prefix!r}: expected s3://bucket/ or s3://bucket/prefix/")
+        return self.ledger.set_tenant(tenant, s3_prefixes=s3_prefixes).as_dict()
+
+    def tenant(self, tenant: str) -> dict:
+        """A tenant's settings and its keys (never the keys themselves)."""
+        from farm.errors import NotFound
+
+        info = self.ledger.tenant(tenant)
+        if info is None:
+            raise NotFound(f"no tenant {tenant!r}")
+        return {**info.as_dict(), "keys": self.keys(tenant)}

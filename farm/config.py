@@ -7,7 +7,7 @@ start with the variable's name.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlparse
@@ -55,6 +55,8 @@ class Config:
     io_threads: int = 2  # threads encoding and uploading images
     no_worker_warn_s: int = 30  # a wait says no live worker can render its batch after this long
     task_events: bool = False  # Celery task events from the start (a monitor such as Flower turns them on itself)
+    secret_key_file: Path | None = None  # the HMAC secret API keys are stored under (issue 23); None: <home>/secret.key
+    secret_key: str | None = field(default=None, repr=False)  # FARM_SECRET_KEY itself, where given
 
     @property
     def run_dir(self) -> Path:
@@ -231,4 +233,6 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         job_time_limit=time_limit, store_overlap=store_overlap, io_threads=io_threads,
         preview_decoders=tuple(preview_decoders), dtype=dtype, no_worker_warn_s=no_worker_warn_s,
         task_events=task_events,
+        secret_key_file=Path(env["FARM_SECRET_KEY_FILE"]).expanduser() if env.get("FARM_SECRET_KEY_FILE") else None,
+        secret_key=env.get("FARM_SECRET_KEY") or None,
     )

@@ -40,6 +40,10 @@ SEAMS = {
     "click": ("farm/cli/",),
     "celery": ("farm/fleet/dispatch.py",),
     "redis": ("farm/fleet/localfarm.py",),
+    "fastapi": ("farm/service/",),
+    "starlette": ("farm/service/",),
+    "uvicorn": ("farm/service/",),
+    "httpx": ("farm/client/",),
 }
 
 

@@ -39,6 +39,11 @@ def test_compose_services_and_variables():
     gpu = services["worker-gpu0"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and gpu["device_ids"] == ["0"]
     assert services["migrate"]["command"] == ["farm", "db", "upgrade"]
+    # the API is the only port published (issue 23): the broker, the ledger, the store and Flower
+    # stay on the compose network
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"api"}, published
+    assert services["api"]["command"][:2] == ["farm", "serve"]
     known = farm_variables_read()
     for name, service in services.items():
         env = service.get("environment") or {}

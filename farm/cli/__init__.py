@@ -32,11 +32,19 @@ class State:
     _farm: Farm | None = field(default=None, repr=False)
 
     @property
+    def remote(self) -> bool:
+        """FARM_URL and FARM_API_KEY name a farm's HTTP API: the commands go through it."""
+        return bool(os.environ.get("FARM_URL") and os.environ.get("FARM_API_KEY"))
+
+    @property
     def farm(self) -> Farm:
         if self._farm is None:
             from farm.api import Farm
 
-            self._farm = Farm(self.config)
+            if self.remote:
+                self._farm = Farm.remote(os.environ["FARM_URL"], os.environ["FARM_API_KEY"])
+            else:
+                self._farm = Farm(self.config)
         return self._farm
 
     def catalog(self):
@@ -66,6 +74,7 @@ COMMANDS = {
     "jobs": "jobs", "reap": "maintenance", "reconcile": "maintenance", "models": "models", "recipes": "recipes",
     "replay": "replay", "results": "results", "run": "run", "stats": "stats", "status": "status",
     "submit": "submit", "workers": "workers", "worker": "workers", "up": "workers", "down": "workers",
+    "serve": "serve", "keys": "keys", "tenants": "keys",
 }
 
 

@@ -41,6 +41,12 @@ def distill_cmd(state: State, teacher, data, name, as_json, priority, seed, full
     end (progress in `farm status --watch`, checkpoints in the store, resumed after a crash), then
     evaluates against the teacher and registers as an accelerator for the lcm-lora recipe."""
     farm = state.farm
+    if state.remote:  # FARM_URL: the server reads the dataset (batch:ID or an allowed s3:// prefix)
+        made = farm.distill_request(teacher, data, name, seed=seed, priority=priority, full=full or None,
+                                    **{k: v for k, v in settings.items() if v is not None})
+        emit_json(made) if as_json else click.echo(f"batch {made['batch']}: distilling {teacher} into {name} "
+                                                   f"({made['steps']} steps on {made['examples']} examples)")
+        return
     planned = farm.plan_distill(teacher, data, name, seed=seed, priority=priority, full=full,
                                 **{k: v for k, v in settings.items() if v is not None})
     result = farm.submit_plan(planned, force=True)

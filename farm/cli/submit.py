@@ -23,6 +23,9 @@ def submit_cmd(state: State, prompt, file, key, priority, force, dry_run, as_jso
     """Validate, expand and enqueue a batch (workers render it: see `farm up`)."""
     check_idempotency_key(key)
     farm = state.farm
+    if state.remote:  # FARM_URL: the server plans it; local images are uploaded first
+        _submit_remote(farm, prompt, file, key, priority, force, dry_run, as_json, options)
+        return
     planned = farm.plan(prompt, file=file, priority=priority, **options)
     for message in planned.warnings:
         warn(message)
@@ -43,3 +46,21 @@ def submit_cmd(state: State, prompt, file, key, priority, force, dry_run, as_jso
         seeds = "" if "seed" in planned.sweep.fields else f", base seed {result.base_seed}"
         click.echo(f"batch {result.batch}: {result.jobs} jobs {verb} ({result.to_render} to render, "
                    f"{result.reused} reused){seeds}")
+
+
+def _submit_remote(farm, prompt, file, key, priority, force, dry_run, as_json, options) -> None:
+    from farm.client.remote import request_body
+
+    body = request_body(prompt, upload=farm.upload, file=file, priority=priority, **options)
+    report = farm.submit_request(body, key=key, force=force, dry_run=dry_run)
+    for message in report.get("warnings") or ():
+        warn(message)
+    if as_json:
+        emit_json(report)
+    elif dry_run:
+        click.echo(f"{report['jobs']} jobs ({report['to_render']} to render, {report['reused']} reused); "
+                   f"axes {report['axes']}; ETA {report['eta']} on {report['workers']} worker(s)")
+    else:
+        verb = "submitted" if report["created"] else "exists (same key)"
+        click.echo(f"batch {report['batch']}: {report['jobs']} jobs {verb} ({report['to_render']} to render, "
+                   f"{report['reused']} reused), base seed {report['base_seed']}")

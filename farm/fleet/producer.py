@@ -57,24 +57,26 @@ def micro_batches(specs: list[JobSpec], job_ids: list[int], size) -> list[tuple[
 
 
 def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int, key: str | None = None,
-           submitter: str = "", force: bool = False, store=None) -> SubmitResult:
+           submitter: str = "", force: bool = False, store=None, tenant: str = "local") -> SubmitResult:
     """Write the planned batch (one transaction) and publish its micro-batches of job ids.
 
     A job whose digest already has a stored image is recorded as reused from it and not rendered,
     unless ``force``: re-submitting a sweep renders nothing, extending it renders the new cells.
     The input images the jobs start from go to ``store`` first (``inputs/<sha256>.png``, once).
+    ``tenant``: whose batch it is (issue 23); only its own images are reused.
     """
     check_idempotency_key(key)
     store_inputs(store, plan.inputs)
     for manifest_key, manifest in plan.datasets.items():  # after its images: it names them
         if not store.exists(manifest_key):
             store.put(manifest_key, manifest, "application/jsonl")
-    found = {} if force else ledger.reusable(s.digest for s in plan.specs)
+    found = {} if force else ledger.reusable((s.digest for s in plan.specs),
+                                             tenant=None if tenant == "local" else tenant)
     reuse = {i: found[spec.digest] for i, spec in enumerate(plan.specs) if spec.digest in found}
     new = ledger.create_batch(
         specs=plan.specs, spec=plan.record(), request_digest=plan.request_digest,
         base_seed=plan.base_seed, priority=plan.priority, submitter=submitter, idempotency_key=key,
-        axes=plan.axes, reuse=reuse, enqueued=publisher is not None,
+        axes=plan.axes, reuse=reuse, enqueued=publisher is not None, tenant=tenant,
     )
     result = SubmitResult(new.id, len(new.job_ids), new.created, plan.base_seed, new.job_ids, 0, plan.warnings)
     if not new.created:

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 
 from farm.errors import InputError, NotFound
 from farm.intake.images import InputReader
-from farm.jobs.datasets import MAX_EXAMPLES, METADATA_FILE, Dataset, caption_pairs
+from farm.jobs.datasets import MAX_EXAMPLES, METADATA_FILE, Dataset, caption_pairs, manifest_key, parse_manifest
 
 
 def _directory(source: str, reader: InputReader) -> list[tuple[str, str]]:
@@ -53,6 +53,30 @@ def _s3_prefix(source: str, reader: InputReader) -> list[tuple[str, str]]:
     return [(f"s3://{parsed.netloc}/{prefix}{name}", caption) for name, caption in caption_pairs(names, read_text, source)]
 
 
+def _uploaded(source: str, reader: InputReader) -> Dataset:
+    """A dataset uploaded before (``dataset:<sha256>`` of its manifest): its images are stored
+    already; a remote tenant names only its own uploads."""
+    sha256 = source[len("dataset:"):].strip()
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise InputError("data", "expected dataset:<sha256> as an upload returned it")
+    if reader.policy.remote and not reader.ledger("data", f"no dataset {sha256[:12]}").tenant_has_input(
+            reader.policy.tenant, sha256):
+        raise InputError("data", f"no dataset {sha256[:12]}")
+    if reader.store_url is None:
+        raise InputError("data", "uploaded datasets need the farm's store")
+    import hashlib
+
+    from farm.storage import open_store
+
+    try:
+        data = open_store(reader.store_url, s3_endpoint_url=reader.s3_endpoint_url).get(manifest_key(sha256))
+    except NotFound:
+        raise InputError("data", f"no dataset {sha256[:12]}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise InputError("data", f"the stored dataset {sha256[:12]} does not match its name")
+    return Dataset(source, parse_manifest(data), {})
+
+
 def _batch(source: str, reader: InputReader) -> list[tuple[str, str]]:
     refs = reader.batch_sources(source[len("batch:"):])
     return [(ref, reader.job("data", int(ref[len("job:"):])).spec.prompt) for ref in refs]
@@ -63,6 +87,9 @@ def read_dataset(source: object, reader: InputReader) -> Dataset:
     if not isinstance(source, str) or not source.strip():
         raise InputError("data", "expected a directory, s3://BUCKET/PREFIX or batch:ID")
     source = source.strip()
+    reader.policy.check_dataset(source)
+    if source.startswith("dataset:"):
+        return _uploaded(source, reader)
     if source.startswith("batch:"):
         pairs = _batch(source, reader)
     elif source.startswith("s3://"):

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from farm.errors import InputError, NotFound
 from farm.jobs.inputs import ReadImage, SourceJob, job_ref
 from farm.jobs.kinds import MAX_INPUT_BYTES
+from farm.tenancy.policy import OPERATOR, Policy
 
 if TYPE_CHECKING:
     from farm.results.artifacts import ArtifactReader
@@ -23,11 +24,16 @@ class InputReader:
     """Reads and checks input images for one submission (each reference once).
 
     ``ledger``: a function returning the farm's ledger, or None where there is none yet (a fresh
-    farm home, which holds no jobs); called only for ``job:`` references and ``--from-batch``."""
+    farm home, which holds no jobs); called only for ``job:`` references and ``--from-batch``.
+    ``policy`` (farm.tenancy.policy): what the submitter may name; a remote tenant's reader refuses
+    server paths and sees only its own jobs, batches and uploads. ``store_url``: where uploaded
+    inputs (``input:<sha256>``) live."""
 
     def __init__(self, *, ledger: Callable[[], object] | None = None, s3_endpoint_url: str | None = None,
-                 cwd: Path | None = None):
+                 cwd: Path | None = None, policy: Policy = OPERATOR, store_url: str | None = None):
         self._ledger = ledger
+        self.policy = policy
+        self.store_url = store_url
         self.s3_endpoint_url = s3_endpoint_url
         self.cwd = cwd or Path.cwd()
         self._read: dict[tuple, ReadImage] = {}
@@ -43,7 +49,8 @@ class InputReader:
 
     def job(self, field: str, job_id: int):
         if job_id not in self._jobs:
-            [view] = self.ledger(field, f"no job {job_id}").list_jobs(job_id=job_id) or [None]
+            [view] = self.ledger(field, f"no job {job_id}").list_jobs(job_id=job_id, tenant=self.policy.scope) \
+                or [None]
             if view is None:
                 raise InputError(field, f"no job {job_id}")
             self._jobs[job_id] = view
@@ -62,7 +69,8 @@ class InputReader:
         if not isinstance(batch, str) or not batch.strip():
             raise InputError("from_batch", "expected a batch id")
         try:
-            views = self.ledger("from_batch", f"no batch {batch!r}").list_jobs(batch_id=batch.strip())
+            views = self.ledger("from_batch", f"no batch {batch!r}").list_jobs(batch_id=batch.strip(),
+                                                                               tenant=self.policy.scope)
         except NotFound:
             views = []
         if not views:
@@ -77,6 +85,9 @@ class InputReader:
 
     # -- bytes ------------------------------------------------------------------------------------
     def read_bytes(self, field: str, ref: str) -> bytes:
+        self.policy.check_image(field, ref)
+        if ref.startswith("input:"):
+            return self._uploaded(field, ref[len("input:"):].strip())
         job_id = job_ref(field, ref)
         if job_id is not None:
             from farm.results.artifacts import ArtifactReader
@@ -117,6 +128,23 @@ class InputReader:
         except OSError as exc:
             raise InputError(field, f"{ref}: {exc.strerror}") from None
 
+    def _uploaded(self, field: str, sha256: str) -> bytes:
+        """An input image uploaded before (``input:<sha256>``), from the farm's store; a remote
+        tenant reads only its own uploads (another's answers as an unknown one does)."""
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise InputError(field, "expected input:<sha256> (64 hex digits) as an upload returned it")
+        if self.policy.remote and not self.ledger(field, f"no input {sha256[:12]}").tenant_has_input(
+                self.policy.tenant, sha256):
+            raise InputError(field, f"no input {sha256[:12]}")
+        if self.store_url is None:
+            raise InputError(field, "uploaded inputs need the farm's store")
+        from farm.results.artifacts import read_input
+
+        try:
+            return read_input(self.store_url, sha256, self.s3_endpoint_url)
+        except NotFound:
+            raise InputError(field, f"no input {sha256[:12]}") from None
+
     def image(self, field: str, ref: str, *, mask: bool = False, preprocess: str | None = None) -> ReadImage:
         """The checked, canonical image a reference names (read once per submission)."""
         key = (ref, mask, preprocess)
@@ -126,3 +154,12 @@ class InputReader:
             checked = check_image(field, self.read_bytes(field, ref), ref, mask=mask, preprocess=preprocess)
             self._read[key] = ReadImage(checked.sha256, checked.width, checked.height, checked.data)
         return self._read[key]
+
+
+def check_upload(field: str, data: bytes, *, mask: bool = False) -> ReadImage:
+    """An uploaded image checked as a submission's input is (decoded with the render engine's
+    limits, made a canonical PNG): what the HTTP API stores for ``input:<sha256>``."""
+    from engine.inputs import check_image  # PIL: the render engine decodes images
+
+    checked = check_image(field, data, "upload", mask=mask)
+    return ReadImage(checked.sha256, checked.width, checked.height, checked.data)

@@ -15,7 +15,7 @@ from farm.errors import InputError
 from farm.jobs.kinds import INPUT_FIELDS
 from farm.jobs.plan import Plan, plan
 from farm.jobs.spec import Catalog, JobRequest
-from farm.jobs.sweep import SpecFile, Sweep, is_axis, load_spec
+from farm.jobs.sweep import SpecFile, Sweep, is_axis, load_spec, spec_from_mapping
 from farm.jobs.sweep import group as sweep_group
 from farm.jobs.values import parse_float, parse_int, parse_size
 from farm.jobs.variants import PromptRow, expand_row_wildcards, read_prompt_file
@@ -93,11 +93,12 @@ def plan_submission(catalog: Catalog, default_model: str, *, prompt: str | None 
                     decoder: str | None = None, wildcard_dir: str | Path | None = None,
                     wildcard_mode: str | None = None, wildcard_count: int | None = None, priority: int = 0,
                     rng: random.Random | None = None, from_batch: str | None = None, inputs=None,
-                    **job_fields) -> Plan:
+                    spec_data: dict | None = None, **job_fields) -> Plan:
     """Validate and expand one submission into a ``Plan`` (what ``farm submit`` would write).
 
     Give exactly one source of prompts: ``prompt``, ``file`` (.txt, .csv or .jsonl) or
-    ``spec_file`` (.yaml or .json, with axes and wildcards). ``steps``, ``guidance`` and ``size``
+    ``spec_file`` (.yaml or .json, with axes and wildcards) or ``spec_data`` (the same fields as a
+    mapping: an API request's body). ``steps``, ``guidance`` and ``size``
     take a value or an axis (``"1-8"``, ``"1,1.5,2"``, a list); ``seeds`` is a seed axis instead of
     ``variants``; an adapter with several weights (``"toy:0.2,0.8"``) sweeps them. Options given
     here beat the spec file's fields. ``job_fields`` sets any other ``JobRequest`` field by name
@@ -116,6 +117,10 @@ def plan_submission(catalog: Catalog, default_model: str, *, prompt: str | None 
     if unknown:
         raise TypeError(f"plan_submission() got an unexpected keyword argument {unknown[0]!r}")
     spec = load_spec(str(spec_file), read_text("spec", str(spec_file))) if spec_file is not None else None
+    if spec_data is not None:
+        if spec is not None:
+            raise InputError("spec", "give a spec file or a spec's fields, not both")
+        spec = spec_from_mapping("request", spec_data)
     base = dict(spec.base) if spec else {}
     groups = []
 

@@ -166,6 +166,11 @@ def load_spec(name: str, text: str) -> SpecFile:
             raise InputError("spec", f"{name}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
     else:
         raise InputError("spec", f"{name}: a spec file is .yaml, .yml or .json")
+    return spec_from_mapping(name, data)
+
+
+def spec_from_mapping(name: str, data: object) -> SpecFile:
+    """A spec from its fields as a mapping (a parsed spec file, or the body of an API request)."""
     if not isinstance(data, dict):
         raise InputError("spec", f"{name}: expected a mapping at the top level")
     spec = SpecFile()

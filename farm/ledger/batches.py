@@ -24,7 +24,7 @@ class Batches(Database):
         self, *, specs: list[JobSpec], spec: dict, request_digest: str, base_seed: int,
         priority: int = 0, submitter: str = "", idempotency_key: str | None = None,
         axes: list[dict] | None = None, reuse: dict[int, tuple[int, ArtifactValue]] | None = None,
-        enqueued: bool = False,
+        enqueued: bool = False, tenant: str = "local",
     ) -> NewBatch:
         """Write a batch and all its jobs in one transaction (all or nothing).
 
@@ -35,9 +35,14 @@ class Batches(Database):
         submission, and none racing the workers' first claims); if that publish never happens,
         maintenance finds no message for them past its grace period and publishes them.
         With an idempotency key, the same key returns the existing batch; the same key with a
-        different request is a conflict.
+        different request is a conflict. Keys are the tenant's own: another tenant's same key is
+        another batch.
         """
         reuse = reuse or {}
+        if idempotency_key and tenant != "local":  # namespaced; the operator's keys are stored as given
+            import hashlib
+
+            idempotency_key = f"{tenant}/{hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]}"
         if idempotency_key:
             existing = self._batch_for_key(idempotency_key, request_digest)
             if existing:
@@ -52,7 +57,7 @@ class Batches(Database):
                     id=batch_id, created_at=now, submitter=submitter, idempotency_key=idempotency_key,
                     request_digest=request_digest, spec=spec, priority=priority,
                     model=specs[0].model, recipe=specs[0].recipe, base_seed=base_seed,
-                    job_count=len(specs), state=states.BATCH_ACTIVE,
+                    job_count=len(specs), state=states.BATCH_ACTIVE, tenant=tenant,
                 ))
                 rows = [
                     {"batch_id": batch_id, "index": i, **spec_columns(j),
@@ -115,17 +120,19 @@ class Batches(Database):
         with self.session() as s:
             s.execute(update(Job).where(Job.id.in_(ids)).values(enqueued_at=self.clock()))
 
-    def reusable(self, digests: Iterable[str]) -> dict[str, tuple[int, ArtifactValue]]:
-        """For each digest with a stored image: (the earliest such job, its artifact)."""
+    def reusable(self, digests: Iterable[str], tenant: str | None = None) -> dict[str, tuple[int, ArtifactValue]]:
+        """For each digest with a stored image: (the earliest such job, its artifact). With
+        ``tenant``, of that tenant's jobs only: reuse must not tell one tenant what another rendered."""
         wanted = list(dict.fromkeys(digests))
         found: dict[str, tuple[int, ArtifactValue]] = {}
         with self.session() as s:
             for start in range(0, len(wanted), 500):
-                rows = s.execute(
-                    select(Job.digest, Job.id, Artifact).join(Artifact, Artifact.job_id == Job.id)
-                    .where(Job.digest.in_(wanted[start:start + 500]), Job.state == states.SUCCEEDED)
-                    .order_by(Job.id)
-                ).all()
+                query = (select(Job.digest, Job.id, Artifact).join(Artifact, Artifact.job_id == Job.id)
+                         .where(Job.digest.in_(wanted[start:start + 500]), Job.state == states.SUCCEEDED)
+                         .order_by(Job.id))
+                if tenant is not None:
+                    query = query.join(Batch, Batch.id == Job.batch_id).where(Batch.tenant == tenant)
+                rows = s.execute(query).all()
                 for digest, job_id, a in rows:
                     found.setdefault(digest, (job_id, artifact_value(a)))
         return found

@@ -3,7 +3,7 @@
 One facade over modules by concern: ``schema`` (engine, sessions, migrations), ``batches``
 (submissions, reuse, batch control), ``lifecycle`` (claim, complete, fail, leases), ``fleet``
 (workers, locks), ``registry`` (models, adapters), ``training`` (training jobs' progress, checkpoints,
-results, issue 14) and ``queries`` (reporting). Values come out
+results, issue 14), ``tenants`` (tenants, API keys, uploaded inputs: issue 23) and ``queries`` (reporting). Values come out
 typed (``farm.ledger.values``); a job's spec meets its row only in ``farm.ledger.mapping``.
 """
 
@@ -15,11 +15,12 @@ from farm.ledger.lifecycle import Lifecycle
 from farm.ledger.queries import Queries
 from farm.ledger.registry import Registry
 from farm.ledger.schema import current_revision, head_revision, make_engine, upgrade, utcnow
+from farm.ledger.tenants import Tenants
 from farm.ledger.training import Trainings
 from farm.ledger.values import Claim, NewBatch
 
 
-class Ledger(Trainings, Batches, Lifecycle, Fleet, Registry, Queries):
+class Ledger(Trainings, Batches, Lifecycle, Fleet, Registry, Queries, Tenants):
     """``Ledger(url, clock=..., auto_migrate=True)``: every concern over one engine."""
 
 

@@ -95,7 +95,7 @@ def job_view(job: models.Job, attempt: models.Attempt | None, artifact: models.A
 def batch_info(row: models.Batch) -> BatchInfo:
     return BatchInfo(id=row.id, created_at=row.created_at, submitter=row.submitter or "", priority=row.priority,
                      model=row.model, recipe=row.recipe, base_seed=row.base_seed, job_count=row.job_count,
-                     state=row.state, spec=row.spec or {})
+                     state=row.state, spec=row.spec or {}, tenant=row.tenant or "local")
 
 
 def worker_info(row: models.Worker) -> WorkerInfo:

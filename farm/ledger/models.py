@@ -68,6 +68,9 @@ class Batch(Base):
     base_seed: Mapped[int] = mapped_column(BigInteger)
     job_count: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), default="active")  # active | paused
+    tenant: Mapped[str] = mapped_column(String(64), default="local", server_default="local")  # issue 23
+
+    __table_args__ = (Index("ix_batches_tenant_created", "tenant", "created_at"),)
 
 
 class Job(Base):
@@ -295,6 +298,46 @@ class RegisteredControlNet(Base):
     revision: Mapped[str | None] = mapped_column(String(64))
     sha256: Mapped[str | None] = mapped_column(String(64))
     layout: Mapped[str] = mapped_column(String(16), default="diffusers")  # or "single-file"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Tenant(Base):
+    """Who shares the farm (issue 23): the operator's CLI is ``local``."""
+
+    __tablename__ = "tenants"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    s3_prefixes: Mapped[list | None] = mapped_column(JSON)  # the s3:// prefixes the operator lets it name
+    quotas: Mapped[dict | None] = mapped_column(JSON)
+
+
+class ApiKey(Base):
+    """An API key: found by its public prefix, checked against an HMAC of the whole key (the key
+    itself is shown once and never stored)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.name"))
+    scopes: Mapped[str] = mapped_column(String(64))  # comma-separated: submit, read, admin
+    label: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class TenantInput(Base):
+    """An input image a tenant uploaded: its content id is usable by that tenant only."""
+
+    __tablename__ = "tenant_inputs"
+
+    tenant: Mapped[str] = mapped_column(String(64), ForeignKey("tenants.name"), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -15,10 +15,13 @@ from farm.ledger.values import AttemptStat, BatchSummary, JobView
 
 class Queries(Database):
     def list_jobs(self, batch_id: str | None = None, state: str | None = None, limit: int | None = None,
-                  job_id: int | None = None) -> list[JobView]:
-        """Jobs with their latest attempt's timings and their artifact, oldest first."""
+                  job_id: int | None = None, tenant: str | None = None) -> list[JobView]:
+        """Jobs with their latest attempt's timings and their artifact, oldest first; with
+        ``tenant``, of that tenant's batches only."""
         with self.session() as s:
             query = select(Job).order_by(Job.id)
+            if tenant is not None:
+                query = query.join(Batch, Batch.id == Job.batch_id).where(Batch.tenant == tenant)
             if job_id is not None:
                 query = query.where(Job.id == job_id)
             if batch_id:
@@ -39,9 +42,13 @@ class Queries(Database):
                          for t in s.scalars(select(Training).where(Training.job_id.in_(trained)))} if trained else {}
             return [job_view(j, attempts.get(j.id), artifacts.get(j.id), trainings.get(j.id)) for j in jobs]
 
-    def batches(self, limit: int = 50) -> list[BatchSummary]:
+    def batches(self, limit: int = 50, tenant: str | None = None) -> list[BatchSummary]:
+        """Recent batches, newest first; with ``tenant``, that tenant's only."""
         with self.session() as s:
-            batches = list(s.scalars(select(Batch).order_by(Batch.created_at.desc()).limit(limit)))
+            query = select(Batch).order_by(Batch.created_at.desc()).limit(limit)
+            if tenant is not None:
+                query = query.where(Batch.tenant == tenant)
+            batches = list(s.scalars(query))
             ids = [b.id for b in batches]
             counts: dict[str, dict[str, int]] = {i: {st: 0 for st in states.STATES} for i in ids}
             for batch_id, state, n in s.execute(select(Job.batch_id, Job.state, func.count())

@@ -95,6 +95,7 @@ class BatchInfo:
     job_count: int
     state: str
     spec: dict = field(default_factory=dict)  # the submission as given
+    tenant: str = "local"  # issue 23: whose batch it is
 
 
 @dataclass(frozen=True)

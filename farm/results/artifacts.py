@@ -10,11 +10,8 @@ from pathlib import Path
 
 from farm.errors import InfrastructureError
 from farm.ledger import Ledger
+from farm.results.gallery import output_name
 from farm.storage import open_store
-
-
-def output_name(index: int, seed: int) -> str:
-    return f"{index:05d}-{seed}.png"
 
 
 class ArtifactReader:

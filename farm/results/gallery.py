@@ -5,6 +5,11 @@ from __future__ import annotations
 import html
 
 
+def output_name(index: int, seed: int) -> str:
+    """The file name a batch's image gets when it is fetched (``00003-1234.png``: index, seed)."""
+    return f"{index:05d}-{seed}.png"
+
+
 def gallery_html(batch: str, items: list[tuple[str, dict]]) -> str:
     """``items``: (image file name relative to the page, job row from the ledger)."""
     cards = []
