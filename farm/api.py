@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the ledger (sqlalchemy) is imported on first use, not with 
 FLEET_CHECK_S = 2.0  # how often a wait reads the workers table
 HEALTH_CHECK_S = 1.0  # how often a wait looks at the local farm it owns
 READ_GAP_S = 0.1  # a wait reads a large batch's counts at most this often, doorbell or not
+KEY_TOUCH_S = 60.0  # how often this process records an API key's last use
 MAX_RESTARTS, RESTART_WINDOW_S = 5, 600.0  # more restarts than this in the window: give up
 
 
@@ -109,6 +110,7 @@ class Farm:
         self._next_health_check = 0.0
         self._previous_sigterm = None
         self._secret: bytes | None = None
+        self._touched: dict[str, float] = {}  # key prefix -> when this process last recorded its use
 
     # -- building one ----------------------------------------------------------------------------
     @classmethod
@@ -771,7 +773,10 @@ class Farm:
         now = datetime.now(timezone.utc)
         if info.expires_at is not None and info.expires_at <= now:
             return None
-        self.ledger.touch_key(prefix, now)
+        touched = self._touched.get(prefix, 0.0)
+        if time.monotonic() - touched >= KEY_TOUCH_S:  # a key's last use is written once a minute, not per request
+            self._touched[prefix] = time.monotonic()
+            self.ledger.touch_key(prefix, now)
         return Principal(info.tenant, frozenset(info.scopes), info.prefix)
 
     def set_tenant(self, tenant: str, *, s3_prefixes: list[str] | None = None) -> dict:

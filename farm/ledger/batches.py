@@ -99,6 +99,20 @@ class Batches(Database):
                 raise NotFound(f"no batch {batch_id!r}")
             return batch_info(batch)
 
+    def batch_status(self, batch_id: str) -> tuple[BatchInfo, dict[str, int]]:
+        """A batch and its counts per state, read in one session (the HTTP API's status route)."""
+        with self.session() as s:
+            batch = s.get(Batch, batch_id)
+            if batch is None:
+                raise NotFound(f"no batch {batch_id!r}")
+            rows = s.execute(
+                select(Job.state, func.count()).where(Job.batch_id == batch_id).group_by(Job.state)
+            ).all()
+            info = batch_info(batch)
+        counts = {state: 0 for state in states.STATES}
+        counts.update({state: n for state, n in rows})
+        return info, counts
+
     def batch_counts(self, batch_id: str) -> dict[str, int]:
         self.get_batch(batch_id)
         with self.session() as s:

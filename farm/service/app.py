@@ -137,8 +137,12 @@ def create_app(farm_api) -> FastAPI:
     @app.get("/v1/batches/{batch_id}", tags=["batches"], summary="A batch with its counts per state",
              responses=READS)
     def get_batch(batch_id: str = BATCH_ID, p: Principal = Depends(need("read"))) -> dict[str, Any]:
-        info = owned_batch(p, batch_id)
-        counts = ledger.batch_counts(batch_id)
+        try:
+            info, counts = ledger.batch_status(batch_id)
+        except NotFound:
+            info = None
+        if info is None or (not p.admin and info.tenant != p.tenant):
+            raise NotFound(f"no batch {batch_id!r}")
         return {"batch": info.id, "created_at": info.created_at.isoformat(), "state": info.state,
                 "priority": info.priority, "model": info.model, "recipe": info.recipe, "jobs": info.job_count,
                 "counts": counts, "done": sum(counts[s] for s in states.TERMINAL), "base_seed": info.base_seed,
