@@ -369,8 +369,17 @@ class Farm:
     # -- following ---------------------------------------------------------------------------------
     def status(self, batch: str) -> "BatchSummary":
         """The batch (``BatchInfo``) with its counts per state: a ``farm.ledger.BatchSummary``."""
+        from farm.errors import NotFound
         from farm.ledger import BatchSummary
 
+        if self._ledger is None:  # a fresh client (the CLI): SQLite read without SQLAlchemy where it can
+            from farm.ledger.quick import batch_summary
+
+            quick = batch_summary(self.config.database_url, batch)
+            if quick is False:
+                raise NotFound(f"no batch {batch!r}")
+            if quick is not None:
+                return quick
         info = self.ledger.get_batch(batch)
         counts = self.ledger.batch_counts(batch)
         return BatchSummary(info, counts, sum(counts[s] for s in states.TERMINAL))
@@ -479,6 +488,12 @@ class Farm:
 
     def batches(self, limit: int = 50) -> list["BatchSummary"]:
         """Recent batches, newest first (``farm.ledger.BatchSummary``: info, counts, done)."""
+        if self._ledger is None:  # a fresh client (the CLI): SQLite read without SQLAlchemy where it can
+            from farm.ledger.quick import recent_batches
+
+            quick = recent_batches(self.config.database_url, limit)
+            if quick is not None:
+                return quick
         return self.ledger.batches(limit)
 
     # -- results -------------------------------------------------------------------------------------

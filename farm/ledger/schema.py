@@ -8,7 +8,6 @@ SQLite (default) is migrated automatically on first use; PostgreSQL is migrated 
 from __future__ import annotations
 
 import fcntl
-import re
 import threading
 import time
 from contextlib import contextmanager
@@ -22,8 +21,7 @@ from sqlalchemy.exc import DisconnectionError, IntegrityError, OperationalError,
 from sqlalchemy.orm import Session, sessionmaker
 
 from farm.errors import ConflictError, InfrastructureError, NotFound
-
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+from farm.ledger.revisions import MIGRATIONS_DIR, head_from_files
 
 
 def utcnow() -> datetime:
@@ -98,24 +96,6 @@ def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
     return str(ScriptDirectory.from_config(alembic_config()).get_current_head())
-
-
-_REVISION = re.compile(r"""^(down_revision|revision)\s*=\s*['"]?([\w]+)['"]?""", re.MULTILINE)
-
-
-def head_from_files() -> str | None:
-    """The head revision read from the migration files' ``revision`` lines, without importing
-    Alembic (a quarter of a second at every CLI command's start); None if the files do not name
-    exactly one head, and Alembic decides."""
-    revisions, parents = set(), set()
-    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        found = dict(_REVISION.findall(path.read_text()))
-        if "revision" not in found:
-            return None
-        revisions.add(found["revision"])
-        parents.add(found.get("down_revision"))
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
 
 
 def stamped_revision(engine: Engine) -> str | None:
