@@ -119,7 +119,27 @@ class RemoteFarm:
     def distill(self, teacher: str, data: str, name: str, **options) -> str:
         return self.distill_request(teacher, data, name, **options)["batch"]
 
+    def upload_dataset(self, folder: str | os.PathLike) -> str:
+        """Upload a local dataset folder (NAME.png + NAME.txt, or a metadata.jsonl) as a tar; its
+        content id (``dataset:<sha256>``) for a distillation."""
+        import tarfile
+
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise InputError("data", f"{folder}: no such directory")
+        with tempfile.TemporaryFile() as handle:
+            with tarfile.open(fileobj=handle, mode="w") as tar:
+                for path in sorted(p for p in folder.iterdir() if p.is_file()):
+                    tar.add(path, arcname=path.name)
+            handle.seek(0)
+            return self._json("POST", "/v1/datasets", content=handle,
+                              headers={"Content-Type": "application/octet-stream"})["dataset"]
+
     def distill_request(self, teacher: str, data: str, name: str, **options) -> dict:
+        """``data``: ``batch:ID``, an s3:// prefix the tenant may read, ``dataset:<sha256>``, or a
+        local folder (uploaded first)."""
+        if not data.startswith(("batch:", "s3://", "dataset:")):
+            data = self.upload_dataset(data)
         body = {"teacher": teacher, "data": data, "name": name, **{k: v for k, v in options.items() if v is not None}}
         return self._json("POST", "/v1/distill", json=body)
 

@@ -275,7 +275,7 @@ def test_keys_are_stored_as_hashes_and_revoked_at_once(service, tenants):
     assert client.get("/v1/batches").status_code == 401  # at once: read on every request
 
 
-def test_the_remote_cli_needs_no_database_or_broker_settings(service, tenants, tmp_path):
+def test_the_remote_cli_needs_no_database_or_broker_settings(service, tenants, batches, tmp_path):
     """farm submit / status --watch / jobs list / results get / cancel / retry / models list over
     FARM_URL, from a directory with no farm home, and no FARM_* but the URL and the key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
@@ -308,9 +308,16 @@ def test_the_remote_cli_needs_no_database_or_broker_settings(service, tenants, t
     assert "retried" in json.loads(farm("retry", batch, "--json").stdout)
     assert "tiny-sd" in {m["name"] for m in json.loads(farm("models", "list", "--json").stdout)}
     assert batch in {b["batch"] for b in json.loads(farm("batches", "list", "--json").stdout)}
+    from engine.training.shapes import write_dataset
+
+    write_dataset(work / "shapes", 6, seed=4)  # a local folder: uploaded, then distilled from
+    distilling = json.loads(farm("distill", "--teacher", "tiny-sd", "--data", "shapes", "--name", "erins-lcm",
+                                 "--steps", "1", "--batch-size", "2", "--json").stdout)
+    assert distilling["examples"] == 6 and distilling["name"] == "erins-lcm"
+    farm("cancel", distilling["batch"], "--running")
     refused = farm("db", "current", check=False)
     assert refused.returncode == 2 and "remote farm" in refused.stderr and "Traceback" not in refused.stderr
-    other = farm("status", next(iter({b["batch"] for b in tenants["alice"].get("/v1/batches").json()})), check=False)
+    other = farm("status", batches["alice"], check=False)
     assert other.returncode == 2 and "no batch" in other.stderr  # another tenant's batch: as unknown
     assert not (work / ".farm").exists()  # nothing local was made: no ledger, no broker
 
