@@ -35,3 +35,11 @@ def test_grouping_and_errors():
         parse_since("yesterday", T0)
     assert parse_since("90m", T0) == T0 - timedelta(minutes=90)
     assert percentile([], 0.5) is None and percentile([4.0], 0.99) == 4.0
+
+
+def test_eta_from_the_rate_so_far():
+    from farm.results.progress import eta_seconds
+
+    assert eta_seconds(10, 30, 5.0) == 15.0  # 2 images/s, 30 left
+    assert eta_seconds(0, 30, 5.0) is None and eta_seconds(10, 30, 0.0) is None  # no rate yet
+    assert eta_seconds(10, 0, 5.0) == 0.0

@@ -4,6 +4,7 @@ batch-wide control (cancel, retry, pause, resume)."""
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from typing import Iterable
 
 from sqlalchemy import func, insert, select, update
@@ -99,19 +100,22 @@ class Batches(Database):
                 raise NotFound(f"no batch {batch_id!r}")
             return batch_info(batch)
 
-    def batch_status(self, batch_id: str) -> tuple[BatchInfo, dict[str, int]]:
-        """A batch and its counts per state, read in one session (the HTTP API's status route)."""
+    def batch_status(self, batch_id: str) -> tuple[BatchInfo, dict[str, int], datetime | None]:
+        """A batch, its counts per state and when its first job started rendering (for an ETA),
+        read in one session (the HTTP API's status route)."""
         with self.session() as s:
             batch = s.get(Batch, batch_id)
             if batch is None:
                 raise NotFound(f"no batch {batch_id!r}")
             rows = s.execute(
-                select(Job.state, func.count()).where(Job.batch_id == batch_id).group_by(Job.state)
+                select(Job.state, func.count(), func.min(Job.started_at)).where(Job.batch_id == batch_id)
+                .group_by(Job.state)
             ).all()
             info = batch_info(batch)
         counts = {state: 0 for state in states.STATES}
-        counts.update({state: n for state, n in rows})
-        return info, counts
+        counts.update({state: n for state, n, _ in rows})
+        starts = [started for _, _, started in rows if started is not None]
+        return info, counts, min(starts) if starts else None
 
     def batch_counts(self, batch_id: str) -> dict[str, int]:
         self.get_batch(batch_id)

@@ -10,6 +10,16 @@ from typing import Callable, Iterable, TextIO
 from farm.jobs import states
 
 
+def eta_seconds(succeeded: int, remaining: int, elapsed: float) -> float | None:
+    """Seconds left at the rate so far (images done / time since the first started); 0 when
+    nothing remains, None before a rate exists."""
+    if remaining <= 0:
+        return 0.0
+    if succeeded <= 0 or elapsed <= 0:
+        return None
+    return remaining * elapsed / succeeded
+
+
 def render_line(counts: dict[str, int], total: int, elapsed: float, width: int = 30) -> str:
     done = sum(counts.get(s, 0) for s in states.TERMINAL)
     filled = int(width * done / total) if total else width

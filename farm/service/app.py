@@ -138,15 +138,20 @@ def create_app(farm_api) -> FastAPI:
              responses=READS)
     def get_batch(batch_id: str = BATCH_ID, p: Principal = Depends(need("read"))) -> dict[str, Any]:
         try:
-            info, counts = ledger.batch_status(batch_id)
+            info, counts, first_started = ledger.batch_status(batch_id)
         except NotFound:
             info = None
         if info is None or (not p.admin and info.tenant != p.tenant):
             raise NotFound(f"no batch {batch_id!r}")
+        from farm.results.progress import eta_seconds
+
+        done = sum(counts[s] for s in states.TERMINAL)
+        elapsed = (datetime.now(timezone.utc) - first_started).total_seconds() if first_started else 0.0
+        eta = eta_seconds(counts[states.SUCCEEDED], info.job_count - done, elapsed)
         return {"batch": info.id, "created_at": info.created_at.isoformat(), "state": info.state,
                 "priority": info.priority, "model": info.model, "recipe": info.recipe, "jobs": info.job_count,
-                "counts": counts, "done": sum(counts[s] for s in states.TERMINAL), "base_seed": info.base_seed,
-                "tenant": info.tenant}
+                "counts": counts, "done": done, "base_seed": info.base_seed, "tenant": info.tenant,
+                "eta_s": None if eta is None else round(eta, 1)}
 
     @app.post("/v1/batches/{batch_id}/cancel", tags=["batches"], summary="Cancel queued (and running) jobs",
               responses=WRITES)

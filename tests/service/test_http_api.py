@@ -134,7 +134,7 @@ def test_two_tenants_submit_wait_and_download_verified_images(service, tenants, 
     for name, batch in batches.items():
         client = tenants[name]
         summary = client.get(f"/v1/batches/{batch}").json()
-        assert summary["counts"]["succeeded"] == 3 and summary["tenant"] == name
+        assert summary["counts"]["succeeded"] == 3 and summary["tenant"] == name and summary["eta_s"] == 0
         jobs = client.get(f"/v1/batches/{batch}/jobs").json()
         assert sorted(j["seed"] for j in jobs) == [1, 2, 3]
         for job in jobs:
