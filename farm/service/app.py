@@ -391,7 +391,7 @@ def _register_upload(farm_api, what: str, name: str, options: dict, handle) -> d
         checked = farm_api.check_entry(entry)  # header, family, arch, sha256: before anything is kept
         store = open_store(farm_api.config.store_url, s3_endpoint_url=farm_api.config.s3_endpoint_url)
         key = f"registry/{what}s/{checked.sha256}/{name}.safetensors"
-        store.put(key, path.read_bytes(), "application/octet-stream", metadata={"sha256": checked.sha256 or ""})
+        store.put_file(key, path, "application/octet-stream", metadata={"sha256": checked.sha256 or ""})
         from dataclasses import replace
 
         recorded = farm_api.register(replace(checked, source=object_uri(store, key)), checked=True)

@@ -32,6 +32,20 @@ class LocalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def put_file(self, key: str, path, content_type: str, metadata: dict[str, str] | None = None) -> None:
+        import shutil
+
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".part-", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle, open(path, "rb") as source:
+                shutil.copyfileobj(source, handle, 1 << 20)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
     def get(self, key: str) -> bytes:
         try:
             return self.path(key).read_bytes()

@@ -50,6 +50,16 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise InfrastructureError(f"upload of {key} to {self.url} failed: {exc}") from None
 
+    def put_file(self, key: str, path, content_type: str, metadata: dict[str, str] | None = None) -> None:
+        """Streamed in parts (boto3's managed transfer), each part checked by the server."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.upload_file(str(path), self.bucket, self._key(key),
+                                    ExtraArgs={"ContentType": content_type, "Metadata": metadata or {}})
+        except (BotoCoreError, ClientError) as exc:
+            raise InfrastructureError(f"upload of {key} to {self.url} failed: {exc}") from None
+
     def get(self, key: str) -> bytes:
         return self.get_raw(self._key(key))
 

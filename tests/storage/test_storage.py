@@ -44,3 +44,12 @@ def test_local_store_stays_inside_its_root(tmp_path):
     with pytest.raises(InputError):
         store.put("../outside.png", b"x", "image/png")
     assert not (tmp_path / "outside.png").exists()
+
+
+def test_put_file_streams_the_same_object_as_put(store, tmp_path):
+    source = tmp_path / "weights.safetensors"
+    source.write_bytes(bytes(range(256)) * 40_000)  # 10 MB, past boto3's multipart threshold (8 MB)
+    store.put_file("registry/a/w.safetensors", source, "application/octet-stream", metadata={"sha256": "x"})
+    assert store.get("registry/a/w.safetensors") == source.read_bytes()
+    store.put_file("registry/a/w.safetensors", source, "application/octet-stream")  # overwrite in place
+    assert store.exists("registry/a/w.safetensors")
