@@ -27,7 +27,7 @@ from typing import Collection
 from engine.training.settings import DataError
 from farm.errors import ConflictError, InputError
 from farm.jobs import states
-from farm.jobs.datasets import manifest_key, parse_manifest
+from farm.jobs.datasets import manifest_key, verified_manifest
 from farm.jobs.training import RESULT_FILE, checkpoint_key, result_key
 from farm.ledger import Artifact, Claim, Completion
 from farm.models.catalog import AdapterEntry, ModelEntry
@@ -76,10 +76,7 @@ class StoredExamples:
 
 def manifest_rows(store, manifest_sha256: str) -> list[tuple[str, str]]:
     """The dataset's (image sha256, caption) rows, the manifest verified by its sha256."""
-    data = store.get(manifest_key(manifest_sha256))
-    if hashlib.sha256(data).hexdigest() != manifest_sha256:
-        raise InputError("data", f"the stored dataset {manifest_sha256[:12]} does not match its name")
-    return parse_manifest(data)
+    return verified_manifest(manifest_sha256, store.get(manifest_key(manifest_sha256)))
 
 
 def load_examples(runner, store, manifest_sha256: str, held_out: Collection[str] = ()) -> StoredExamples:

@@ -9,7 +9,8 @@ from urllib.parse import urlparse
 
 from farm.errors import InputError, NotFound
 from farm.intake.images import InputReader
-from farm.jobs.datasets import MAX_EXAMPLES, METADATA_FILE, Dataset, caption_pairs, manifest_key, parse_manifest
+from farm.jobs.datasets import MAX_EXAMPLES, METADATA_FILE, Dataset, caption_pairs, manifest_key, verified_manifest
+from farm.jobs.values import is_sha256
 
 
 def _directory(source: str, reader: InputReader) -> list[tuple[str, str]]:
@@ -57,24 +58,20 @@ def _uploaded(source: str, reader: InputReader) -> Dataset:
     """A dataset uploaded before (``dataset:<sha256>`` of its manifest): its images are stored
     already; a remote tenant names only its own uploads."""
     sha256 = source[len("dataset:"):].strip()
-    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+    if not is_sha256(sha256):
         raise InputError("data", "expected dataset:<sha256> as an upload returned it")
     if reader.policy.remote and not reader.ledger("data", f"no dataset {sha256[:12]}").tenant_has_input(
             reader.policy.tenant, sha256):
         raise InputError("data", f"no dataset {sha256[:12]}")
     if reader.store_url is None:
         raise InputError("data", "uploaded datasets need the farm's store")
-    import hashlib
-
     from farm.storage import open_store
 
     try:
         data = open_store(reader.store_url, s3_endpoint_url=reader.s3_endpoint_url).get(manifest_key(sha256))
     except NotFound:
         raise InputError("data", f"no dataset {sha256[:12]}") from None
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise InputError("data", f"the stored dataset {sha256[:12]} does not match its name")
-    return Dataset(source, parse_manifest(data), {})
+    return Dataset(source, verified_manifest(sha256, data), {})
 
 
 def _batch(source: str, reader: InputReader) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from farm.errors import InputError, NotFound
 from farm.jobs.inputs import ReadImage, SourceJob, job_ref
 from farm.jobs.kinds import MAX_INPUT_BYTES
+from farm.jobs.values import is_sha256
 from farm.tenancy.policy import OPERATOR, Policy
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class InputReader:
     def _uploaded(self, field: str, sha256: str) -> bytes:
         """An input image uploaded before (``input:<sha256>``), from the farm's store; a remote
         tenant reads only its own uploads (another's answers as an unknown one does)."""
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        if not is_sha256(sha256):
             raise InputError(field, "expected input:<sha256> (64 hex digits) as an upload returned it")
         if self.policy.remote and not self.ledger(field, f"no input {sha256[:12]}").tenant_has_input(
                 self.policy.tenant, sha256):

@@ -65,6 +65,13 @@ def parse_manifest(data: bytes) -> list[tuple[str, str]]:
     return [(row["image"], row["caption"]) for row in map(json.loads, data.decode().splitlines()) if row]
 
 
+def verified_manifest(sha256: str, data: bytes) -> list[tuple[str, str]]:
+    """The (image sha256, caption) rows of a stored manifest, checked against the name it is stored by."""
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise InputError("data", f"the stored dataset {sha256[:12]} does not match its name")
+    return parse_manifest(data)
+
+
 def _caption(where: str, text: str) -> str:
     caption = " ".join(text.split())
     if not caption:

@@ -8,6 +8,11 @@ import math
 from farm.errors import InputError
 
 
+def is_sha256(text: str) -> bool:
+    """64 lowercase hex digits: a content id as the farm writes it."""
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def parse_int(field_name: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool):
         raise InputError(field_name, f"expected an integer, got {value!r}")

@@ -77,14 +77,20 @@ def create_app(farm_api) -> FastAPI:
         tenant = ledger.tenant(p.tenant)
         return Policy(tenant=p.tenant, remote=True, s3_prefixes=tuple(tenant.s3_prefixes) if tenant else ())
 
-    def owned_batch(p: Principal, batch_id: str):
+    def owned(p: Principal, batch_id: str, read):
+        """``read(batch_id)`` (its first value a BatchInfo) if the key may see that batch; another
+        tenant's batch answers as an unknown one."""
         try:
-            info = ledger.get_batch(batch_id)
+            found = read(batch_id)
         except NotFound:
-            info = None
+            found = None
+        info = found[0] if isinstance(found, tuple) else found
         if info is None or (not p.admin and info.tenant != p.tenant):
-            raise NotFound(f"no batch {batch_id!r}")  # another tenant's answers as an unknown one
-        return info
+            raise NotFound(f"no batch {batch_id!r}")
+        return found
+
+    def owned_batch(p: Principal, batch_id: str):
+        return owned(p, batch_id, ledger.get_batch)
 
     def owned_job(p: Principal, job_id: int):
         [view] = ledger.list_jobs(job_id=job_id, tenant=scope(p)) or [None]
@@ -137,12 +143,7 @@ def create_app(farm_api) -> FastAPI:
     @app.get("/v1/batches/{batch_id}", tags=["batches"], summary="A batch with its counts per state",
              responses=READS)
     def get_batch(batch_id: str = BATCH_ID, p: Principal = Depends(need("read"))) -> dict[str, Any]:
-        try:
-            info, counts, first_started = ledger.batch_status(batch_id)
-        except NotFound:
-            info = None
-        if info is None or (not p.admin and info.tenant != p.tenant):
-            raise NotFound(f"no batch {batch_id!r}")
+        info, counts, first_started = owned(p, batch_id, ledger.batch_status)
         from farm.results.progress import eta_seconds
 
         done = sum(counts[s] for s in states.TERMINAL)
