@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
 from farm.cli import State, cli, emit_json
-from farm.errors import InputError
+from farm.jobs.values import parse_duration as parse_duration_in
 
 
 @cli.group("results")
@@ -51,13 +50,7 @@ MAX_URL_EXPIRY_S = 7 * 24 * 3600  # S3's own ceiling for presigned URLs
 
 
 def parse_duration(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text or "")
-    if not match:
-        raise InputError("expires", f"expected a duration such as 15m, 2h or 900, got {text!r}")
-    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    if not 1 <= seconds <= MAX_URL_EXPIRY_S:
-        raise InputError("expires", f"{text} is outside 1s..7d")
-    return seconds
+    return parse_duration_in("expires", text, 1, MAX_URL_EXPIRY_S, examples="15m, 2h or 900", bounds="1s..7d")
 
 
 @results_group.command("url")

@@ -8,6 +8,19 @@ import math
 from farm.errors import InputError
 
 
+def parse_duration(field_name: str, text: object, lo_s: int, hi_s: int, *, examples: str, bounds: str) -> int:
+    """``900``, ``15m``, ``2h``, ``30d`` in seconds, within ``lo_s..hi_s`` (``bounds`` says so in words)."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", str(text or ""))
+    if not match:
+        raise InputError(field_name, f"expected a duration such as {examples}, got {text!r}")
+    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+    if not lo_s <= seconds <= hi_s:
+        raise InputError(field_name, f"{text} is outside {bounds}")
+    return seconds
+
+
 def is_sha256(text: str) -> bool:
     """64 lowercase hex digits: a content id as the farm writes it."""
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)

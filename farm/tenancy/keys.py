@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from farm.errors import InputError
+from farm.jobs.values import parse_duration
 
 SCOPES = ("submit", "read", "admin")
 KEY_RE = re.compile(r"^farm_([a-z0-9]{8})_([A-Za-z0-9_-]{43})$")
-DURATION_RE = re.compile(r"^(\d+)\s*([smhd]?)$")
 MAX_EXPIRY = timedelta(days=3650)
 
 
@@ -77,10 +77,6 @@ def parse_expiry(text: object, now: datetime) -> datetime | None:
     """``30d``, ``12h``, ``15m``, ``900`` (seconds) from ``now``; None or "never" for no expiry."""
     if text is None or (isinstance(text, str) and text.strip().lower() == "never"):
         return None
-    match = DURATION_RE.match(str(text).strip().lower())
-    if not match:
-        raise InputError("expires", f"expected a duration such as 30d, 12h or 900, got {text!r}")
-    seconds = int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-    if not 60 <= seconds <= MAX_EXPIRY.total_seconds():
-        raise InputError("expires", f"{text} is outside 1m..3650d")
+    seconds = parse_duration("expires", str(text).strip().lower(), 60, int(MAX_EXPIRY.total_seconds()),
+                             examples="30d, 12h or 900", bounds="1m..3650d")
     return now + timedelta(seconds=seconds)

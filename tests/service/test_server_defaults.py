@@ -32,3 +32,21 @@ def test_farm_serve_refuses_in_one_line(tmp_path, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("error: host: 0.0.0.0 is not a loopback address")
     half = CliRunner().invoke(cli, ["serve", "--tls-cert", __file__])
     assert half.exit_code == 2 and "give both --tls-cert and --tls-key" in half.stderr
+
+
+def test_key_scopes_and_expiry_parse_in_one_line():
+    from datetime import datetime, timedelta, timezone
+
+    from farm.tenancy.keys import key_prefix, new_key, parse_expiry, parse_scopes
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    assert parse_expiry("30d", now) - now == timedelta(days=30) and parse_expiry("never", now) is None
+    assert parse_expiry("12H", now) - now == timedelta(hours=12)
+    for bad, words in (("5s", "outside 1m..3650d"), ("soon", "expected a duration")):
+        with pytest.raises(InputError, match=words):
+            parse_expiry(bad, now)
+    assert parse_scopes("submit, read") == {"submit", "read"}
+    with pytest.raises(InputError, match="unknown scope 'root'"):
+        parse_scopes("read,root")
+    made = new_key(b"secret")
+    assert key_prefix(made.key) == made.prefix and key_prefix(made.key + "x") is None
