@@ -54,3 +54,22 @@ def test_without_a_broker_the_listener_sleeps_and_ringing_sends_nothing():
 
     assert ring(Broken(), "q", ["b"]) == 0  # best-effort: never raises into the work that rang
     assert channel("farm", "abc") == "farm.doorbell.abc"
+
+
+def test_a_wait_on_a_stopped_local_farm_starts_no_broker(tmp_path, monkeypatch):
+    """Waiting on a finished batch of a farm home whose private Redis is down answers from the
+    ledger alone: the doorbell is skipped, nothing is started to listen."""
+    import farm
+    from farm.fleet.localfarm import redis_alive
+
+    monkeypatch.delenv("FARM_BROKER_URL", raising=False)
+    client = farm.Farm.connect({"FARM_HOME": str(tmp_path / "home")})
+    try:
+        planned = client.plan("a red circle", model="tiny-sd", seeds="1-2")
+        made = client.ledger.create_batch(specs=planned.specs, spec=planned.record(), request_digest="d",
+                                          base_seed=1, axes=planned.axes)
+        client.cancel(made.id)
+        assert client.wait(made.id, timeout=5)["cancelled"] == 2
+        assert not redis_alive(client.config) and client._publisher is None
+    finally:
+        client.close()
