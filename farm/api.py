@@ -303,7 +303,9 @@ class Farm:
             from farm.storage import open_store
 
             store = open_store(self.config.store_url, s3_endpoint_url=self.config.s3_endpoint_url)
-        return submit(self.ledger, self.publisher, planned,
+        # fair share: the dispatcher publishes, late and in fair order (farm.fleet.dispatcher)
+        publisher = self.publisher if self.config.scheduler == "fifo" else None
+        return submit(self.ledger, publisher, planned,
                       micro_batch=lambda spec: self.config.micro_batch_for(spec.family, spec.width, spec.height),
                       key=check_idempotency_key(key), submitter=_submitter(), force=force, store=store,
                       tenant=tenant)
@@ -582,6 +584,9 @@ class Farm:
         return self._requeued(batch, self.ledger.set_batch_state(batch, states.BATCH_ACTIVE))
 
     def _requeued(self, batch: str, job_ids: list[int]) -> Requeued:
+        if self.config.scheduler == "fair":  # the dispatcher publishes them in fair order
+            self.ledger.unpublish(job_ids)
+            return Requeued(batch, job_ids, 0)
         messages = republish(self.ledger, self.publisher, job_ids, micro_batch=self.config.micro_batch) if job_ids else 0
         return Requeued(batch, job_ids, messages)
 

@@ -57,6 +57,11 @@ class Config:
     task_events: bool = False  # Celery task events from the start (a monitor such as Flower turns them on itself)
     secret_key_file: Path | None = None  # the HMAC secret API keys are stored under (issue 23); None: <home>/secret.key
     secret_key: str | None = field(default=None, repr=False)  # FARM_SECRET_KEY itself, where given
+    # issue 24: "fifo" publishes a batch's micro-batches when it is submitted (one tenant, or
+    # tenants that trust each other); "fair" leaves them to the dispatcher, which publishes a few
+    # ahead of each worker in weighted fair order between tenants
+    scheduler: str = "fifo"
+    dispatch_ahead: int = 1  # micro-batches waiting at each worker beyond the one it renders
 
     @property
     def run_dir(self) -> Path:
@@ -195,6 +200,10 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         if not ok:
             raise ConfigError("FARM_RENDERER", f"expected diffusion or sleep:SECONDS, got {renderer!r}")
     maintenance = _int(env, "FARM_MAINTENANCE_S", 10, 1, 3600)
+    scheduler = (env.get("FARM_SCHEDULER") or "fifo").lower()
+    if scheduler not in ("fifo", "fair"):
+        raise ConfigError("FARM_SCHEDULER", f"expected fifo or fair, got {scheduler!r}")
+    dispatch_ahead = _int(env, "FARM_DISPATCH_AHEAD", 1, 1, 16)
     time_limit = _int(env, "FARM_JOB_TIME_LIMIT", 900, 1, 24 * 3600)
     store_overlap = _int(env, "FARM_STORE_OVERLAP", 1, 0, 1) == 1
     io_threads = _int(env, "FARM_IO_THREADS", 2, 1, 64)
@@ -235,4 +244,5 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         task_events=task_events,
         secret_key_file=Path(env["FARM_SECRET_KEY_FILE"]).expanduser() if env.get("FARM_SECRET_KEY_FILE") else None,
         secret_key=env.get("FARM_SECRET_KEY") or None,
+        scheduler=scheduler, dispatch_ahead=dispatch_ahead,
     )

@@ -47,6 +47,12 @@ class ConflictError(FarmError):
     exit_code = 2
 
 
+class QuotaExceeded(FarmError):
+    """A submission would take a tenant past one of its quotas (issue 24); nothing was written."""
+
+    exit_code = 4
+
+
 class InfrastructureError(FarmError):
     """The broker, the database or the store failed; retrying later may succeed."""
 

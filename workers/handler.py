@@ -84,6 +84,7 @@ class Handler:
         self._lock = threading.Lock()
         self.last_activity = time.monotonic()  # the last message this worker took or finished
         self.rendered_unreported = 0
+        self.busy_ms = 0.0  # time in pipeline calls that rendered (reported with heartbeats)
         self.hang_deadline: float | None = None  # monotonic time past which a render counts as hung
         self.store_deadline: float | None = None  # ... and past which the images being stored do
         self.pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="farm-io")
@@ -133,10 +134,11 @@ class Handler:
         farm's overhead."""
         with self._lock:
             rendered, self.rendered_unreported = self.rendered_unreported, 0
+            busy_ms = self.busy_ms
         current = next(iter(self.current), None)
         models, adapters = self.runner.resident_models(), self.runner.resident_adapters()
         self.ledger.heartbeat(self.worker, resident_models=models, resident_adapters=adapters, rendered=rendered,
-                              current_job=current)
+                              current_job=current, busy_ms=busy_ms)
         if self.metrics:
             self.metrics.resident(len(models), len(adapters))
 
@@ -216,6 +218,8 @@ class Handler:
             self.metrics.observe({}, None, rendered.batch_size)
         shared_ms = (time.perf_counter() - started) * 1000
         n = len(group)
+        with self._lock:  # the worker's own count of its busy time, against which tenants' GPU
+            self.busy_ms += shared_ms  # time is checked (issue 24); each job is charged shared_ms / n
         # shared stages amortised over the images; a peak (memory) is the call's, not divided
         per_image = {k: v / n if k.endswith("_ms") else v for k, v in rendered.timings.items()}
         self.wait_for_stores()  # the previous micro-batch's images: one batch of pixels in flight
@@ -400,6 +404,7 @@ class Handler:
             timings["upload_ms"] = (uploaded - encoded) * 1000
             timings["queue_wait_ms"] = _ms_between(claim.started_at, claim.queued_at)
             timings["total_ms"] = render_ms + (uploaded - started) * 1000
+            timings["gpu_ms"] = render_ms  # its share of the pipeline call: what its tenant is charged
             artifact = Artifact(store_url=self.store.url, key=key, sha256=digest, bytes=len(png),
                                 width=spec.width, height=spec.height, content_type="image/png")
             return Completion(claim.job_id, claim.token, artifact, timings, batch_size, environment)

@@ -19,9 +19,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ["FARM_WORKER_NAME"] = args.name
 
+    from farm.fleet.dispatcher import worker_queue
     from workers.app import app, config
 
+    # its models' queues, and its own: where the fair-share dispatcher puts what it gives this worker
     queues = args.queues or f"{config.queue}.{config.default_model}"
+    queues = f"{queues},{worker_queue(config.queue, args.name)}"
     os.environ["FARM_QUEUES"] = queues  # what it consumes from the start
     app.worker_main([
         "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",

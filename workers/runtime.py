@@ -91,7 +91,8 @@ def build(config: Config, settings: WorkerSettings) -> Runtime:
     warm_up_encoding()  # registered below as active: ready for its first image
     versions = library_versions()
     prefix = f"{config.queue}."
-    served = ["*"] if settings.serve_all_models else [q[len(prefix):] for q in settings.queues if q.startswith(prefix)]
+    served = ["*"] if settings.serve_all_models else [q[len(prefix):] for q in settings.queues
+                                                      if q.startswith(prefix) and not q.startswith(prefix + "@")]
     ledger.register_worker(name=name, host=socket.gethostname(), pid=os.getpid(), device=device,
                            gpu_name=gpu_name, versions=versions, models=served or ["*"])
     draining = threading.Event()
@@ -113,6 +114,11 @@ def build(config: Config, settings: WorkerSettings) -> Runtime:
     runtime = Runtime(config, settings, name, device, ledger, handler, renderer, threading.Event(), draining)
     runtime_ref["runtime"] = runtime
     threading.Thread(target=_background, args=(runtime,), name="farm-heartbeat", daemon=True).start()
+    if config.scheduler == "fair":  # every worker stands by to dispatch; the lock's holder does
+        from farm.fleet.dispatcher import Dispatcher
+
+        dispatcher = Dispatcher(ledger, Publisher(config, broker_url_for(config)), config, holder=name)
+        threading.Thread(target=dispatcher.run, args=(runtime.stop,), name="farm-dispatch", daemon=True).start()
     return runtime
 
 

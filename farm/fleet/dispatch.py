@@ -154,6 +154,25 @@ class Publisher:
             raise InfrastructureError(f"cannot publish to the broker: {exc}") from None
         return sent
 
+    def publish_to(self, queue: str, job_ids: list[int], *, priority: int = 0) -> None:
+        """One message to a named queue (the fair-share dispatcher's, to one worker's own queue)."""
+        try:
+            with self.app.producer_or_acquire() as producer:
+                self.app.send_task(RENDER_TASK, args=[list(job_ids)], queue=queue, priority=broker_priority(priority),
+                                   producer=producer, retry=True,
+                                   retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
+                                                 "interval_max": 2})
+        except Exception as exc:  # kombu raises many transport-specific errors
+            raise InfrastructureError(f"cannot publish to the broker: {exc}") from None
+
+    def waiting_each(self, queues) -> dict[str, int]:
+        """Messages waiting in each of these queues, every priority level counted."""
+        return BrokerLayout(self.app, self.cfg.queue).waiting_each(queues)
+
+    def drop_queues(self, queues) -> int:
+        """Delete these queues' waiting messages (every priority level); how many there were."""
+        return BrokerLayout(self.app, self.cfg.queue).drop(queues)
+
     def job_ids_in_broker(self, stale_after_s: float = 30.0) -> set[int]:
         """Every job id some message in the broker still carries (see ``BrokerLayout``)."""
         return BrokerLayout(self.app, self.cfg.queue).job_ids(stale_after_s)
@@ -226,13 +245,41 @@ class BrokerLayout:
             raise InfrastructureError(f"cannot read the broker: {exc}") from None
         return ids
 
+    @staticmethod
+    def _levels(queue: str) -> list[str]:
+        return [queue if level == 0 else f"{queue}{KOMBU_SEP}{level}" for level in range(MAX_PRIORITY + 1)]
+
     def waiting(self, queues) -> int:
         """Messages waiting in these queues, every priority level counted."""
+        return sum(self.waiting_each(queues).values())
+
+    def waiting_each(self, queues) -> dict[str, int]:
+        """Messages waiting in each queue, every priority level counted (one round trip)."""
+        queues = list(queues)
         try:
             with self.app.connection_for_read() as connection:
-                client = connection.default_channel.client
-                keys = [q if level == 0 else f"{q}{KOMBU_SEP}{level}" for q in queues
-                        for level in range(MAX_PRIORITY + 1)]
-                return sum(client.llen(k) for k in keys)
+                pipe = connection.default_channel.client.pipeline(transaction=False)
+                for queue in queues:
+                    for key in self._levels(queue):
+                        pipe.llen(key)
+                lengths = pipe.execute()
         except Exception as exc:  # noqa: BLE001
             raise InfrastructureError(f"cannot read the broker: {exc}") from None
+        per = MAX_PRIORITY + 1
+        return {q: sum(lengths[i * per:(i + 1) * per]) for i, q in enumerate(queues)}
+
+    def drop(self, queues) -> int:
+        """Delete these queues' messages, every priority level; how many there were."""
+        queues = list(queues)
+        if not queues:
+            return 0
+        counts = self.waiting_each(queues)
+        try:
+            with self.app.connection_for_write() as connection:
+                client = connection.default_channel.client
+                keys = [key for q in queues if counts.get(q) for key in self._levels(q)]
+                if keys:
+                    client.delete(*keys)
+        except Exception as exc:  # noqa: BLE001
+            raise InfrastructureError(f"cannot write to the broker: {exc}") from None
+        return sum(counts.values())

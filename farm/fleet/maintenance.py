@@ -36,10 +36,13 @@ def reap(ledger, publisher, *, max_attempts: int, micro_batch: int) -> dict:
     return {"requeued": len(requeued), "failed": failed}
 
 
-def reconcile(ledger, publisher, *, grace_s: float, micro_batch: int) -> dict:
+def reconcile(ledger, publisher, *, grace_s: float, micro_batch: int, fair: bool = False) -> dict:
     """Publish queued jobs that no broker message carries. Jobs published less than ``grace_s``
-    ago are left alone: their message may be in flight."""
+    ago are left alone: their message may be in flight. With fair share (``fair``), jobs never
+    published are the dispatcher's to publish, in fair order; only lost messages are replaced."""
     candidates = ledger.publish_candidates(ledger.clock() - timedelta(seconds=grace_s))
+    if fair:
+        candidates = [(job_id, published) for job_id, published in candidates if published]
     if not candidates:
         return {"republished": 0}
     present = (publisher.job_ids_in_broker(stale_after_s=max(grace_s, 5.0))
@@ -50,14 +53,25 @@ def reconcile(ledger, publisher, *, grace_s: float, micro_batch: int) -> dict:
     return {"republished": len(missing)}
 
 
-def age_waiting_jobs(ledger, publisher, *, aging_s: float, micro_batch: int) -> int:
-    """Promote and republish jobs waiting longer than ``aging_s``; returns how many."""
-    waiting = ledger.waiting_too_long(ledger.clock() - timedelta(seconds=aging_s))
-    if not waiting:
-        return 0
-    ledger.promote(waiting)
-    republish(ledger, publisher, waiting, micro_batch=micro_batch)
-    return len(waiting)
+def age_waiting_jobs(ledger, publisher, *, aging_s: float, micro_batch: int, fair: bool = False) -> int:
+    """Promote and republish jobs waiting longer than ``aging_s``; returns how many. With fair
+    share, jobs the dispatcher has not published yet are promoted in the ledger only: priority
+    orders a tenant's own work there."""
+    now = ledger.clock()
+    cutoff = now - timedelta(seconds=aging_s)
+    promoted = 0
+    if fair:
+        # one level per aging period waited: a job promoted twice has waited three periods
+        due = [job_id for job_id, queued_at, raised in ledger.waiting_too_long(cutoff, unpublished=True)
+               if queued_at < now - timedelta(seconds=aging_s * (1 + raised))]
+        if due:
+            ledger.promote(due)
+            promoted += len(due)
+    waiting = ledger.waiting_too_long(cutoff)
+    if waiting:
+        ledger.promote(waiting)
+        republish(ledger, publisher, waiting, micro_batch=micro_batch)
+    return promoted + len(waiting)
 
 
 def tick(ledger, publisher, config, *, holder: str) -> dict | None:
@@ -65,6 +79,9 @@ def tick(ledger, publisher, config, *, holder: str) -> dict | None:
     if not ledger.acquire_lock(LOCK, holder, ttl_s=config.maintenance_s * 3):
         return None
     done = reap(ledger, publisher, max_attempts=config.max_attempts, micro_batch=config.micro_batch)
-    done.update(reconcile(ledger, publisher, grace_s=max(5.0, config.maintenance_s), micro_batch=config.micro_batch))
-    done["aged"] = age_waiting_jobs(ledger, publisher, aging_s=config.aging_s, micro_batch=config.micro_batch)
+    fair = config.scheduler == "fair"
+    done.update(reconcile(ledger, publisher, grace_s=max(5.0, config.maintenance_s), micro_batch=config.micro_batch,
+                          fair=fair))
+    done["aged"] = age_waiting_jobs(ledger, publisher, aging_s=config.aging_s, micro_batch=config.micro_batch,
+                                    fair=fair)
     return done

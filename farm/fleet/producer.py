@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from farm.errors import InputError
+from farm.fleet.costs import CostModel
 from farm.jobs.kinds import input_key
 from farm.jobs.plan import Plan, check_idempotency_key
 from farm.jobs.spec import JobSpec
@@ -64,6 +65,10 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
     unless ``force``: re-submitting a sweep renders nothing, extending it renders the new cells.
     The input images the jobs start from go to ``store`` first (``inputs/<sha256>.png``, once).
     ``tenant``: whose batch it is (issue 23); only its own images are reused.
+    ``publisher`` None: nothing is published here (with fair share, the dispatcher publishes the
+    jobs later, in fair order between tenants: farm.fleet.dispatcher).
+    Each job carries its estimated GPU time; a tenant's quotas are checked against it as the
+    batch is written (QuotaExceeded: nothing written).
     """
     check_idempotency_key(key)
     store_inputs(store, plan.inputs)
@@ -73,10 +78,12 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
     found = {} if force else ledger.reusable((s.digest for s in plan.specs),
                                              tenant=None if tenant == "local" else tenant)
     reuse = {i: found[spec.digest] for i, spec in enumerate(plan.specs) if spec.digest in found}
+    costs = CostModel(ledger)
     new = ledger.create_batch(
         specs=plan.specs, spec=plan.record(), request_digest=plan.request_digest,
         base_seed=plan.base_seed, priority=plan.priority, submitter=submitter, idempotency_key=key,
         axes=plan.axes, reuse=reuse, enqueued=publisher is not None, tenant=tenant,
+        costs_ms=[costs.image_ms(spec) for spec in plan.specs],
     )
     result = SubmitResult(new.id, len(new.job_ids), new.created, plan.base_seed, new.job_ids, 0, plan.warnings)
     if not new.created:

@@ -4,20 +4,21 @@ batch-wide control (cancel, retry, pause, resume)."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterable
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from farm.errors import ConflictError, NotFound
+from farm.errors import ConflictError, NotFound, QuotaExceeded
 from farm.jobs import states
 from farm.jobs.spec import JobSpec
 from farm.ledger.mapping import artifact_value, batch_info, spec_columns, stored_job
-from farm.ledger.models import ARTIFACTS, BATCHES, JOBS, Artifact, Batch, Job
+from farm.ledger.models import ARTIFACTS, BATCHES, JOBS, TENANTS, Artifact, Batch, Job
 from farm.ledger.schema import Database, rowcount
 from farm.ledger.values import Artifact as ArtifactValue
 from farm.ledger.values import BatchInfo, NewBatch, StoredJob
+from farm.tenancy.quotas import Usage, refusal
 
 
 class Batches(Database):
@@ -25,7 +26,7 @@ class Batches(Database):
         self, *, specs: list[JobSpec], spec: dict, request_digest: str, base_seed: int,
         priority: int = 0, submitter: str = "", idempotency_key: str | None = None,
         axes: list[dict] | None = None, reuse: dict[int, tuple[int, ArtifactValue]] | None = None,
-        enqueued: bool = False, tenant: str = "local",
+        enqueued: bool = False, tenant: str = "local", costs_ms: list[float] | None = None,
     ) -> NewBatch:
         """Write a batch and all its jobs in one transaction (all or nothing).
 
@@ -38,6 +39,9 @@ class Batches(Database):
         With an idempotency key, the same key returns the existing batch; the same key with a
         different request is a conflict. Keys are the tenant's own: another tenant's same key is
         another batch.
+        ``costs_ms``: each job's estimated GPU ms (issue 24): recorded as its charge until it is
+        measured, and checked against the tenant's quotas in this same transaction, with the
+        tenant's row locked (``reserve``), so concurrent submissions cannot overshoot together.
         """
         reuse = reuse or {}
         if idempotency_key and tenant != "local":  # namespaced; the operator's keys are stored as given
@@ -54,6 +58,9 @@ class Batches(Database):
             # Core inserts, not the ORM's unit of work (issue 15: that was most of a small
             # submission's time); the jobs' ids come back in the order of their rows
             with self.transaction() as conn:
+                to_render = [i for i in range(len(specs)) if i not in reuse]
+                reserve(conn, tenant, now, images=len(to_render),
+                        gpu_ms=sum(costs_ms[i] for i in to_render) if costs_ms else 0.0)
                 conn.execute(insert(BATCHES).values(
                     id=batch_id, created_at=now, submitter=submitter, idempotency_key=idempotency_key,
                     request_digest=request_digest, spec=spec, priority=priority,
@@ -66,7 +73,8 @@ class Batches(Database):
                      "priority": priority, "attempts": 0, "axes": axes[i] if axes else {},
                      "reused_from": reuse[i][0] if i in reuse else None,
                      "created_at": now, "queued_at": now, "finished_at": now if i in reuse else None,
-                     "enqueued_at": now if enqueued and i not in reuse else None}
+                     "enqueued_at": now if enqueued and i not in reuse else None,
+                     "cost_ms": costs_ms[i] if costs_ms and i not in reuse else None}
                     for i, j in enumerate(specs)
                 ]
                 ids = list(conn.scalars(insert(JOBS).returning(JOBS.c.id, sort_by_parameter_order=True), rows))
@@ -201,3 +209,28 @@ class Batches(Database):
                 return []
             return list(s.scalars(select(Job.id).where(Job.batch_id == batch_id, Job.state == states.QUEUED)
                                   .order_by(Job.id)))
+
+
+def reserve(conn, tenant: str, now: datetime, *, images: int, gpu_ms: float) -> None:
+    """Refuse (QuotaExceeded) a submission that would take ``tenant`` past a quota; called in the
+    transaction that writes it. A tenant with quotas has its row locked first (an UPDATE: a row
+    lock on PostgreSQL, the write lock on SQLite), so its submissions are counted one at a time
+    and each one's jobs are the reservation the next one sees."""
+    limits = conn.scalar(select(TENANTS.c.quotas).where(TENANTS.c.name == tenant))
+    if not limits:
+        return
+    conn.execute(update(TENANTS).where(TENANTS.c.name == tenant).values(weight=TENANTS.c.weight))
+    limits = conn.scalar(select(TENANTS.c.quotas).where(TENANTS.c.name == tenant)) or {}
+    since = now - timedelta(days=1)
+    today = select(BATCHES.c.id).where(BATCHES.c.tenant == tenant, BATCHES.c.created_at >= since)
+    images_today, ms_today = conn.execute(
+        select(func.count(), func.coalesce(func.sum(JOBS.c.cost_ms), 0.0))
+        .where(JOBS.c.batch_id.in_(today), JOBS.c.reused_from.is_(None), JOBS.c.state != states.CANCELLED)).one()
+    queued = conn.scalar(
+        select(func.count()).select_from(JOBS).join(BATCHES, BATCHES.c.id == JOBS.c.batch_id)
+        .where(BATCHES.c.tenant == tenant, JOBS.c.state.in_([states.QUEUED, states.RUNNING])))
+    usage = Usage(int(images_today or 0), float(ms_today or 0.0) / 1000.0, int(queued or 0))
+    reason = refusal(tenant, limits, usage, images=images, gpu_seconds=gpu_ms / 1000.0)
+    if reason:
+        raise QuotaExceeded(reason)
+

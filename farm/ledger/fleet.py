@@ -36,9 +36,13 @@ class Fleet(Database):
 
     def heartbeat(self, name: str, *, resident_models: list | None = None,
                   resident_adapters: list | None = None, current_job: int | None | object = ...,
-                  rendered: int = 0, error: str | None = None, state: str | None = None) -> None:
-        """Record that a worker is alive; fields left out keep their values."""
+                  rendered: int = 0, error: str | None = None, state: str | None = None,
+                  busy_ms: float | None = None) -> None:
+        """Record that a worker is alive; fields left out keep their values. ``busy_ms``: its
+        time in pipeline calls since it started (a running total)."""
         values: dict = {"last_heartbeat": self.clock()}
+        if busy_ms is not None:
+            values["busy_ms"] = busy_ms
         if current_job is not ...:
             values["current_job"] = current_job
         if resident_models is not None:

@@ -3,13 +3,15 @@
 One facade over modules by concern: ``schema`` (engine, sessions, migrations), ``batches``
 (submissions, reuse, batch control), ``lifecycle`` (claim, complete, fail, leases), ``fleet``
 (workers, locks), ``registry`` (models, adapters), ``training`` (training jobs' progress, checkpoints,
-results, issue 14), ``tenants`` (tenants, API keys, uploaded inputs: issue 23) and ``queries`` (reporting). Values come out
+results, issue 14), ``tenants`` (tenants, API keys, uploaded inputs: issue 23), ``dispatching`` (what
+the fair-share dispatcher reads and charges: issue 24) and ``queries`` (reporting). Values come out
 typed (``farm.ledger.values``); a job's spec meets its row only in ``farm.ledger.mapping``.
 """
 
 from __future__ import annotations
 
 from farm.ledger.batches import Batches
+from farm.ledger.dispatching import Dispatching
 from farm.ledger.fleet import Fleet
 from farm.ledger.lifecycle import Lifecycle
 from farm.ledger.queries import Queries
@@ -20,7 +22,7 @@ from farm.ledger.training import Trainings
 from farm.ledger.values import Claim, NewBatch
 
 
-class Ledger(Trainings, Batches, Lifecycle, Fleet, Registry, Queries, Tenants):
+class Ledger(Trainings, Batches, Lifecycle, Dispatching, Fleet, Registry, Queries, Tenants):
     """``Ledger(url, clock=..., auto_migrate=True)``: every concern over one engine."""
 
 

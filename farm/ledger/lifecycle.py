@@ -249,13 +249,23 @@ class Lifecycle(Database):
                        (Job.enqueued_at.is_(None)) | (Job.enqueued_at < enqueued_before))
                 .order_by(Job.id).limit(limit))]
 
-    def waiting_too_long(self, enqueued_before: datetime, limit: int = 1000) -> list[int]:
+    def waiting_too_long(self, enqueued_before: datetime, limit: int = 1000, unpublished: bool = False) -> list:
         """Queued jobs of active batches whose message has waited since ``enqueued_before`` and
-        that are not at the top priority yet (candidates for aging)."""
+        that are not at the top priority yet (candidates for aging). ``unpublished``: instead,
+        (id, queued_at, levels it was raised above its batch's priority) of jobs no message
+        carries yet (fair share) queued before then."""
+        if unpublished:
+            with self.session() as s:
+                return [(j, q, p - bp) for j, q, p, bp in s.execute(
+                    select(Job.id, Job.queued_at, Job.priority, Batch.priority).join(Batch, Batch.id == Job.batch_id)
+                    .where(Job.state == states.QUEUED, Job.enqueued_at.is_(None), Job.queued_at < enqueued_before,
+                           Job.priority < states.MAX_PRIORITY, Batch.state == states.BATCH_ACTIVE)
+                    .order_by(Job.id).limit(limit))]
+        waited = Job.enqueued_at < enqueued_before
         with self.session() as s:
             return list(s.scalars(
                 select(Job.id).join(Batch, Batch.id == Job.batch_id)
-                .where(Job.state == states.QUEUED, Job.enqueued_at < enqueued_before,
+                .where(Job.state == states.QUEUED, waited,
                        Job.priority < states.MAX_PRIORITY, Batch.state == states.BATCH_ACTIVE)
                 .order_by(Job.id).limit(limit)))
 

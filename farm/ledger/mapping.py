@@ -104,7 +104,8 @@ def worker_info(row: models.Worker) -> WorkerInfo:
                       resident_models=list(row.resident_models or []),
                       resident_adapters=list(row.resident_adapters or []), current_job=row.current_job,
                       images_rendered=row.images_rendered or 0, last_error=row.last_error,
-                      versions=dict(row.versions or {}), models=list(row.models or ["*"]))
+                      versions=dict(row.versions or {}), models=list(row.models or ["*"]),
+                      busy_ms=float(row.busy_ms or 0.0))
 
 
 def attempt_stat(attempt: models.Attempt, model: str, recipe: str) -> AttemptStat:

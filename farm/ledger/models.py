@@ -11,6 +11,7 @@ from typing import cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -79,6 +81,7 @@ class Job(Base):
         UniqueConstraint("batch_id", "index", name="uq_jobs_batch_index"),
         Index("ix_jobs_batch_state", "batch_id", "state"),
         Index("ix_jobs_state", "state"),
+        Index("ix_jobs_state_enqueued", "state", "enqueued_at"),
         Index("ix_jobs_digest", "digest"),
     )
 
@@ -129,6 +132,9 @@ class Job(Base):
     not_before: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a retry's backoff: publish after this
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # issue 24: GPU ms charged to the tenant (an estimate until settled by the measured attempts)
+    cost_ms: Mapped[float | None] = mapped_column(Float)
+    settled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Attempt(Base):
@@ -157,11 +163,12 @@ class Attempt(Base):
     upload_ms: Mapped[float | None] = mapped_column(Float)
     total_ms: Mapped[float | None] = mapped_column(Float)
     peak_memory_mb: Mapped[float | None] = mapped_column(Float)  # of the pipeline call; 0 on a CPU
+    gpu_ms: Mapped[float | None] = mapped_column(Float)  # its share of the pipeline call (issue 24)
 
 
 TIMING_FIELDS = (
     "queue_wait_ms", "model_load_ms", "adapter_load_ms", "text_encode_ms", "denoise_ms",
-    "vae_decode_ms", "image_encode_ms", "upload_ms", "total_ms", "peak_memory_mb",
+    "vae_decode_ms", "image_encode_ms", "upload_ms", "total_ms", "peak_memory_mb", "gpu_ms",
 )
 
 
@@ -198,6 +205,7 @@ class Worker(Base):
     versions: Mapped[dict] = mapped_column(JSON, default=dict)  # torch/diffusers/peft versions
     # the models it serves (its queues); ["*"]: every model, also those registered later
     models: Mapped[list] = mapped_column(JSON, default=lambda: ["*"], server_default='["*"]')
+    busy_ms: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # in pipeline calls
 
 
 class RegisteredModel(Base):
@@ -311,6 +319,7 @@ class Tenant(Base):
     weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
     s3_prefixes: Mapped[list | None] = mapped_column(JSON)  # the s3:// prefixes the operator lets it name
     quotas: Mapped[dict | None] = mapped_column(JSON)
+    vfinish: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # fair order (issue 24)
 
 
 class ApiKey(Base):
@@ -354,3 +363,4 @@ class Lock(Base):
 # the tables behind the models, for the Core statements of the hot paths (claim, completion, a
 # batch's insert: the ORM's unit of work and bulk plugins are not needed there; issue 15)
 BATCHES, JOBS, ATTEMPTS, ARTIFACTS = (cast(Table, model.__table__) for model in (Batch, Job, Attempt, Artifact))
+TENANTS = cast(Table, Tenant.__table__)

@@ -253,6 +253,7 @@ class WorkerInfo:
     last_error: str | None
     versions: dict
     models: list  # the models it serves; ["*"]: every one
+    busy_ms: float = 0.0  # its time in pipeline calls (issue 24)
 
     def serves(self, model: str) -> bool:
         return "*" in self.models or model in self.models

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from farm.errors import ConflictError, FarmError, InfrastructureError, InputError, NotFound
+from farm.errors import ConflictError, FarmError, InfrastructureError, InputError, NotFound, QuotaExceeded
 
 log = logging.getLogger("farm.service")
 PROBLEM = "application/problem+json"
@@ -45,6 +45,8 @@ def status_of(exc: FarmError) -> int:
         return 404
     if isinstance(exc, ConflictError):
         return 409
+    if isinstance(exc, QuotaExceeded):
+        return 429
     if isinstance(exc, InfrastructureError):
         return 503
     if isinstance(exc, InputError):
