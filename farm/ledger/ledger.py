@@ -10,6 +10,7 @@ typed (``farm.ledger.values``); a job's spec meets its row only in ``farm.ledger
 from __future__ import annotations
 
 from farm.ledger.batches import Batches
+from farm.ledger.events import Events
 from farm.ledger.fleet import Fleet
 from farm.ledger.lifecycle import Lifecycle
 from farm.ledger.queries import Queries
@@ -20,7 +21,7 @@ from farm.ledger.training import Trainings
 from farm.ledger.values import Claim, NewBatch
 
 
-class Ledger(Trainings, Batches, Lifecycle, Fleet, Registry, Queries, Tenants):
+class Ledger(Trainings, Batches, Lifecycle, Fleet, Registry, Queries, Tenants, Events):
     """``Ledger(url, clock=..., auto_migrate=True)``: every concern over one engine."""
 
 
