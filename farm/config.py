@@ -57,6 +57,8 @@ class Config:
     task_events: bool = False  # Celery task events from the start (a monitor such as Flower turns them on itself)
     secret_key_file: Path | None = None  # the HMAC secret API keys are stored under (issue 23); None: <home>/secret.key
     secret_key: str | None = field(default=None, repr=False)  # FARM_SECRET_KEY itself, where given
+    # networks a webhook may reach although they are loopback or private (issue 25): "127.0.0.0/8,..."
+    webhook_allowed_nets: tuple[str, ...] = ()
 
     @property
     def run_dir(self) -> Path:
@@ -235,4 +237,17 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         task_events=task_events,
         secret_key_file=Path(env["FARM_SECRET_KEY_FILE"]).expanduser() if env.get("FARM_SECRET_KEY_FILE") else None,
         secret_key=env.get("FARM_SECRET_KEY") or None,
+        webhook_allowed_nets=_networks(env, "FARM_WEBHOOK_ALLOWED_NETS"),
     )
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    import ipaddress
+
+    nets = [item.strip() for item in env.get(name, "").split(",") if item.strip()]
+    for net in nets:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(name, f"{net!r} is not a network (e.g. 127.0.0.0/8,10.0.0.0/8)") from None
+    return tuple(nets)
