@@ -819,3 +819,45 @@ class Farm:
         if info is None:
             raise NotFound(f"no tenant {tenant!r}")
         return {**info.as_dict(), "keys": self.keys(tenant)}
+
+    # -- webhooks (issue 25) -------------------------------------------------------------------------
+    def add_webhook(self, url: str, *, tenant: str = "local", events: str | list[str] | None = None,
+                    batch: str | None = None) -> dict:
+        """A webhook endpoint for ``tenant``'s events (``events``: types, comma-separated; all by
+        default; ``batch``: one batch's only). The answer holds its signing secret, once. A URL
+        that resolves to a loopback or private address is refused unless the operator allowed
+        that network (FARM_WEBHOOK_ALLOWED_NETS)."""
+        from farm.fleet.outbound import check_url, parse_nets
+        from farm.jobs.events import parse_types
+        from farm.models.names import check_name
+
+        tenant = check_name("tenant", tenant)
+        if len(url) > 2000:
+            raise InputError("url", "at most 2000 characters")
+        kinds = parse_types(events)
+        check_url(url, parse_nets(",".join(self.config.webhook_allowed_nets)))
+        if batch is not None:
+            from farm.errors import NotFound
+
+            try:
+                owner = self.ledger.get_batch(batch).tenant
+            except NotFound:
+                owner = None
+            if owner != tenant:  # another tenant's batch is an unknown one
+                raise NotFound(f"no batch {batch!r}")
+        endpoint, secret = self.ledger.add_webhook(tenant=tenant, url=url, kinds=kinds, batch=batch)
+        return {**endpoint.as_dict(), "secret": secret}
+
+    def webhooks(self, tenant: str | None = None) -> list[dict]:
+        return [w.as_dict() for w in self.ledger.webhooks(tenant)]
+
+    def remove_webhook(self, endpoint_id: int, tenant: str | None = None) -> dict:
+        self.ledger.remove_webhook(endpoint_id, tenant)
+        return {"removed": endpoint_id}
+
+    def webhook_deliveries(self, endpoint_id: int | None = None, *, tenant: str | None = None,
+                           failed: bool = False, limit: int = 100) -> list[dict]:
+        """Delivery attempts, newest first: when, which event, the receiver's answer or the error."""
+        if endpoint_id is not None:
+            self.ledger.webhook(endpoint_id, tenant)
+        return [d.as_dict() for d in self.ledger.deliveries(endpoint_id, tenant=tenant, failed=failed, limit=limit)]

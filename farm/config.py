@@ -62,6 +62,8 @@ class Config:
     # ahead of each worker in weighted fair order between tenants
     scheduler: str = "fifo"
     dispatch_ahead: int = 1  # micro-batches waiting at each worker beyond the one it renders
+    # networks a webhook may reach although they are loopback or private (issue 25): "127.0.0.0/8,..."
+    webhook_allowed_nets: tuple[str, ...] = ()
 
     @property
     def run_dir(self) -> Path:
@@ -245,4 +247,17 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         secret_key_file=Path(env["FARM_SECRET_KEY_FILE"]).expanduser() if env.get("FARM_SECRET_KEY_FILE") else None,
         secret_key=env.get("FARM_SECRET_KEY") or None,
         scheduler=scheduler, dispatch_ahead=dispatch_ahead,
+        webhook_allowed_nets=_networks(env, "FARM_WEBHOOK_ALLOWED_NETS"),
     )
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    import ipaddress
+
+    nets = [item.strip() for item in env.get(name, "").split(",") if item.strip()]
+    for net in nets:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(name, f"{net!r} is not a network (e.g. 127.0.0.0/8,10.0.0.0/8)") from None
+    return tuple(nets)

@@ -13,3 +13,10 @@ if [ -n "$extras" ]; then
     target=".[$extras]"
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e "$target"
+# the web monitor's browser test (tests/service/test_monitor.py) drives the system's Chromium:
+# Playwright's own browser download cannot work on these machines, Debian's package can
+if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
+        || echo "warning: could not install chromium; the monitor's browser test will fail" >&2
+fi

@@ -20,6 +20,7 @@ from farm.errors import ConflictError, FarmError, FarmTimeout, InfrastructureErr
 from farm.jobs import states
 
 TIMEOUT_S = 60.0
+RECHECK_S = 3.0  # a wait reads a batch's counts this often when no event wakes it
 LOCAL_ONLY = "runs where the farm's database is; FARM_URL names a remote farm (unset it, or ask its operator)"
 
 
@@ -156,11 +157,21 @@ class RemoteFarm:
 
     def wait(self, batch: str, timeout: float | None = None, progress: TextIO | bool | None = None) -> dict[str, int]:
         """Until every job of the batch has finished; its counts per state (FarmTimeout after ``timeout``)."""
+        from farm.client.events import Listener
         from farm.results.progress import watch
 
         stream = sys.stderr if progress is True else (progress or None)
         total = self.status(batch).batch.job_count
-        counts = watch(lambda: self.batch_counts(batch), total, stream=stream, timeout=timeout, interval=0.25)
+        # woken by the batch's events (GET /v1/events), not polling: the counts are read again when
+        # something happened, or every few seconds should the stream be down
+        listener = Listener(self.http, batch)
+        listener.start()
+        listener.connected.wait(5.0)  # from here on nothing is missed: read the counts after it
+        try:
+            counts = watch(lambda: self.batch_counts(batch), total, stream=stream, timeout=timeout,
+                           interval=RECHECK_S, sleep=listener.wait_moved)
+        finally:
+            listener.stop()
         done = sum(counts[s] for s in states.TERMINAL)
         if done < total:
             raise FarmTimeout(batch, counts, timeout or 0, done)
@@ -219,6 +230,27 @@ class RemoteFarm:
     def resume(self, batch: str):
         body = self._json("POST", f"/v1/batches/{batch}/resume")
         return SimpleNamespace(batch=batch, job_ids=body["job_ids"], messages=body.get("messages", 0))
+
+    # -- webhooks (issue 25): the key's tenant's own ------------------------------------------------------
+    def add_webhook(self, url: str, *, tenant: str | None = None, events: str | list[str] | None = None,
+                    batch: str | None = None) -> dict:
+        kinds = events.split(",") if isinstance(events, str) else events
+        body = {"url": url, **({"events": kinds} if kinds and kinds != ["*"] else {}),
+                **({"batch": batch} if batch else {}), **({"tenant": tenant} if tenant not in (None, "local") else {})}
+        return self._json("POST", "/v1/webhooks", json=body)
+
+    def webhooks(self, tenant: str | None = None) -> list[dict]:
+        return [w for w in self._json("GET", "/v1/webhooks") if tenant is None or w["tenant"] == tenant]
+
+    def remove_webhook(self, endpoint_id: int, tenant: str | None = None) -> dict:
+        return self._json("DELETE", f"/v1/webhooks/{endpoint_id}")
+
+    def webhook_deliveries(self, endpoint_id: int | None = None, *, tenant: str | None = None, failed: bool = False,
+                           limit: int = 100) -> list[dict]:
+        ids = [endpoint_id] if endpoint_id is not None else [w["id"] for w in self.webhooks()]
+        rows = [r for i in ids for r in self._json("GET", f"/v1/webhooks/{i}/deliveries",
+                                                     params={"failed": str(failed).lower(), "limit": limit})]
+        return sorted(rows, key=lambda r: r["id"], reverse=True)[:limit]
 
     # -- what the farm can load --------------------------------------------------------------------------
     def catalog(self):

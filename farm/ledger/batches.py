@@ -11,11 +11,13 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from farm.errors import ConflictError, NotFound, QuotaExceeded
+from farm.jobs import events as kinds
 from farm.jobs import states
 from farm.jobs.spec import JobSpec
+from farm.ledger import events
 from farm.ledger.mapping import artifact_value, batch_info, spec_columns, stored_job
 from farm.ledger.models import ARTIFACTS, BATCHES, JOBS, TENANTS, Artifact, Batch, Job
-from farm.ledger.schema import Database, rowcount
+from farm.ledger.schema import Database
 from farm.ledger.values import Artifact as ArtifactValue
 from farm.ledger.values import BatchInfo, NewBatch, StoredJob
 from farm.tenancy.quotas import Usage, refusal
@@ -81,6 +83,11 @@ class Batches(Database):
                 if reuse:
                     conn.execute(insert(ARTIFACTS), [{"job_id": ids[i], "created_at": now, **artifact.as_dict()}
                                                      for i, (_, artifact) in reuse.items()])
+                accepted = {"type": kinds.BATCH_ACCEPTED, "tenant": tenant, "batch_id": batch_id,
+                            "body": {"batch": batch_id, "jobs": len(ids), "to_render": len(ids) - len(reuse),
+                                     "reused": len(reuse), "model": specs[0].model}}
+                events.record(conn, now, [accepted] + (events.finished(conn, [batch_id]) if len(reuse) == len(ids)
+                                                      else []))
         except IntegrityError:
             if idempotency_key:  # a concurrent submission with the same key won the race
                 existing = self._batch_for_key(idempotency_key, request_digest)
@@ -179,10 +186,17 @@ class Batches(Database):
         self.get_batch(batch_id)
         sources, target = states.transition("cancel")
         allowed = sources if running else sources - {states.RUNNING}
-        with self.session() as s:
-            result = s.execute(update(Job).where(Job.batch_id == batch_id, Job.state.in_(allowed))
-                               .values(state=target, finished_at=self.clock(), last_error="cancelled"))
-            return rowcount(result)
+        now = self.clock()
+        with self.transaction() as conn:
+            rows = conn.execute(update(JOBS).where(JOBS.c.batch_id == batch_id, JOBS.c.state.in_(allowed))
+                                .values(state=target, finished_at=now, last_error="cancelled")
+                                .returning(JOBS.c.id, JOBS.c.batch_id, JOBS.c.index, JOBS.c.seed)).all()
+            if rows:
+                tenant = events.batch_tenants(conn, [batch_id]).get(batch_id, "local")
+                events.record(conn, now, [events.job_event(kinds.JOB_CANCELLED, tenant, row)
+                                          for row in sorted(rows, key=lambda r: r.id)]
+                              + events.finished(conn, [batch_id]))
+            return len(rows)
 
     def retry(self, batch_id: str, *, failed_only: bool = False) -> list[int]:
         """Move failed (and, unless ``failed_only``, cancelled) jobs back to queued; their next
@@ -198,6 +212,9 @@ class Batches(Database):
                 s.execute(update(Job).where(Job.id.in_(ids), Job.state.in_(allowed)).values(
                     state=target, queued_at=now, enqueued_at=None, current_attempt=None, started_at=None,
                     finished_at=None))
+                tenant = events.batch_tenants(s, [batch_id]).get(batch_id, "local")
+                events.record(s, now, [{"type": kinds.BATCH_RETRIED, "tenant": tenant, "batch_id": batch_id,
+                                        "body": {"batch": batch_id, "jobs": len(ids), "job_ids": ids[:1000]}}])
         return ids
 
     def set_batch_state(self, batch_id: str, state: str) -> list[int]:

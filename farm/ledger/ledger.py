@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from farm.ledger.batches import Batches
 from farm.ledger.dispatching import Dispatching
+from farm.ledger.events import Events
 from farm.ledger.fleet import Fleet
 from farm.ledger.lifecycle import Lifecycle
 from farm.ledger.queries import Queries
@@ -22,7 +23,7 @@ from farm.ledger.training import Trainings
 from farm.ledger.values import Claim, NewBatch
 
 
-class Ledger(Trainings, Batches, Lifecycle, Dispatching, Fleet, Registry, Queries, Tenants):
+class Ledger(Trainings, Batches, Lifecycle, Dispatching, Fleet, Registry, Queries, Tenants, Events):
     """``Ledger(url, clock=..., auto_migrate=True)``: every concern over one engine."""
 
 

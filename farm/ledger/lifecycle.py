@@ -14,10 +14,12 @@ from typing import Iterable
 
 from sqlalchemy import bindparam, case, delete, func, insert, select, update
 
+from farm.jobs import events as kinds
 from farm.jobs import states
+from farm.ledger import events
 from farm.ledger.mapping import stored_job
 from farm.ledger.models import ARTIFACTS, ATTEMPTS, JOBS, TIMING_FIELDS, Artifact, Attempt, Batch, Job
-from farm.ledger.schema import Database, rowcount
+from farm.ledger.schema import Database
 from farm.ledger.values import Artifact as ArtifactValue
 from farm.ledger.values import Claim, Completion, StoredJob
 
@@ -64,7 +66,7 @@ def _complete_statement(rows: int):
             .where(JOBS.c.id.in_(bindparam("ids", expanding=True)), JOBS.c.state.in_(sorted(sources)),
                    JOBS.c.current_attempt == _token_case(rows))
             .values(state=target, finished_at=_now_param())
-            .returning(JOBS.c.id))
+            .returning(JOBS.c.id, JOBS.c.batch_id, JOBS.c.index, JOBS.c.seed))
 
 
 SUCCEED_ATTEMPTS = update(ATTEMPTS).where(ATTEMPTS.c.token == bindparam("b_token"))
@@ -125,12 +127,12 @@ class Lifecycle(Database):
         if target == states.QUEUED:
             values.update(queued_at=now, current_attempt=None, started_at=None, enqueued_at=None,
                           not_before=not_before)
-        result = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state.in_(sources), Job.current_attempt == token)
-            .values(**values)
-        )
-        if rowcount(result) != 1:
+        changed = s.execute(
+            update(JOBS)
+            .where(JOBS.c.id == job_id, JOBS.c.state.in_(sources), JOBS.c.current_attempt == token)
+            .values(**values).returning(JOBS.c.id, JOBS.c.batch_id, JOBS.c.index, JOBS.c.seed)
+        ).first()
+        if changed is None:
             # superseded: record what this attempt saw, change nothing else
             s.execute(update(Attempt).where(Attempt.token == token, Attempt.outcome == states.ATTEMPT_RUNNING)
                       .values(outcome=states.ATTEMPT_SUPERSEDED, finished_at=now))
@@ -145,7 +147,24 @@ class Lifecycle(Database):
         if artifact is not None:  # deterministic keys: a re-render replaces the row, never adds one
             s.execute(delete(Artifact).where(Artifact.job_id == job_id))
             s.execute(insert(Artifact).values(job_id=job_id, created_at=now, **artifact.as_dict()))
+        self._record_finish(s, now, changed, target, outcome=outcome, error=error, artifact=artifact)
         return True
+
+    def _record_finish(self, s, now, row, target: str, *, outcome: str, error: str | None,
+                       artifact: ArtifactValue | None) -> None:
+        """The events of one job's transition, last in its transaction (farm.ledger.events)."""
+        tenant = events.batch_tenants(s, [row.batch_id]).get(row.batch_id, "local")
+        rows = []
+        if outcome == states.ATTEMPT_LOST:
+            rows.append(events.job_event(kinds.WORKER_LOST, tenant, row, requeued=target == states.QUEUED))
+        if target == states.SUCCEEDED:
+            rows.append(events.job_event(kinds.JOB_SUCCEEDED, tenant, row, key=artifact and artifact.key,
+                                         sha256=artifact and artifact.sha256))
+        elif target == states.FAILED:
+            rows.append(events.job_event(kinds.JOB_FAILED, tenant, row, error=(error or "")[:500]))
+        if target in states.TERMINAL:
+            rows += events.finished(s, [row.batch_id])
+        events.record(s, now, rows)
 
     def complete_many(self, done: list[Completion]) -> list[bool]:
         """Complete a micro-batch's jobs in one transaction of set-based statements (issue 15: a
@@ -156,8 +175,9 @@ class Lifecycle(Database):
         now = self.clock()
         tokens = {c.job_id: c.token for c in done}
         with self.transaction() as s:
-            won = set(s.scalars(_complete_statement(len(tokens)),
-                                {"ids": list(tokens), "now": now, **_token_params(tokens)}))
+            changed = s.execute(_complete_statement(len(tokens)),
+                                {"ids": list(tokens), "now": now, **_token_params(tokens)}).all()
+            won = {row.id for row in changed}
             lost = [c.token for c in done if c.job_id not in won]
             if lost:  # superseded: record what these attempts saw, change nothing else
                 s.execute(update(Attempt).where(Attempt.token.in_(lost), Attempt.outcome == states.ATTEMPT_RUNNING)
@@ -172,6 +192,13 @@ class Lifecycle(Database):
                 s.execute(DELETE_ARTIFACTS, {"ids": [c.job_id for c in ours]})
                 s.execute(INSERT_ARTIFACTS, [{"job_id": c.job_id, "created_at": now, **c.artifact.as_dict()}
                                              for c in ours])
+                # the outbox, last: a job.succeeded per image, and batch.finished for a batch done now
+                artifacts = {c.job_id: c.artifact for c in ours}
+                tenants = events.batch_tenants(s, {row.batch_id for row in changed})
+                rows = [events.job_event(kinds.JOB_SUCCEEDED, tenants.get(row.batch_id, "local"), row,
+                                         key=artifacts[row.id].key, sha256=artifacts[row.id].sha256)
+                        for row in sorted(changed, key=lambda r: r.id)]
+                events.record(s, now, rows + events.finished(s, tenants))
         return [c.job_id in won for c in done]
 
     def complete(self, job_id: int, token: str, *, artifact: ArtifactValue, timings: dict, batch_size: int,

@@ -360,7 +360,61 @@ class Lock(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class Event(Base):
+    """The outbox (issue 25): what happened, written in the transaction of the change it reports,
+    so a crash never loses one nor reports a change that did not commit. Ids are in commit order
+    (farm.ledger.events takes a lock for the insert on PostgreSQL): a reader that saw id N has seen
+    every earlier event, which is what makes a cursor enough to resume."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_tenant_id", "tenant", "id"), Index("ix_events_batch_id", "batch_id", "id"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    tenant: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str | None] = mapped_column(String(24))
+    type: Mapped[str] = mapped_column(String(32))
+    body: Mapped[dict] = mapped_column(JSON)
+
+
+class WebhookEndpoint(Base):
+    """Where a tenant's events are POSTed, signed with ``secret`` (Standard Webhooks); ``cursor`` is
+    the last event delivered (or skipped by the filter): delivery resumes after it, whoever delivers."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(String(128))  # the deliverer signs with it: kept, unlike a key
+    events: Mapped[str] = mapped_column(String(512))  # comma-separated types, or "*"
+    batch_id: Mapped[str | None] = mapped_column(String(24))  # only this batch's events
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    cursor: Mapped[int] = mapped_column(BigInteger, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # in a row, for the backoff
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver one event to one endpoint (``farm webhooks deliveries``)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_endpoint", "endpoint_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    attempt: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float | None] = mapped_column(Float)
+
+
 # the tables behind the models, for the Core statements of the hot paths (claim, completion, a
 # batch's insert: the ORM's unit of work and bulk plugins are not needed there; issue 15)
 BATCHES, JOBS, ATTEMPTS, ARTIFACTS = (cast(Table, model.__table__) for model in (Batch, Job, Attempt, Artifact))
 TENANTS = cast(Table, Tenant.__table__)
+EVENTS = cast(Table, Event.__table__)

@@ -14,10 +14,12 @@ from typing import Iterable
 
 from sqlalchemy import exists, select, update
 
+from farm.jobs import events as kinds
 from farm.jobs import states
+from farm.ledger import events
 from farm.ledger.lifecycle import Lifecycle
 from farm.ledger.mapping import training_view
-from farm.ledger.models import Job, Training
+from farm.ledger.models import JOBS, Job, Training
 from farm.ledger.registry import Registry
 from farm.ledger.schema import rowcount
 from farm.ledger.values import Completion, TrainingView
@@ -57,16 +59,29 @@ class Trainings(Lifecycle, Registry):
     def report_progress(self, job_id: int, token: str, *, step: int, loss: float, steps_per_s: float,
                         eta_s: float | None) -> bool:
         with self.session() as s:
-            return rowcount(s.execute(
-                update(Training).where(Training.job_id == job_id, _owns(job_id, token))
-                .values(step=step, loss=loss, steps_per_s=steps_per_s, eta_s=eta_s, updated_at=self.clock()))) == 1
+            if rowcount(s.execute(
+                    update(Training).where(Training.job_id == job_id, _owns(job_id, token))
+                    .values(step=step, loss=loss, steps_per_s=steps_per_s, eta_s=eta_s,
+                            updated_at=self.clock()))) != 1:
+                return False
+            self._training_event(s, kinds.TRAINING_PROGRESS, job_id, step=step, loss=round(loss, 6),
+                                 steps_per_s=round(steps_per_s, 3), eta_s=eta_s)
+            return True
 
     def record_checkpoint(self, job_id: int, token: str, *, key: str, step: int) -> bool:
         """Point the job at a stored checkpoint; False (nothing changed) for a superseded attempt."""
         with self.session() as s:
-            return rowcount(s.execute(
-                update(Training).where(Training.job_id == job_id, _owns(job_id, token))
-                .values(checkpoint_key=key, checkpoint_step=step, step=step, updated_at=self.clock()))) == 1
+            if rowcount(s.execute(
+                    update(Training).where(Training.job_id == job_id, _owns(job_id, token))
+                    .values(checkpoint_key=key, checkpoint_step=step, step=step, updated_at=self.clock()))) != 1:
+                return False
+            self._training_event(s, kinds.TRAINING_CHECKPOINT, job_id, step=step, key=key)
+            return True
+
+    def _training_event(self, s, kind: str, job_id: int, **body) -> None:
+        row = s.execute(select(JOBS.c.id, JOBS.c.batch_id, JOBS.c.index, JOBS.c.seed).where(JOBS.c.id == job_id)).one()
+        tenant = events.batch_tenants(s, [row.batch_id]).get(row.batch_id, "local")
+        events.record(s, self.clock(), [events.job_event(kind, tenant, row, **body)])
 
     def finish_training(self, completion: Completion, *, evaluation: dict,
                         entry: AdapterEntry | ModelEntry, sha256: str) -> bool:
@@ -81,6 +96,8 @@ class Trainings(Lifecycle, Registry):
             s.execute(update(Training).where(Training.job_id == completion.job_id)
                       .values(evaluation=evaluation, result=entry.name, updated_at=self.clock()))
             self._insert_entry(s, what, entry, sha256)
+            self._training_event(s, kinds.TRAINING_REGISTERED, completion.job_id, name=entry.name, what=what,
+                                 sha256=sha256)
         return True
 
     def trainings(self, job_ids: Iterable[int]) -> dict[int, TrainingView]:

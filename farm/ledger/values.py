@@ -278,3 +278,62 @@ class AttemptStat:
         return {"outcome": self.outcome, "started_at": self.started_at, "finished_at": self.finished_at,
                 "model": self.model, "recipe": self.recipe, "device": self.device, "worker": self.worker,
                 "batch_size": self.batch_size, **self.timings}
+
+
+@dataclass(frozen=True)
+class Event:
+    """An outbox row (issue 25): ``id`` orders them (commit order), ``body`` is small JSON."""
+
+    id: int
+    type: str
+    tenant: str
+    batch_id: str | None
+    created_at: datetime
+    body: dict
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "type": self.type, "tenant": self.tenant, "batch": self.batch_id,
+                "created_at": _iso(self.created_at), "data": self.body}
+
+
+@dataclass(frozen=True)
+class WebhookInfo:
+    """A webhook endpoint, without its secret (shown once, when it is made)."""
+
+    id: int
+    tenant: str
+    url: str
+    events: tuple[str, ...]
+    batch_id: str | None
+    created_at: datetime
+    cursor: int
+    failures: int
+    next_attempt_at: datetime | None
+
+    def wants(self, event_type: str) -> bool:
+        return "*" in self.events or event_type in self.events
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "tenant": self.tenant, "url": self.url, "events": list(self.events),
+                "batch": self.batch_id, "created_at": _iso(self.created_at), "delivered_through": self.cursor,
+                "failures": self.failures, "next_attempt_at": _iso(self.next_attempt_at)}
+
+
+@dataclass(frozen=True)
+class DeliveryInfo:
+    """One attempt to deliver an event to an endpoint."""
+
+    id: int
+    endpoint_id: int
+    event_id: int
+    attempt: int
+    at: datetime
+    ok: bool
+    status_code: int | None
+    error: str | None
+    duration_ms: float | None
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "webhook": self.endpoint_id, "event": self.event_id, "webhook_id": f"evt_{self.event_id}",
+                "attempt": self.attempt, "at": _iso(self.at), "ok": self.ok, "status_code": self.status_code,
+                "error": self.error, "duration_ms": self.duration_ms}

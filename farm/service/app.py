@@ -298,6 +298,17 @@ def create_app(farm_api) -> FastAPI:
                 "examples": training.get("data", {}).get("examples"), "steps": planned.specs[0].steps,
                 "seed": planned.specs[0].seed}
 
+    # -- events, webhooks and the monitor (issue 25) -----------------------------------------------------
+    from farm.service.events import event_routes
+
+    event_routes(app, farm_api, need, owned_batch)
+    from farm.service.webhook_routes import webhook_routes
+
+    webhook_routes(app, farm_api, need)
+    from farm.service.monitor import monitor_routes
+
+    monitor_routes(app)
+
     # -- what the farm can load ------------------------------------------------------------------------
     for path, what in REGISTRIES.items():
         _registry_routes(app, farm_api, need, path, what)

@@ -40,6 +40,11 @@ def serve(farm_api, *, host: str = "127.0.0.1", port: int = 8000, tls_cert: str 
     farm_api.ledger  # noqa: B018 - the ledger (and its schema) before the first request
     farm_api.secret()
     app = create_app(farm_api)
+    from farm.fleet import webhooks
+    from farm.fleet.outbound import parse_nets
+
+    # the outbox's deliverer runs beside the API (one in the fleet at a time: it holds a ledger lease)
+    webhooks.start(farm_api.ledger, parse_nets(",".join(farm_api.config.webhook_allowed_nets)))
     uvicorn.run(app, host=host, port=port, ssl_certfile=tls_cert, ssl_keyfile=tls_key, log_level=log_level,
                 proxy_headers=behind_proxy, forwarded_allow_ips="*" if behind_proxy else None,
                 server_header=False, limit_concurrency=512, timeout_keep_alive=5)

@@ -25,23 +25,27 @@ pytestmark = [pytest.mark.workers]
 
 
 class Service:
-    def __init__(self, tmp: Path, database_url: str, broker_url: str, *, workers: int = 1):
+    def __init__(self, tmp: Path, database_url: str, broker_url: str, *, workers: int = 1, env: dict | None = None):
         self.tmp = tmp
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
         self.env.update(FARM_HOME=str(tmp / "home"), FARM_DATABASE_URL=database_url, FARM_BROKER_URL=broker_url,
                         FARM_RENDERER="sleep:0.01", FARM_QUEUE=f"svc{tmp.name[-6:]}", FARM_MICRO_BATCH="4",
                         FARM_DEFAULT_MODEL="tiny-sd")
+        self.env.update(env or {})
         self.cli("db", "upgrade")
         self.port = servers.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / "service.log", "ab")
-        self.server = subprocess.Popen([sys.executable, "-m", "farm.cli", "serve", "--port", str(self.port),
-                                        "--log-level", "warning"], env=self.env, cwd=ROOT, stdout=self.log,
-                                       stderr=subprocess.STDOUT)
+        self.server = self.start_server()
         self.workers = subprocess.Popen([sys.executable, "-m", "farm.cli", "worker", "--workers", str(workers),
                                          "--models", "tiny-sd"], env=self.env, cwd=ROOT, stdout=self.log,
                                         stderr=subprocess.STDOUT) if workers else None
         servers.wait_until(self.up, 60, what="farm serve")
+
+    def start_server(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "farm.cli", "serve", "--port", str(self.port),
+                                 "--log-level", "warning"], env=self.env, cwd=ROOT, stdout=self.log,
+                                stderr=subprocess.STDOUT)
 
     def up(self) -> bool:
         try:
