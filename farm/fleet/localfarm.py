@@ -278,10 +278,13 @@ def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_bac
     stopping = {"count": 0}
 
     def _signal(signum, _frame):
+        # passed on as SIGTERM each time: the worker counts them (workers.runtime), and a second
+        # one hands back what runs and exits 1. Not SIGQUIT: Celery's cold shutdown cancels the
+        # running task first, which the solo pool cannot do, and the render failed with that error.
         stopping["count"] += 1
         for proc in procs.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM if stopping["count"] == 1 else signal.SIGQUIT)
+                proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
