@@ -660,7 +660,8 @@ class Farm:
         slots = localfarm.worker_slots(self.config, devices, broker, prefix=name_prefix,
                                        serve_all_models=models is None)
         print(f"starting {len(slots)} worker(s): {', '.join(s.name for s in slots)}", file=sys.stderr, flush=True)
-        return localfarm.supervise(slots, queues=queues)
+        private_redis = self.config if localfarm.watches_private_redis(self.config, self.env) else None
+        return localfarm.supervise(slots, queues=queues, private_redis=private_redis)
 
     def up(self, devices: list[str], *, models: str | None = None) -> dict:
         """Start the local farm in the background (a private Redis unless FARM_BROKER_URL, and

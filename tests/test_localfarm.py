@@ -34,3 +34,28 @@ def test_long_farm_homes_get_a_short_socket_path(tmp_path):
     path = redis_socket_path(load_config({"FARM_HOME": str(deep)}))
     assert len(str(path)) <= 100
     assert path == redis_socket_path(load_config({"FARM_HOME": str(deep)}))  # stable
+
+
+def test_a_supervisor_watches_the_private_redis_only(tmp_path):
+    from farm.config import load_config
+    from farm.fleet.localfarm import PRIVATE_REDIS_ENV, watches_private_redis
+
+    embedded = load_config({"FARM_HOME": str(tmp_path)})
+    theirs = load_config({"FARM_HOME": str(tmp_path), "FARM_BROKER_URL": "redis://redis.example:6379/0"})
+    assert watches_private_redis(embedded, {})  # `farm worker` in the foreground started it
+    assert not watches_private_redis(theirs, {})  # the operator's Redis is the operator's to run
+    assert watches_private_redis(theirs, {PRIVATE_REDIS_ENV: "1"})  # `farm up` named its socket
+
+
+def test_a_dead_private_redis_is_started_again_once(tmp_path):
+    from farm.config import load_config
+    from farm.fleet.localfarm import heal_private_redis, redis_alive, start_private_redis, stop_redis
+
+    cfg = load_config({"FARM_HOME": str(tmp_path / "h")})
+    try:
+        line = heal_private_redis(cfg)
+        assert line and line.startswith("[farm] the private Redis died; restarted it on ") and redis_alive(cfg)
+        assert heal_private_redis(cfg) is None and start_private_redis(cfg) is False  # alive: left alone
+    finally:
+        stop_redis(cfg)
+    assert not redis_alive(cfg)

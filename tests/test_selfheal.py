@@ -226,3 +226,44 @@ def test_a_live_worker_that_serves_other_models_does_not_count():
     clock.t = 20.0
     assert notice([info(["*"])], now, {"tiny-sd"}) is None  # serves every model
     assert notice([], now, set()) is None  # nothing left to render: nothing to say
+
+
+@pytest.mark.workers
+@pytest.mark.redis
+def test_farm_up_restarts_its_private_redis_after_kill_9_mid_batch(sleepy_env, tmp_path):
+    """The supervisor `farm up` leaves in the background watches the private Redis: killed with
+    SIGKILL mid-batch, it is started again (and the log says so), the workers reconnect, and every
+    job succeeds once, with no second `farm up`."""
+    env = {**sleepy_env, "FARM_RENDERER": "sleep:0.2"}
+    run_dir = Path(env["FARM_HOME"]) / "run"
+
+    def farm(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "farm.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                              text=True, check=True, timeout=120).stdout
+
+    farm("up", "--workers", "2")
+    try:
+        n = 40
+        submitted = json.loads(farm("submit", "a heron at dusk", "--model", "tiny-sd", "--variants", str(n),
+                                    "--seed", "0", "--json"))
+        assert submitted["jobs"] == n
+        servers.wait_until(lambda: mid_batch(env), 90, interval=0.05, what="the batch to be under way")
+        redis, supervisor = pid_in(run_dir / "redis.pid"), pid_in(run_dir / "workers.pid")
+        os.kill(redis, signal.SIGKILL)
+        killed_at = time.monotonic()
+        restarted = servers.wait_until(lambda: pid_in(run_dir / "redis.pid") != redis and alive(
+            pid_in(run_dir / "redis.pid")), 30, interval=0.1, what="the private Redis to be restarted")
+        assert restarted
+        servers.wait_until(lambda: sql(env, "select count(*) from jobs where state = 'succeeded'") == [(n,)], 150,
+                           interval=0.25, what="every job to succeed after the Redis restart")
+        recovered_s = time.monotonic() - killed_at
+        log = (run_dir / "workers.log").read_text()
+        assert "[farm] the private Redis died; restarted it on " in log, log[-3000:]
+        assert pid_in(run_dir / "workers.pid") == supervisor  # the same supervisor: nobody ran `farm up`
+        succeeded = [job for job, outcome in sql(env, "select job_id, outcome from attempts") if outcome == "succeeded"]
+        assert sorted(succeeded) == sorted(job for (job,) in sql(env, "select id from jobs"))  # each once
+        assert sql(env, "select count(*) from artifacts") == [(n,)]
+        print(f"\nREDIS kill -9 under farm up: {n} jobs succeeded once, {recovered_s:.1f}s after the kill")
+    finally:
+        subprocess.run([sys.executable, "-m", "farm.cli", "down"], env=env, cwd=ROOT, capture_output=True, timeout=120)
+    assert not alive(pid_in(run_dir / "redis.pid")) and not alive(supervisor)

@@ -74,6 +74,9 @@ class Handler:
         self.publisher = publisher  # republishes drained jobs at once (else maintenance does)
         self.micro_batch = micro_batch
         self.draining = draining or threading.Event()
+        # while draining, the monotonic time from which the current micro-batch is handed back
+        # rather than finished (0: at once; a stop signal's grace moves it later: ``finish_by``)
+        self.hand_back_at = 0.0
         self.on_quarantine = on_quarantine
         self.metrics = metrics  # WorkerMetrics, when FARM_METRICS_PORT is set
         self.model_failures: dict[str, int] = {}
@@ -175,13 +178,20 @@ class Handler:
                 log.warning("lease renewal failed: %s", exc)
 
     # -- rendering ------------------------------------------------------------------------------
+    def finish_by(self, grace_s: float) -> None:
+        """Drain: take no new job, and let the current micro-batch finish if it can within
+        ``grace_s`` seconds (handed back at its next step after that)."""
+        self.hand_back_at = time.monotonic() + grace_s
+        self.draining.set()
+
     def _stop_check(self, tokens: list[str], deadline: float):
-        """A reason to stop at the next step: the worker drains, the time limit passed, or none
-        of the jobs is ours any more (cancelled; the lease keeper finds out, every ``check_s``)."""
+        """A reason to stop at the next step: the worker drains (past its grace), the time limit
+        passed, or none of the jobs is ours any more (cancelled; the lease keeper finds out, every
+        ``check_s``)."""
         mine = frozenset(tokens)
 
         def should_stop() -> str | None:
-            if self.draining.is_set():
+            if self.draining.is_set() and time.monotonic() >= self.hand_back_at:
                 return "draining"
             if time.monotonic() > deadline:
                 return "timeout"

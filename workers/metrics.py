@@ -1,11 +1,18 @@
 """Prometheus metrics of one worker process (prometheus-client), served on FARM_METRICS_PORT.
 
-Jobs by outcome, stage durations, micro-batch sizes, what is resident, GPU memory in use.
+Jobs by outcome, stage durations, micro-batch sizes, what is resident, GPU memory in use. The same
+port answers ``/readyz`` (200 once the worker is warm and consuming, 503 before and while it
+drains) for a Kubernetes readiness probe: one port per worker to open, not two.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import threading
+from socketserver import ThreadingMixIn
+from typing import Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -46,8 +53,11 @@ class WorkerMetrics:
         self._sql = SqlCollector()
         self.registry.register(self._sql)
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "127.0.0.1", ready: Callable[[], bool] | None = None) -> None:
+        """Serve /metrics (any path but /readyz, as prometheus-client does) and /readyz."""
+        server = make_server(addr, port, readiness_app(make_wsgi_app(self.registry), ready or (lambda: True)),
+                             _ThreadingServer, handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="farm-metrics", daemon=True).start()
 
     def observe(self, outcomes: dict, timings: dict | None, batch_size: int | None) -> None:
         worker = self.labels["worker"]
@@ -72,3 +82,27 @@ class WorkerMetrics:
                 self.gpu_memory.labels(worker=worker).set(torch.cuda.memory_allocated())
         except Exception:  # noqa: BLE001 - metrics never take a worker down
             pass
+
+
+def readiness_app(metrics_app, ready: Callable[[], bool]):
+    """A WSGI app: ``/readyz`` answers whether ``ready()``, every other path the metrics."""
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") != "/readyz":
+            return metrics_app(environ, start_response)
+        try:
+            ok = bool(ready())
+        except Exception:  # noqa: BLE001 - a probe that cannot tell says not ready
+            ok = False
+        start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"ready\n" if ok else b"not ready\n"]
+
+    return app
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in flight never holds the worker's exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *_args) -> None:  # every probe and scrape would be a log line
+        pass

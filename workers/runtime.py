@@ -5,8 +5,12 @@ and CUDA are initialised after any fork, never before. A background thread sends
 fleet maintenance when this worker holds the lease, follows newly registered models, lifts model
 quarantines, and notices a remote drain (`farm workers drain NAME`).
 
-Stopping: the first SIGTERM (or a drain) lets the current micro-batch stop at its next step and go
-back to the queue, and takes no new job; a second signal hands back what is running and exits at once.
+Stopping: the first SIGTERM (or a drain) takes no new job and lets the current micro-batch finish
+within FARM_STOP_GRACE_S (0: it stops at its next step and goes back to the queue); the worker then
+stores what it rendered and exits 0. A second signal hands back what is running and exits at once.
+
+Ready (``/readyz`` on the metrics port, for a Kubernetes readiness probe): the pipelines of the
+served models are loaded (FARM_PRELOAD=1), the consumer runs, and the worker is not draining.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Runtime:
     quarantined: dict = field(default_factory=dict)  # model -> monotonic time it may come back
     cordoned: bool = False
     signals_seen: int = 0
+    ready: threading.Event = field(default_factory=threading.Event)  # warm and consuming
 
 
 _runtime: Runtime | None = None
@@ -88,6 +93,8 @@ def build(config: Config, settings: WorkerSettings) -> Runtime:
     store = open_store(config.store_url, s3_endpoint_url=config.s3_endpoint_url)
     name, device = settings.name, settings.device
     renderer, gpu_name = make_renderer(config, settings, ledger)
+    if settings.preload:
+        preload(renderer, settings, config)
     warm_up_encoding()  # registered below as active: ready for its first image
     versions = library_versions()
     prefix = f"{config.queue}."
@@ -103,7 +110,8 @@ def build(config: Config, settings: WorkerSettings) -> Runtime:
 
         metrics = WorkerMetrics(name)
         metrics.watch_sql(ledger.sql_counts)
-        metrics.serve(settings.metrics_port, settings.metrics_addr)
+        metrics.serve(settings.metrics_port, settings.metrics_addr,
+                      ready=lambda: "runtime" in runtime_ref and is_ready(runtime_ref["runtime"]))
         log.info("metrics on %s:%s", settings.metrics_addr, settings.metrics_port)
     handler = Handler(ledger=ledger, store=store, runner=renderer, worker=name, device=device, versions=versions,
                       lease_s=config.lease_s, time_limit_s=config.job_time_limit, max_attempts=config.max_attempts,
@@ -120,6 +128,28 @@ def build(config: Config, settings: WorkerSettings) -> Runtime:
         dispatcher = Dispatcher(ledger, Publisher(config, broker_url_for(config)), config, holder=name)
         threading.Thread(target=dispatcher.run, args=(runtime.stop,), name="farm-dispatch", daemon=True).start()
     return runtime
+
+
+def preload(renderer, settings: WorkerSettings, config: Config) -> None:
+    """Load the pipelines of the models this worker serves (as many as stay resident) before it
+    takes work, so its first micro-batch pays no load and its readiness means warm. A model that
+    fails to load is logged, not fatal: its jobs fail or retry as they would have anyway."""
+    pipeline = getattr(renderer, "pipeline", None)
+    prefix = f"{config.queue}."
+    models = [q[len(prefix):] for q in settings.queues if q.startswith(prefix)]
+    if pipeline is None or settings.serve_all_models:
+        return  # the sleep renderer has nothing to load; a worker of every model has no short list
+    for model in models[:config.max_resident_models]:
+        try:
+            _, load_ms = pipeline(model)
+            log.info("preloaded %s in %.0f ms", model, load_ms)
+        except Exception as exc:  # noqa: BLE001 - see above
+            log.error("could not preload %s: %s", model, exc)
+
+
+def is_ready(runtime: Runtime) -> bool:
+    """Warm (built, models preloaded), consuming, and not draining: a pod to count on."""
+    return runtime.ready.is_set() and not runtime.draining.is_set()
 
 
 # -- queues ------------------------------------------------------------------------------------
@@ -183,12 +213,13 @@ def set_cordoned(runtime: Runtime, cordoned: bool, serving: set[str]) -> None:
 
 
 # -- stopping ----------------------------------------------------------------------------------
-def drain(runtime: Runtime, why: str) -> None:
-    """Take no new job; the current micro-batch stops at its next step and goes back to the queue."""
+def drain(runtime: Runtime, why: str, grace_s: float = 0.0) -> None:
+    """Take no new job; the current micro-batch finishes if it can within ``grace_s`` seconds,
+    else it stops at its next step after that and goes back to the queue."""
     if runtime.draining.is_set():
         return
-    runtime.draining.set()
-    log.warning("draining (%s)", why)
+    runtime.handler.finish_by(grace_s)  # sets runtime.draining, the handler's own event
+    log.warning("draining (%s)%s", why, f": the current micro-batch may finish within {grace_s:g}s" if grace_s else "")
     try:
         runtime.ledger.heartbeat(runtime.name, state="draining")
     except Exception:  # noqa: BLE001
@@ -290,7 +321,9 @@ def _on_worker_init(**_kwargs) -> None:
 
 @signals.worker_ready.connect
 def _on_worker_ready(sender=None, **_kwargs) -> None:
-    current().consumer = sender
+    runtime = current()
+    runtime.consumer = sender
+    runtime.ready.set()
 
 
 @signals.worker_shutting_down.connect
@@ -299,7 +332,7 @@ def _on_shutting_down(sig=None, how=None, **_kwargs) -> None:
         return
     _runtime.signals_seen += 1
     if _runtime.signals_seen == 1 and how != "Cold":
-        drain(_runtime, f"signal {sig}")
+        drain(_runtime, f"signal {sig}", _runtime.settings.stop_grace_s)
         return
     # a second signal (or a cold shutdown): hand back what is running and leave now
     try:

@@ -28,6 +28,11 @@ class WorkerSettings:
     log_format: str  # "text" or "json"
     offload: str = "none"  # engine.offload: none, model or sequential (small GPUs)
     vae_tiling: bool = False  # decode large images in tiles, a batch one image at a time
+    # a stop signal lets the current micro-batch finish for this long before handing it back: keep
+    # it under the grace period the process gets before its kill (Kubernetes'
+    # terminationGracePeriodSeconds, compose's stop_grace_period). 0: hand back at the next step
+    stop_grace_s: int = 0
+    preload: bool = False  # load the served models' pipelines before taking work (ready once warm)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -52,4 +57,6 @@ class WorkerSettings:
             log_format=log_format,
             offload=offload,
             vae_tiling=_int(env, "FARM_VAE_TILING", 0, 0, 1) == 1,
+            stop_grace_s=_int(env, "FARM_STOP_GRACE_S", 0, 0, 3600),
+            preload=_int(env, "FARM_PRELOAD", 0, 0, 1) == 1,
         )

@@ -82,7 +82,9 @@ def worker_cmd(state: State, devices, workers, models, name_prefix, log_format, 
     if vae_tiling:
         os.environ["FARM_VAE_TILING"] = "1"
     device_list = state.farm.devices(devices, workers)
-    return state.farm.run_workers(device_list, models=models, name_prefix=name_prefix)
+    status = state.farm.run_workers(device_list, models=models, name_prefix=name_prefix)
+    if status:
+        raise SystemExit(status)  # a worker was killed rather than drained (its jobs: the reaper's)
 
 
 @cli.command("up")

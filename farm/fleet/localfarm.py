@@ -9,10 +9,15 @@ the background and ``farm down`` stops it and the private Redis.
 A supervisor started for an owner (``farm run``, ``farm.Farm.local``) watches that process: when
 the owner is gone, even killed with SIGKILL, the supervisor stops its workers and, if the owner
 started it, the private Redis, so nothing it started keeps running unattended.
+
+The supervisor of a farm on the private Redis also watches that Redis: killed or crashed, it is
+started again on the same socket and append-only file (the queued messages come back with it, the
+reconciler publishes any that did not) and the supervisor's log says so; the workers reconnect.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -34,6 +39,10 @@ SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux
 # set by ``up`` for the supervisor of an owned farm (internal: not user configuration)
 OWNER_PID_ENV = "FARM_OWNER_PID"  # the process whose farm this is
 OWNER_REDIS_ENV = "FARM_OWNER_REDIS"  # "1": the owner started the private Redis, stop it with the workers
+# set by ``up`` where the broker is the private Redis (FARM_BROKER_URL then names its socket, so
+# the supervisor could not tell it from a Redis of the operator's): restart it if it dies
+PRIVATE_REDIS_ENV = "FARM_PRIVATE_REDIS"
+REDIS_CHECK_S = 1.0  # how often a supervisor looks at its private Redis
 
 
 # -- the private Redis ------------------------------------------------------------------------
@@ -89,8 +98,26 @@ def ensure_redis(cfg: Config, timeout: float = 15.0) -> str:
     """Start the private Redis if it is not running; return the broker URL."""
     if not cfg.uses_embedded_broker:
         return cfg.broker_url  # type: ignore[return-value]
-    if redis_alive(cfg):
-        return broker_url_for(cfg)
+    start_private_redis(cfg, timeout)
+    return broker_url_for(cfg)
+
+
+def start_private_redis(cfg: Config, timeout: float = 15.0) -> bool:
+    """Start the redis-server under the farm home unless it answers; True if this call started it.
+
+    Under a lock on the farm home: a client healing its farm (``farm run``) and the supervisor
+    watching the same Redis may both find it dead, and two servers on one socket and one
+    append-only file would each lose the other's writes."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.run_dir / "redis.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if redis_alive(cfg):
+            return False
+        _start_redis_server(cfg, timeout)
+        return True
+
+
+def _start_redis_server(cfg: Config, timeout: float) -> None:
     data_dir = cfg.run_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     sock = redis_socket_path(cfg)
@@ -110,7 +137,7 @@ def ensure_redis(cfg: Config, timeout: float = 15.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if redis_alive(cfg):
-            return broker_url_for(cfg)
+            return
         time.sleep(0.05)
     raise InfrastructureError(f"redis-server did not answer on {sock} within {timeout:g}s "
                               f"(see {cfg.run_dir / 'redis.log'})")
@@ -218,12 +245,32 @@ def _die_with_parent() -> None:
         pass
 
 
-def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_backoff: float = 2.0,
-              on_ready=None) -> int:
-    """Run one worker process per slot until SIGTERM/SIGINT; restart any that dies.
+def watches_private_redis(cfg: Config, env: Mapping[str, str]) -> bool:
+    """Whether a supervisor with this configuration and environment runs on the private Redis
+    (started by ``up``, or in the foreground with no FARM_BROKER_URL) and so keeps it alive."""
+    return cfg.uses_embedded_broker or env.get(PRIVATE_REDIS_ENV) == "1"
 
-    The first signal asks every worker for a warm shutdown (finish the current job); a second
-    one stops them at once.
+
+def heal_private_redis(cfg: Config) -> str | None:
+    """Start the private Redis again if it died; the line that says what happened, or None."""
+    if redis_alive(cfg):
+        return None
+    try:
+        if start_private_redis(cfg):
+            return f"[farm] the private Redis died; restarted it on {redis_socket_path(cfg)}"
+    except InfrastructureError as exc:
+        return f"[farm] the private Redis died and did not start again ({exc}); trying again"
+    return None  # someone else (a `farm run` healing the same farm) restarted it first
+
+
+def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_backoff: float = 2.0,
+              on_ready=None, private_redis: Config | None = None) -> int:
+    """Run one worker process per slot until SIGTERM/SIGINT; restart any that dies, and the
+    private Redis of ``private_redis``'s farm home too. Returns 0 if every worker stopped with
+    status 0 (a drain), 1 otherwise.
+
+    The first signal asks every worker for a warm shutdown (finish or hand back the current
+    micro-batch); a second one stops them at once.
     """
     procs: dict[int, subprocess.Popen] = {}
     restarts: dict[int, float] = {}
@@ -231,15 +278,19 @@ def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_bac
     stopping = {"count": 0}
 
     def _signal(signum, _frame):
+        # passed on as SIGTERM each time: the worker counts them (workers.runtime), and a second
+        # one hands back what runs and exits 1. Not SIGQUIT: Celery's cold shutdown cancels the
+        # running task first, which the solo pool cannot do, and the render failed with that error.
         stopping["count"] += 1
         for proc in procs.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM if stopping["count"] == 1 else signal.SIGQUIT)
+                proc.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, _signal)
     signal.signal(signal.SIGINT, _signal)
     owner = _owner_pid()
     orphaned = False
+    next_redis_check = time.monotonic() + REDIS_CHECK_S
     for i, slot in enumerate(slots):
         procs[i] = _spawn(slot, queues)
     if on_ready:
@@ -254,9 +305,15 @@ def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_bac
             if all(p.poll() is not None for p in procs.values()):
                 if orphaned:
                     _clean_up_after_owner()
-                return 0
+                return _stopped_status(slots, procs, finished)
             time.sleep(0.1)
             continue
+        if private_redis is not None and time.monotonic() >= next_redis_check:
+            # the workers' broker: without it they wait for good (nothing else restarts it)
+            next_redis_check = time.monotonic() + REDIS_CHECK_S
+            line = heal_private_redis(private_redis)
+            if line:
+                print(line, file=sys.stderr, flush=True)
         for i, proc in list(procs.items()):
             if proc.poll() is None or i in finished:
                 continue
@@ -272,6 +329,15 @@ def supervise(slots: list[WorkerSlot], *, queues: str | None = None, restart_bac
                 procs[i] = _spawn(slots[i], queues)
                 restarts[i] = time.monotonic() + restart_backoff
         time.sleep(0.2)
+
+
+def _stopped_status(slots: list[WorkerSlot], procs: dict[int, subprocess.Popen], finished: set[int]) -> int:
+    """Say how each worker stopped; 0 if all stopped cleanly (a drain), 1 if one was killed."""
+    codes = [procs[i].returncode for i in procs]
+    for i, code in enumerate(codes):
+        if i not in finished:
+            print(f"[farm] worker {slots[i].name} stopped (exit {code})", file=sys.stderr, flush=True)
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 def _owner_pid() -> int | None:
@@ -349,7 +415,8 @@ def up(cfg: Config, devices: list[str], models: str | None = None, *, env: Mappi
     if models:
         command += ["--models", models]
     env = {k: v for k, v in (os.environ if env is None else env).items() if k not in (OWNER_PID_ENV, OWNER_REDIS_ENV)}
-    env.update({"FARM_BROKER_URL": broker, "FARM_HOME": str(cfg.home)})
+    env.update({"FARM_BROKER_URL": broker, "FARM_HOME": str(cfg.home),
+                PRIVATE_REDIS_ENV: "1" if cfg.uses_embedded_broker else ""})
     if owner_pid:
         env.update({OWNER_PID_ENV: str(owner_pid), OWNER_REDIS_ENV: "1" if owner_redis else ""})
     with open(cfg.run_dir / "workers.log", "ab") as log:

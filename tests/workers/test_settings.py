@@ -16,10 +16,14 @@ def test_settings_from_the_environment():
     default = WorkerSettings.from_env({})
     assert (default.device, default.queues, default.metrics_port, default.log_format) == ("cpu", (), 0, "text")
     assert default.name.startswith("farm-")
+    assert (default.stop_grace_s, default.preload) == (0, False)  # hand back at once, load on first use
+    pod = WorkerSettings.from_env({"FARM_STOP_GRACE_S": "90", "FARM_PRELOAD": "1"})
+    assert (pod.stop_grace_s, pod.preload) == (90, True)
 
 
 @pytest.mark.parametrize("variable,value", [("FARM_DEVICE", "gpu0"), ("FARM_TORCH_THREADS", "many"),
-                                            ("FARM_METRICS_PORT", "70000"), ("FARM_LOG_FORMAT", "xml")])
+                                            ("FARM_METRICS_PORT", "70000"), ("FARM_LOG_FORMAT", "xml"),
+                                            ("FARM_STOP_GRACE_S", "-1"), ("FARM_PRELOAD", "yes")])
 def test_bad_settings_name_the_variable(variable, value):
     with pytest.raises(ConfigError, match=f"^{variable}: "):
         WorkerSettings.from_env({variable: value})
