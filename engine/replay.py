@@ -35,7 +35,12 @@ def replay(ledger: Ledger, job_id: int, *, model_cache: Path, device: str = "cpu
                     store_url=store_url)
     rendered = runner.render([view.spec])
     stored = ArtifactReader(s3_endpoint_url).read(view.artifact.store_url, view.artifact.key, view.artifact.sha256)
-    before = np.asarray(Image.open(io.BytesIO(stored)).convert("RGB")).astype(int)
+    if view.spec.clip:  # issue 27: every frame of the clip (a WebP clip is lossless: exact frames)
+        from engine.clips import read_frames
+
+        before = np.stack(read_frames(stored)).astype(int)
+    else:
+        before = np.asarray(Image.open(io.BytesIO(stored)).convert("RGB")).astype(int)
     after = rendered.pixels[0].astype(int)
     difference = np.abs(before - after)
     notes = []

@@ -166,15 +166,22 @@ class Runner:
         location = self._resolve(entry)
         return location, None if location.single_file else entry.weight_name
 
-    def pipeline(self, model: str) -> tuple[Resident, float]:
-        """The resident pipeline of ``model`` (loaded if needed) and the ms spent loading it."""
-        if model in self.resident:
-            self.resident.move_to_end(model)
-            return self.resident[model], 0.0
+    def pipeline(self, model: str, motion: str | None = None) -> tuple[Resident, float]:
+        """The resident pipeline of ``model`` (loaded if needed) and the ms spent loading it;
+        with ``motion``, its AnimateDiff pipeline with that motion module (a resident of its own:
+        engine.clips)."""
+        key = model if motion is None else f"{model}+{motion}"
+        if key in self.resident:
+            self.resident.move_to_end(key)
+            return self.resident[key], 0.0
         started = time.perf_counter()
         while len(self.resident) >= self.max_models:
             self._unload(next(iter(self.resident)))
         pipe, family, dtype = self._load(model)
+        if motion is not None:  # issue 27: the motion module's temporal layers go into a copy of the UNet
+            from engine import clips
+
+            pipe = clips.clip_pipeline(self, pipe, motion, dtype)
         if self.offload == "none":
             pipe.to(self.device)
         if self.is_cuda:  # NHWC convolutions run on the tensor cores without layout shuffles
@@ -199,7 +206,7 @@ class Runner:
                               max_bytes=self.max_adapter_bytes, host=self.host_loras, fuse=self.fuse,
                               fuse_stack=self.compile)
         resident = Resident(pipe, family, (type(scheduler), dict(scheduler.config)), adapters, dtype=dtype)
-        self.resident[model] = resident
+        self.resident[key] = resident
         return resident, (time.perf_counter() - started) * 1000
 
     def _load(self, model: str, dtype=None) -> tuple[Any, ModuleType, Any]:
@@ -280,7 +287,8 @@ class Runner:
         timings: dict[str, float] = {}
         # weights load outside inference mode: tensors made inside it can never be modified again
         # (peft sets requires_grad and swaps adapter weights in place)
-        resident, timings["model_load_ms"] = self.pipeline(first.model)
+        clip = first.clip  # issue 27: a clip renders on the model's AnimateDiff pipeline (engine.clips)
+        resident, timings["model_load_ms"] = self.pipeline(first.model, clip["motion"] if clip else None)
         pipe, family = resident.pipe, resident.family
         stack = [(a.name, a.weight) for a in first.adapters]
         accelerator = next((a.name for a in first.adapters if a.role == "accelerator"), None)
@@ -305,7 +313,7 @@ class Runner:
             decoder = None  # the pipeline's own VAE
         pipe.scheduler = self._scheduler(resident, first.scheduler, first.scheduler_config or {})
         # issue 13: an image kind runs its own pipeline (made of the resident one's modules) on its inputs
-        kind_call = None if first.kind == "txt2img" else \
+        kind_call = None if first.kind in ("txt2img", "clip") else \
             image_kinds.prepare(self, resident, jobs, len(jobs) + (-len(jobs)) % self.bucket, timings)
         # on the CPU, per-image rows of small products are computed alone (engine.invariance)
         invariant = contextlib.nullcontext() if self.is_cuda else row_wise_linear(self.bucket)
@@ -335,6 +343,8 @@ class Runner:
             # the pipeline's own denoising loop (scheduler, guidance, size conditioning), to latents
             denoise, sized = (pipe, {"width": first.width, "height": first.height}) if kind_call is None else \
                 (kind_call.pipe, kind_call.kwargs)  # issue 13: an image kind's pipeline, images and size
+            if clip:
+                sized["num_frames"] = clip["frames"]
             latents = denoise(**embeds, generator=generators, num_inference_steps=first.steps,
                               guidance_scale=first.guidance, **sized,
                               output_type="latent", return_dict=False, **call["call"],
@@ -343,12 +353,18 @@ class Runner:
             timings["denoise_ms"] = (time.perf_counter() - started) * 1000
 
             started = time.perf_counter()
-            images = family.decode(pipe, latents, decoder, **call["decode"])
-            # to uint8 on the device: the host gets 1 byte per channel, not 4
-            pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-            pixels = pixels[: len(jobs)].permute(0, 2, 3, 1).contiguous().cpu().numpy()
+            if clip:  # (clips, frames, H, W, 3), each clip's frames in a VAE call of their own
+                from engine.clips import decode_frames
+
+                pixels = decode_frames(family, pipe, latents, len(jobs), decoder)
+            else:
+                images = family.decode(pipe, latents, decoder, **call["decode"])
+                # to uint8 on the device: the host gets 1 byte per channel, not 4
+                pixels = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+                pixels = pixels[: len(jobs)].permute(0, 2, 3, 1).contiguous().cpu().numpy()
             if kind_call is not None and kind_call.finish is not None:  # the inpaint overlay (issue 13)
                 pixels = kind_call.finish(pixels)
+            self._sync()
             timings["vae_decode_ms"] = (time.perf_counter() - started) * 1000
         # the most device memory this call held (what offload and tiling are for); 0 on the CPU
         timings["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.is_cuda else 0.0
@@ -360,5 +376,9 @@ class Runner:
             "adapter_sha256": {name: resident.adapters.digests.get(name) for name, _ in stack},
             **(kind_call.environment if kind_call is not None else {}),
         }
+        if clip:
+            from engine.clips import motion_digest
+
+            environment["motion_sha256"] = {clip["motion"]: motion_digest(self, clip["motion"])}
         return Rendered([pixels[i] for i in range(len(jobs))], timings, rows, type(pipe.scheduler).__name__,
                         environment)

@@ -56,11 +56,26 @@ def layout(cells: list[tuple[str, str, int, int]]) -> Layout:
     return Layout(columns, rows, width * scale, height * scale)
 
 
+def cell_image(data: bytes):
+    """A cell's picture: the image, or a clip's first, middle and last frame side by side (issue 27)."""
+    from PIL import Image
+
+    from engine.clips import is_clip, key_frames
+
+    if not is_clip(data):
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    frames = key_frames(data)
+    strip = Image.new("RGB", (sum(f.width for f in frames) + 2 * (len(frames) - 1), frames[0].height), "white")
+    for i, frame in enumerate(frames):
+        strip.paste(frame, (i * (frame.width + 2), 0))
+    return strip
+
+
 def contact_sheet(cells: list[tuple[str, str, bytes]], title: str) -> tuple[bytes, Layout]:
     """A PNG grid of (column label, row label, image bytes); one image per cell."""
     from PIL import Image, ImageDraw
 
-    images = [(c, r, Image.open(io.BytesIO(data)).convert("RGB")) for c, r, data in cells]
+    images = [(c, r, cell_image(data)) for c, r, data in cells]
     grid = layout([(c, r, im.width, im.height) for c, r, im in images])
     sheet = Image.new("RGB", grid.size, "white")
     draw = ImageDraw.Draw(sheet)

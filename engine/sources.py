@@ -61,6 +61,10 @@ def _build(name: str, cache_dir: Path) -> Path:
         from engine.pipelines import tiny_controlnet
 
         return tiny_controlnet.ensure_tiny_controlnet(base, name, builtin_dir, seed=seed)
+    if what == "motion":  # issue 27: AnimateDiff's temporal layers, sized for the tiny UNet
+        from engine.pipelines import tiny_motion
+
+        return tiny_motion.ensure_tiny_motion(name, builtin_dir, seed=seed)
     # the tiny FLUX / SD3 models, their LoRAs and decoders have their own builders (base: a model or an arch)
     builders = tiny_flow if base in tiny_flow.BUILDERS else tiny
     if what == "model":

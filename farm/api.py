@@ -77,10 +77,10 @@ def _submitter() -> str:
 
 
 def _registry_kind(entry) -> str:
-    from farm.models.catalog import AdapterEntry, ControlNetEntry, EmbeddingEntry, ModelEntry
+    from farm.models.catalog import AdapterEntry, ControlNetEntry, EmbeddingEntry, ModelEntry, MotionAdapterEntry
 
     return {ModelEntry: "model", AdapterEntry: "adapter", EmbeddingEntry: "embedding",
-            ControlNetEntry: "controlnet"}[type(entry)]
+            ControlNetEntry: "controlnet", MotionAdapterEntry: "motion"}[type(entry)]
 
 
 def _exit_on_sigterm(signum, _frame):
@@ -599,7 +599,7 @@ class Farm:
         what = _registry_kind(entry)
         catalog = self.catalog()
         known = {"model": catalog.models, "adapter": catalog.adapters, "embedding": catalog.embeddings,
-                 "controlnet": catalog.controlnets}[what]
+                 "controlnet": catalog.controlnets, "motion": catalog.motion_adapters}[what]
         if entry.name in known:  # before hashing a large file (the ledger checks again as it writes)
             raise ConflictError(f"{what} {entry.name} is already registered (remove it first)")
         return checked_entry(entry, self.config)
@@ -613,7 +613,8 @@ class Farm:
         if not checked:
             entry = self.check_entry(entry)
         add = {"model": self.ledger.add_model, "adapter": self.ledger.add_adapter,
-               "embedding": self.ledger.add_embedding, "controlnet": self.ledger.add_controlnet}[what]
+               "embedding": self.ledger.add_embedding, "controlnet": self.ledger.add_controlnet,
+               "motion": self.ledger.add_motion_adapter}[what]
         add(entry)
         return entry
 

@@ -13,7 +13,8 @@ def resolve(recipe, model, steps=None, guidance=None, negative="", adapters=BUIL
 
 def test_the_seven_recipes_are_consistent():
     assert list(RECIPES) == ["lcm-lora", "lcm", "turbo", "lightning", "hyper", "lcm-blend", "plain",
-                             "schnell", "sd35-turbo", "flux-hyper"]  # the flow families' (tests/test_flow_recipes.py)
+                             "schnell", "sd35-turbo", "flux-hyper",  # the flow families' (tests/test_flow_recipes.py)
+                             "animatediff-lightning"]  # clips only (tests/test_clips.py)
     for recipe in RECIPES.values():
         lo, hi = recipe.steps
         assert lo <= recipe.default_steps <= hi, recipe.name

@@ -137,7 +137,7 @@ def test_the_decoder_is_full_unless_a_preview_is_asked_for():
     shaping = asdict(full)
     del shaping["warnings"], shaping["decoder"], shaping["kind"], shaping["embeddings"]  # fields at their defaults
     for name in ("init_image", "mask_image", "control_image", "strength", "mask_blur", "controlnet", "control_scale",
-                 "control_preprocess", "upscale", "training"):  # issues 13 and 14, at their defaults too
+                 "control_preprocess", "upscale", "training", "clip"):  # issues 13, 14 and 27, at their defaults too
         del shaping[name]
     assert full.digest == hashlib.sha256(json.dumps(shaping, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     with pytest.raises(InputError, match="^decoder: 'blurry' is not a decoder"):

@@ -26,6 +26,7 @@ from datetime import datetime
 from engine.imaging import encode_png
 from farm.fleet import retry
 from farm.jobs import states
+from farm.jobs.clips import artifact_extension, content_type
 from farm.jobs.spec import JobSpec
 from farm.ledger import Artifact, Claim, Completion, Ledger
 from farm.results.metadata import a1111_parameters, job_record, job_record_json, resource_hashes
@@ -47,7 +48,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def time_limit_s(spec: JobSpec, rows: int, base_s: float) -> float:
     """A micro-batch's time limit: ``base_s`` for one 512x512 image at 4 steps, scaled by steps,
     pixels and rows (never under 30 s: loading a model is part of the first call)."""
-    scale = (spec.steps / 4) * (spec.width * spec.height / (512 * 512)) * rows
+    frames = spec.clip["frames"] if spec.clip else 1  # issue 27: a clip is its frames' work
+    scale = (spec.steps / 4) * (spec.width * spec.height / (512 * 512)) * rows * frames
     return max(30.0, base_s * scale)
 
 
@@ -403,11 +405,17 @@ class Handler:
                                 worker=self.worker, device=self.device, versions=self.versions,
                                 scheduler=scheduler, environment=environment, hashes=hashes)
             started = time.perf_counter()
-            png = encode_png(pixels, a1111_parameters(record), job_record_json(record))
+            if spec.clip:  # issue 27: the clip's frames as one file (engine.clips), an animated WebP or an MP4
+                from engine.clips import encode_clip
+
+                png = encode_clip(pixels, spec.clip["fps"], spec.clip["format"], a1111_parameters(record),
+                                  job_record_json(record))
+            else:
+                png = encode_png(pixels, a1111_parameters(record), job_record_json(record))
             encoded = time.perf_counter()
-            key = artifact_key(claim.batch_id, claim.index, spec.seed)
+            key = artifact_key(claim.batch_id, claim.index, spec.seed, artifact_extension(spec.clip))
             digest = hashlib.sha256(png).hexdigest()
-            self.store.put(key, png, "image/png", metadata={"sha256": digest, "seed": str(spec.seed)})
+            self.store.put(key, png, content_type(spec.clip), metadata={"sha256": digest, "seed": str(spec.seed)})
             uploaded = time.perf_counter()
             timings = dict(timings)
             timings["image_encode_ms"] = (encoded - started) * 1000
@@ -416,7 +424,7 @@ class Handler:
             timings["total_ms"] = render_ms + (uploaded - started) * 1000
             timings["gpu_ms"] = render_ms  # its share of the pipeline call: what its tenant is charged
             artifact = Artifact(store_url=self.store.url, key=key, sha256=digest, bytes=len(png),
-                                width=spec.width, height=spec.height, content_type="image/png")
+                                width=spec.width, height=spec.height, content_type=content_type(spec.clip))
             return Completion(claim.job_id, claim.token, artifact, timings, batch_size, environment)
         except Exception as exc:  # noqa: BLE001 - a store fault: retry the job
             error = retry.describe(exc)

@@ -74,7 +74,7 @@ COMMANDS = {
     "jobs": "jobs", "reap": "maintenance", "reconcile": "maintenance", "models": "models", "recipes": "recipes",
     "replay": "replay", "results": "results", "run": "run", "stats": "stats", "status": "status",
     "submit": "submit", "workers": "workers", "worker": "workers", "up": "workers", "down": "workers",
-    "serve": "serve", "keys": "keys", "tenants": "keys", "webhooks": "webhooks",
+    "serve": "serve", "keys": "keys", "tenants": "keys", "webhooks": "webhooks", "motion": "motion",
 }
 
 

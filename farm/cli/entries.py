@@ -6,12 +6,12 @@ from __future__ import annotations
 import click
 
 from farm.cli import State, emit_json
-from farm.models.catalog import AdapterEntry, ControlNetEntry, EmbeddingEntry, ModelEntry
+from farm.models.catalog import AdapterEntry, ControlNetEntry, EmbeddingEntry, ModelEntry, MotionAdapterEntry
 
 
 def what_of(entry) -> str:
     return {ModelEntry: "model", AdapterEntry: "adapter", EmbeddingEntry: "embedding",
-            ControlNetEntry: "controlnet"}[type(entry)]
+            ControlNetEntry: "controlnet", MotionAdapterEntry: "motion"}[type(entry)]
 
 
 def register(state: State, entry, as_json: bool, description: str) -> None:

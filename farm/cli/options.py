@@ -6,9 +6,10 @@ import functools
 
 import click
 
+from farm.jobs.clips import FORMATS, MAX_FRAMES, MIN_FRAMES
 from farm.jobs.kinds import IMAGE_KINDS, PREPROCESSORS
 
-KIND_CHOICES = ("txt2img",) + IMAGE_KINDS  # farm.jobs.spec.KINDS (issue 13)
+KIND_CHOICES = ("txt2img",) + IMAGE_KINDS + ("clip",)  # farm.jobs.spec.KINDS (issues 13, 27)
 
 
 def job_options(func):
@@ -59,6 +60,14 @@ def job_options(func):
                      help="Compute the control image at submission (canny: edges, thresholds 100/200)."),
         click.option("--scale", "upscale", default=None, metavar="F",
                      help="Upscale (hires pass): the factor, 1 < F <= 4 (e.g. 1.5, 2)."),
+        # issue 27: clips (farm.jobs.clips), AnimateDiff on the SD1.5 family
+        click.option("--frames", default=None, metavar="N",
+                     help=f"A clip of N frames, {MIN_FRAMES}..{MAX_FRAMES} (default 16; implies --kind clip); or an axis."),
+        click.option("--fps", default=None, metavar="N", help="A clip's frames per second (default 8)."),
+        click.option("--motion", default=None, metavar="NAME",
+                     help="A clip's motion module (see `farm motion list`; default: the model arch's for the recipe)."),
+        click.option("--video-format", "video_format", type=click.Choice(FORMATS), default=None,
+                     help="A clip's file: webp (animated, the default) or mp4 (H.264)."),
         click.option("--from-batch", "from_batch", default=None, metavar="BATCH",
                      help="Every succeeded image of BATCH as an init image (crossed with the other axes)."),
     ]

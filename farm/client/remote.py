@@ -207,7 +207,7 @@ class RemoteFarm:
         for job in self.jobs(batch):
             if not job.get("sha256") or not job.get("artifact"):
                 continue
-            target = out / output_name(job["index"], job["seed"])
+            target = out / output_name(job["index"], job["seed"], job["artifact"])
             fd, tmp = tempfile.mkstemp(prefix=".part-", dir=out)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(self.image(job))
@@ -264,7 +264,8 @@ class RemoteFarm:
 # -- from command-line options to a spec's fields -------------------------------------------------------
 IMAGE_OPTIONS = ("init_image", "mask_image", "control_image")
 PASSED_AS_IS = ("seed", "seeds", "model", "recipe", "steps", "guidance", "size", "negative", "decoder", "accelerator",
-                "kind", "mask_blur", "strength", "controlnet", "control_scale", "control_preprocess", "upscale")
+                "kind", "mask_blur", "strength", "controlnet", "control_scale", "control_preprocess", "upscale",
+                "frames", "fps", "motion", "video_format")  # issue 27: clips
 
 
 def request_body(prompt: str | None = None, *, upload, file=None, spec=None, variants: int = 1, adapters=(),

@@ -10,9 +10,10 @@ from pathlib import Path
 
 from farm.config import Config
 from farm.errors import InputError
-from farm.models.catalog import ControlNetEntry, ModelEntry
+from farm.models.catalog import ControlNetEntry, ModelEntry, MotionAdapterEntry
 from farm.models.checkpoints import check_model_source
 from farm.models.controlnets import with_file as controlnet_with_file
+from farm.models.motion import with_file as motion_with_file
 from farm.models.registry import weight_file, with_file
 from farm.storage.fetch import fetch_s3
 
@@ -39,6 +40,9 @@ def checked_entry(entry, config: Config):
     if isinstance(entry, ControlNetEntry):  # issue 13: a directory's config or a file's header
         local = root if root is not None else (Path(entry.source) if Path(entry.source).is_absolute() else None)
         return entry if local is None else controlnet_with_file(entry, local, entry.sha256)
+    if isinstance(entry, MotionAdapterEntry):  # issue 27: its temporal layers' widths, block by block
+        local = root if root is not None else (Path(entry.source) if Path(entry.source).is_absolute() else None)
+        return entry if local is None else motion_with_file(entry, local, entry.sha256)
     path = weight_file(entry, root)
     if path is None:
         return entry

@@ -34,6 +34,7 @@ FLAGS = {"init_image": "--init-image", "mask_image": "--mask", "control_image": 
          "control_scale": "--control-scale", "control_preprocess": "--control-preprocess", "upscale": "--scale"}
 TAKES = {  # kind -> the request fields it takes
     "txt2img": (),
+    "clip": (),  # issue 27: a clip's own options are farm.jobs.clips'; no image input yet
     "img2img": ("init_image", "strength"),
     "inpaint": ("init_image", "mask_image", "strength", "mask_blur"),
     "controlnet": ("control_image", "controlnet", "control_scale", "control_preprocess"),
@@ -103,6 +104,10 @@ def infer_kind(request) -> str:
     """The kind a request asks for: ``kind`` when given, else what its inputs imply."""
     if request.kind is not None:
         return request.kind
+    from farm.jobs.clips import clip_flags_given
+
+    if clip_flags_given(request):  # issue 27: --frames, --motion ... ask for a clip
+        return "clip"
     if request.mask_image is not None or request.mask_blur is not None:
         return "inpaint"
     if request.control_image is not None or request.controlnet is not None:
@@ -147,7 +152,7 @@ def resolve_kind(request, model: ModelEntry, controlnets: Mapping[str, ControlNe
         if name not in TAKES[kind]:
             raise InputError(name, f"{_a(kind)} job takes no {FLAGS[name]}" + (
                 "" if kind == "txt2img" else f" ({kind} takes {', '.join(FLAGS[n] for n in TAKES[kind])})"))
-    if kind == "txt2img":
+    if kind in ("txt2img", "clip"):
         return KindFields(kind)
     if model.family not in KIND_FAMILIES:
         raise InputError("kind", f"{kind} jobs run on the {', '.join(KIND_FAMILIES)} families; {model.name} is a "

@@ -14,13 +14,15 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Mapping
 
 from farm.errors import InputError
-from farm.jobs.kinds import IMAGE_KINDS, INPUT_FIELDS, InputInfo, resolve_kind
+from farm.jobs import clips
+from farm.jobs.kinds import IMAGE_KINDS, INPUT_FIELDS, InputInfo, infer_kind, resolve_kind
 from farm.jobs.values import parse_float, parse_int
 from farm.models.catalog import (
     BUILTIN_ADAPTERS,
     BUILTIN_CONTROLNETS,
     BUILTIN_EMBEDDINGS,
     BUILTIN_MODELS,
+    BUILTIN_MOTION_ADAPTERS,
     DECODERS,
     NATIVE_SIZE,
     SIZE_MULTIPLE,
@@ -28,6 +30,7 @@ from farm.models.catalog import (
     ControlNetEntry,
     EmbeddingEntry,
     ModelEntry,
+    MotionAdapterEntry,
 )
 from farm.models.embeddings import used_embeddings
 from farm.models.names import check_name
@@ -57,6 +60,7 @@ class Catalog:
     adapters: Mapping[str, AdapterEntry] = field(default_factory=lambda: dict(BUILTIN_ADAPTERS))
     embeddings: Mapping[str, EmbeddingEntry] = field(default_factory=lambda: dict(BUILTIN_EMBEDDINGS))
     controlnets: Mapping[str, ControlNetEntry] = field(default_factory=lambda: dict(BUILTIN_CONTROLNETS))
+    motion_adapters: Mapping[str, MotionAdapterEntry] = field(default_factory=lambda: dict(BUILTIN_MOTION_ADAPTERS))
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,11 @@ class JobRequest:
     upscale: object = None
     # issue 14: the accelerator adapter the recipe loads (default: the model's own, else the arch's)
     accelerator: object = None
+    # issue 27, clips (farm.jobs.clips): frames, frames per second, the motion module, webp or mp4
+    frames: object = None
+    fps: object = None
+    motion: object = None
+    video_format: object = None
 
 
 # the request fields of the first release; any later one is left out of a request's digest while
@@ -94,7 +103,7 @@ FIRST_REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance"
                         "recipe", "adapters")
 
 
-KINDS = ("txt2img",) + IMAGE_KINDS  # what an image job does (farm.jobs.kinds); training kinds: farm.jobs.training
+KINDS = ("txt2img",) + IMAGE_KINDS + ("clip",)  # farm.jobs.kinds, farm.jobs.clips; training: farm.jobs.training
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,8 @@ class JobSpec:
     upscale: float | None = None
     # issue 14, training jobs (farm.jobs.training): what only a training job has; None for a render
     training: dict | None = None
+    # issue 27, a clip (farm.jobs.clips): {"frames", "fps", "motion", "format"}; None for an image
+    clip: dict | None = None
 
     def __post_init__(self):
         # a ledger row gives a JSON list (or NULL): the digest compares with the default, ()
@@ -171,7 +182,7 @@ def group_key(spec: JobSpec) -> tuple:
     loads those of every job in the call; an embedding changes only the prompts that use it)."""
     per_image = ("prompt", "negative_prompt", "seed", "warnings", "embeddings") + INPUT_FIELDS  # images: issue 13
     return tuple(
-        json.dumps(getattr(spec, f.name), sort_keys=True, default=str) if f.name in ("scheduler_config", "training")
+        json.dumps(getattr(spec, f.name), sort_keys=True, default=str) if f.name in ("scheduler_config", "training", "clip")
         else tuple((a.name, a.weight) for a in spec.adapters) if f.name == "adapters"
         else getattr(spec, f.name)
         for f in fields(spec) if f.name not in per_image
@@ -235,9 +246,23 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str,
 
     recipe_name = check_name("recipe", request.recipe if request.recipe is not None else default_recipe(model))
     steps = None if request.steps is None else parse_int("steps", request.steps, 1, 200)
+    # issue 27: a clip's frames, fps and motion module (farm.jobs.clips), checked before the recipe
+    # (an AnimateDiff-Lightning module says the step count)
+    clip = None
+    if infer_kind(request) == "clip":
+        clip, clip_steps = clips.resolve_clip(request, model, catalog.motion_adapters, recipe_name)
+        steps = clip_steps if clip_steps is not None else steps
+    else:
+        clips.refuse_clip_flags(request, infer_kind(request))
+        if recipe_name in clips.CLIP_ONLY_RECIPES:
+            raise InputError("recipe", f"the {recipe_name} recipe renders clips (--kind clip)")
     guidance = None if request.guidance is None else parse_float("guidance", request.guidance)
     accelerator = None if request.accelerator is None else check_name("accelerator", request.accelerator)
     recipe = resolve_recipe(recipe_name, model, steps, guidance, negative, catalog.adapters, accelerator)
+    scheduler_config = recipe.scheduler_config
+    if clip is not None:
+        clips.check_clip_guidance(recipe.name, recipe.guidance)
+        scheduler_config = clips.clip_scheduler_config(catalog.motion_adapters[clip["motion"]], scheduler_config)
 
     image = resolve_kind(request, model, catalog.controlnets, inputs, KINDS)  # issue 13: what the kind takes
     image.check_steps(recipe.steps)
@@ -288,9 +313,9 @@ def resolve_job(request: JobRequest, catalog: Catalog, default_model: str,
         prompt=prompt, negative_prompt=negative, seed=seed, steps=recipe.steps,
         guidance=recipe.guidance, width=width, height=height, model=model_name,
         model_revision=model.revision, family=model.family, recipe=recipe.name,
-        scheduler=recipe.scheduler, scheduler_config=recipe.scheduler_config,
+        scheduler=recipe.scheduler, scheduler_config=scheduler_config,
         adapters=tuple(stack), warnings=recipe.warnings + notes, decoder=decoder, kind=image.kind,
-        embeddings=embeddings, **image.fields,
+        embeddings=embeddings, clip=clip, **image.fields,
     )
 
 

@@ -25,6 +25,7 @@ from farm.ledger.values import (
 
 NOT_STORED = ("warnings",)  # shown at submission, not part of the job
 SPEC_COLUMNS = tuple(f.name for f in fields(JobSpec) if f.name not in NOT_STORED)
+FLOAT_FIELDS = ("guidance", "strength", "control_scale", "upscale")
 
 
 def spec_columns(spec: JobSpec) -> dict:
@@ -49,6 +50,11 @@ def spec_from_row(row) -> JobSpec:
     values["adapters"] = tuple(AdapterUse(a["name"], float(a["weight"]), a.get("role", "style"))
                                for a in (values["adapters"] or ()))
     values["scheduler_config"] = values["scheduler_config"] or {}
+    # SQLite hands a whole-number REAL back as an int through Core rows: 1.0 came back as 1, and the
+    # worker's record (and its digest, which hashes the JSON) differed from the ledger's
+    for name in FLOAT_FIELDS:
+        if values[name] is not None:
+            values[name] = float(values[name])
     return JobSpec(**values)
 
 

@@ -118,6 +118,8 @@ class Job(Base):
     upscale: Mapped[float | None] = mapped_column(Float)
     # issue 14, training jobs (farm.jobs.training): the settings only a training job has
     training: Mapped[dict | None] = mapped_column(JSON)
+    # issue 27, clips (farm.jobs.clips): frames, fps, motion module, format; NULL for an image
+    clip: Mapped[dict | None] = mapped_column(JSON)
     digest: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16))
     priority: Mapped[int] = mapped_column(Integer, default=0)
@@ -306,6 +308,23 @@ class RegisteredControlNet(Base):
     revision: Mapped[str | None] = mapped_column(String(64))
     sha256: Mapped[str | None] = mapped_column(String(64))
     layout: Mapped[str] = mapped_column(String(16), default="diffusers")  # or "single-file"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RegisteredMotionAdapter(Base):
+    """A motion module added with `farm motion add` (issue 27)."""
+
+    __tablename__ = "motion_adapters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    arch: Mapped[str] = mapped_column(String(32))
+    weight_name: Mapped[str | None] = mapped_column(String(256))
+    recipe: Mapped[str | None] = mapped_column(String(64))
+    steps: Mapped[int | None] = mapped_column(Integer)
+    beta_schedule: Mapped[str | None] = mapped_column(String(32))
+    revision: Mapped[str | None] = mapped_column(String(64))
+    sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

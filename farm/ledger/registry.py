@@ -16,6 +16,7 @@ from farm.ledger.models import (
     RegisteredControlNet,
     RegisteredEmbedding,
     RegisteredModel,
+    RegisteredMotionAdapter,
 )
 from farm.ledger.schema import Database
 from farm.models.catalog import (
@@ -23,20 +24,23 @@ from farm.models.catalog import (
     BUILTIN_CONTROLNETS,
     BUILTIN_EMBEDDINGS,
     BUILTIN_MODELS,
+    BUILTIN_MOTION_ADAPTERS,
     AdapterEntry,
     ControlNetEntry,
     EmbeddingEntry,
     ModelEntry,
+    MotionAdapterEntry,
 )
 
 TABLES: dict[str, Any] = {"model": RegisteredModel, "adapter": RegisteredAdapter, "embedding": RegisteredEmbedding,
-                          "controlnet": RegisteredControlNet}
+                          "controlnet": RegisteredControlNet, "motion": RegisteredMotionAdapter}
 BUILTINS: dict[str, Mapping[str, object]] = {"model": BUILTIN_MODELS, "adapter": BUILTIN_ADAPTERS,
-                                             "embedding": BUILTIN_EMBEDDINGS, "controlnet": BUILTIN_CONTROLNETS}
+                                             "embedding": BUILTIN_EMBEDDINGS, "controlnet": BUILTIN_CONTROLNETS,
+                                             "motion": BUILTIN_MOTION_ADAPTERS}
 
 
 ENTRY_TYPES: dict[str, type] = {"model": ModelEntry, "adapter": AdapterEntry, "embedding": EmbeddingEntry,
-                                "controlnet": ControlNetEntry}
+                                "controlnet": ControlNetEntry, "motion": MotionAdapterEntry}
 
 
 NOT_COLUMNS = ("builtin", "bindings")  # entry fields a registry row does not hold
@@ -67,6 +71,9 @@ class Registry(Database):
 
     def add_controlnet(self, entry: ControlNetEntry) -> None:
         self._register("controlnet", entry, None)
+
+    def add_motion_adapter(self, entry: MotionAdapterEntry) -> None:
+        self._register("motion", entry, None)
 
     def _register(self, what: str, entry, sha256: str | None) -> None:
         """A registry row from an entry: the columns are the entry's fields (less ``builtin``).
@@ -139,4 +146,4 @@ class Registry(Database):
             if model in entries["model"]:
                 entries["model"][model] = replace(entries["model"][model], bindings=tuple(pairs))
         return Catalog(models=entries["model"], adapters=entries["adapter"], embeddings=entries["embedding"],
-                       controlnets=entries["controlnet"])
+                       controlnets=entries["controlnet"], motion_adapters=entries["motion"])

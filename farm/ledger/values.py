@@ -132,7 +132,7 @@ def image_fields(spec: JobSpec) -> dict:
     denoising steps that run (``int(steps x strength)``); nothing for a txt2img job."""
     from farm.jobs.kinds import FLAGS, denoise_steps
 
-    if spec.kind == "txt2img":
+    if spec.kind in ("txt2img", "clip"):
         return {}
     return {**{name: getattr(spec, name) for name in FLAGS}, "denoise_steps": denoise_steps(spec.kind, spec.steps,
                                                                                           spec.strength)}
@@ -230,6 +230,7 @@ class JobView:
             "finished_at": _iso(self.finished_at),
             # issue 13: the images it started from (sha256 of inputs/<sha256>.png) and the kind's settings
             **image_fields(spec),
+            **({"clip": spec.clip} if spec.clip else {}),  # issue 27: frames, fps, motion module, format
             # issue 14: a training job's settings and progress
             **({"training": {**spec.training, "progress": self.training.as_dict() if self.training else None}}
                if spec.training is not None else {}),

@@ -121,6 +121,30 @@ class ControlNetEntry:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class MotionAdapterEntry:
+    """An AnimateDiff motion module (issue 27): temporal layers that diffusers' ``MotionAdapter``
+    inserts into an SD1.5-family UNet, so one pipeline call renders a clip's frames together.
+    ``recipe`` and ``steps``: an AnimateDiff-Lightning module is distilled for one step count and
+    runs only with its recipe; ``None`` fits the LCM recipes. ``beta_schedule``: the noise
+    schedule the module was trained with (AnimateDiff's is linear), which the clip's scheduler
+    takes; ``None`` keeps the model's own. ``weight_name``: the file inside a hub repo."""
+
+    name: str
+    source: str
+    arch: str
+    weight_name: str | None = None
+    recipe: str | None = None
+    steps: int | None = None
+    beta_schedule: str | None = "linear"
+    revision: str | None = None
+    sha256: str | None = None
+    builtin: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 _TINY_LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
@@ -215,6 +239,25 @@ BUILTIN_CONTROLNETS: dict[str, ControlNetEntry] = {
     )
 }
 
+# Motion modules (issue 27): a tiny one for tiny-sd (random temporal layers, built locally by
+# engine/pipelines/tiny_motion.py) and a tiny 4-step "Lightning" one, and the published SD1.5 ones;
+# `farm motion add` registers more
+MOTION_ARCHS = ("sd15", "sdxl", "tiny-sd")  # AnimateDiff publishes SD1.5 modules and an SDXL beta
+BUILTIN_MOTION_ADAPTERS: dict[str, MotionAdapterEntry] = {
+    m.name: m
+    for m in (
+        MotionAdapterEntry("tiny-sd-motion", "builtin:tiny-sd-motion", "tiny-sd", beta_schedule=None),
+        MotionAdapterEntry("tiny-sd-motion-lightning-4step", "builtin:tiny-sd-motion-lightning-4step", "tiny-sd",
+                           recipe="animatediff-lightning", steps=4, beta_schedule=None),
+        MotionAdapterEntry("animatediff-v1-5-3", "guoyww/animatediff-motion-adapter-v1-5-3", "sd15"),
+        MotionAdapterEntry("animatelcm", "wangfuyun/AnimateLCM", "sd15"),
+        *(MotionAdapterEntry(f"animatediff-lightning-{n}step", "ByteDance/AnimateDiff-Lightning", "sd15",
+                             f"animatediff_lightning_{n}step_diffusers.safetensors", recipe="animatediff-lightning",
+                             steps=n) for n in (1, 2, 4, 8)),
+        MotionAdapterEntry("animatediff-sdxl-beta", "guoyww/animatediff-motion-adapter-sdxl-beta", "sdxl"),
+    )
+}
+
 # Decoders a job may pick: the model's own VAE, or a tiny autoencoder (TAESD) for previews. TAESD
 # decodes the same latents with a fraction of the VAE's FLOPs (SDXL's VAE decode at 1024 costs
 # about as much as a 4-step denoise); its images are softer, so it is opt-in per job.
@@ -231,7 +274,7 @@ assert set(PREVIEW_DECODERS) == set(ARCHS), "every arch a model may have needs a
 
 
 def tiny_build(name: str) -> tuple[str, str, int] | None:
-    """How to build ``builtin:NAME``: (what: "model", "lora", "decoder" or "controlnet", tiny base model or arch,
+    """How to build ``builtin:NAME``: (what: "model", "lora", "decoder", "controlnet" or "motion", tiny base model or arch,
     seed), or None.
 
     Each tiny model and LoRA has its own seed, derived from its name so the list never drifts.
@@ -249,4 +292,7 @@ def tiny_build(name: str) -> tuple[str, str, int] | None:
     controlnet = BUILTIN_CONTROLNETS.get(name)
     if controlnet is not None and controlnet.source == f"builtin:{name}":
         return "controlnet", controlnet.arch, seed  # copied from the tiny model of that name's UNet
+    motion = BUILTIN_MOTION_ADAPTERS.get(name)
+    if motion is not None and motion.source == f"builtin:{name}":
+        return "motion", motion.arch, seed  # issue 27: temporal layers sized for the tiny UNet
     return None

@@ -100,6 +100,11 @@ RECIPES: dict[str, Recipe] = {
                "FlowMatchEulerDiscreteScheduler", {}, (8, 18), 8, (1.0, 5.0), 3.5, "flux-hyper", 0.125,
                ("flux",), ("base",), (8, 16), 2, distilled_guidance=True,
                pipeline_options={"max_sequence_length": 512}),
+        # issue 27, clips only (farm.jobs.clips): ByteDance's distilled motion module for N steps, no LoRA
+        Recipe("animatediff-lightning", "AnimateDiff-Lightning (clips): the motion module is chosen by the step count; "
+                                        "Euler with trailing timesteps", "EulerDiscreteScheduler",
+               {"timestep_spacing": "trailing"}, (1, 8), 4, (0.0, 2.0), 1.0, None, None, ("sd15",), ("base",),
+               (1, 2, 4, 8)),
     )
 }
 

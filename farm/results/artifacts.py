@@ -42,7 +42,7 @@ def fetch_batch(ledger: Ledger, batch_id: str, out_dir: Path, *,
     paths = []
     for job, artifact in rows:
         data = reader.read(artifact.store_url, artifact.key, artifact.sha256)
-        target = out_dir / output_name(job.index, job.spec.seed)
+        target = out_dir / output_name(job.index, job.spec.seed, artifact.key)
         fd, tmp = tempfile.mkstemp(prefix=".part-", dir=out_dir)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -76,6 +76,9 @@ def resource_hashes(spec: JobSpec, catalog: Catalog | None) -> dict:
     controlnet = catalog.controlnets.get(spec.controlnet) if spec.controlnet else None  # issue 13
     if controlnet is not None and controlnet.sha256:
         hashes["controlnet"] = controlnet.sha256
+    motion = catalog.motion_adapters.get(spec.clip["motion"]) if spec.clip else None  # issue 27
+    if motion is not None and motion.sha256:
+        hashes["motion"] = motion.sha256
     return hashes
 
 
@@ -103,6 +106,11 @@ def image_kind_fields(job: dict) -> list[tuple[str, object]]:
             unit += [("Threshold A", CANNY_THRESHOLDS[0]), ("Threshold B", CANNY_THRESHOLDS[1])]
         unit += [("Guidance Start", 0), ("Guidance End", 1), ("Pixel Perfect", False), ("Control Mode", "Balanced")]
         out.append(("ControlNet 0", ", ".join(f"{k}: {v}" for k, v in unit)))
+    if kind == "clip" and job.get("clip"):  # issue 27: as A1111's AnimateDiff extension writes its unit
+        clip = job["clip"]
+        sha = ((job.get("hashes") or {}).get("motion") or "")[:8]
+        out.append(("AnimateDiff", f"model: {clip['motion']}{f' [{sha}]' if sha else ''}, video_length: "
+                                   f"{clip['frames']}, fps: {clip['fps']}, format: {clip['format']}"))
     return out
 
 

@@ -203,7 +203,7 @@ def create_app(farm_api) -> FastAPI:
             sink = _Sink()
             with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as archive:
                 for job, artifact in rows:  # PNGs are compressed already: stored, read one at a time
-                    archive.writestr(output_name(job.index, job.spec.seed),
+                    archive.writestr(output_name(job.index, job.spec.seed, artifact.key),
                                      reader.read(artifact.store_url, artifact.key, artifact.sha256))
                     yield sink.take()
             yield sink.take()
