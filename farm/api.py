@@ -801,9 +801,13 @@ class Farm:
             self.ledger.touch_key(prefix, now)
         return Principal(info.tenant, frozenset(info.scopes), info.prefix)
 
-    def set_tenant(self, tenant: str, *, s3_prefixes: list[str] | None = None) -> dict:
-        """Make or change a tenant; ``s3_prefixes``: the s3://bucket/prefix/ it may name."""
+    def set_tenant(self, tenant: str, *, s3_prefixes: list[str] | None = None, weight: float | None = None,
+                   quotas: dict | None = None) -> dict:
+        """Make or change a tenant. ``s3_prefixes``: the s3://bucket/prefix/ it may name;
+        ``weight``: its share of the fleet under fair share (issue 24; default 1); ``quotas``:
+        changes to its quotas (farm.tenancy.quotas.LIMITS; a value None removes that quota)."""
         from farm.models.names import check_name
+        from farm.tenancy.quotas import check_limits
 
         tenant = check_name("tenant", tenant)
         import re
@@ -811,16 +815,56 @@ class Farm:
         for prefix in s3_prefixes or ():
             if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/[^\s]*)?", prefix) or ".." in prefix.split("/"):
                 raise InputError("s3_prefix", f"{prefix!r}: expected s3://bucket/ or s3://bucket/prefix/")
-        return self.ledger.set_tenant(tenant, s3_prefixes=s3_prefixes).as_dict()
+        if weight is not None and not (0.01 <= weight <= 1000):
+            raise InputError("weight", f"expected a weight from 0.01 to 1000, got {weight:g}")
+        merged = None
+        if quotas is not None:
+            current = self.ledger.tenant(tenant)
+            merged = dict((current.quotas if current else None) or {})
+            merged.update(quotas)
+            try:
+                merged = check_limits({k: v for k, v in merged.items() if v is not None})
+            except ValueError as exc:
+                raise InputError("quota", str(exc)) from None
+        return self.ledger.set_tenant(tenant, s3_prefixes=s3_prefixes, weight=weight, quotas=merged).as_dict()
 
     def tenant(self, tenant: str) -> dict:
-        """A tenant's settings and its keys (never the keys themselves)."""
+        """A tenant's settings, its keys (never the keys themselves), and what counts against its
+        quotas now, with what is left of each."""
         from farm.errors import NotFound
 
         info = self.ledger.tenant(tenant)
         if info is None:
             raise NotFound(f"no tenant {tenant!r}")
-        return {**info.as_dict(), "keys": self.keys(tenant)}
+        return {**info.as_dict(), "keys": self.keys(tenant), **self.usage(tenant)}
+
+    def usage(self, tenant: str) -> dict:
+        """What counts against ``tenant``'s quotas now (the last 24 hours), and what is left."""
+        info = self.ledger.tenant(tenant)
+        used = self.ledger.tenant_usage(tenant)
+        quotas = (info.quotas if info else None) or {}
+        usage = {"images_today": used.images_today, "gpu_seconds_today": round(used.gpu_seconds_today, 1),
+                 "queued": used.queued}
+        left = {}
+        for name, value in (("images_per_day", used.images_today), ("gpu_seconds_per_day", used.gpu_seconds_today),
+                            ("max_queued", used.queued)):
+            if name in quotas:
+                left[name] = max(0, round(quotas[name] - value, 1))
+        return {"usage": usage, "left": left}
+
+    def tenant_costs(self, since: datetime, until: datetime | None = None) -> list[dict]:
+        """Per tenant: images, GPU-seconds, failures and bytes stored over a time range (issue 24)."""
+        return self.ledger.tenant_costs(since, until)
+
+    def dispatch(self, stop, *, holder: str | None = None) -> None:
+        """Run the fair-share dispatcher until ``stop`` (a threading.Event) is set: this process
+        publishes while it holds the ledger's dispatch lock, and stands by while another does."""
+        import socket
+
+        from farm.fleet.dispatcher import Dispatcher
+
+        name = holder or f"dispatch-{os.getpid()}@{socket.gethostname()}"
+        Dispatcher(self.ledger, self.publisher, self.config, holder=name).run(stop)
 
     # -- webhooks (issue 25) -------------------------------------------------------------------------
     def add_webhook(self, url: str, *, tenant: str = "local", events: str | list[str] | None = None,

@@ -71,7 +71,8 @@ def warn(message: str) -> None:
 COMMANDS = {
     "adapters": "adapters", "batches": "batches", "cancel": "batches", "retry": "batches", "pause": "batches",
     "resume": "batches", "controlnets": "controlnets", "db": "db", "distill": "distill", "embeddings": "embeddings",
-    "jobs": "jobs", "reap": "maintenance", "reconcile": "maintenance", "models": "models", "recipes": "recipes",
+    "jobs": "jobs", "reap": "maintenance", "reconcile": "maintenance", "dispatch": "maintenance",
+    "models": "models", "recipes": "recipes",
     "replay": "replay", "results": "results", "run": "run", "stats": "stats", "status": "status",
     "submit": "submit", "workers": "workers", "worker": "workers", "up": "workers", "down": "workers",
     "serve": "serve", "keys": "keys", "tenants": "keys", "webhooks": "webhooks", "motion": "motion",

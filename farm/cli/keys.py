@@ -64,12 +64,27 @@ def tenants_group():
 @click.argument("tenant")
 @click.option("--s3-prefix", "s3_prefixes", multiple=True,
               help="An s3://bucket/prefix/ the tenant may name in submissions (repeatable; replaces the list).")
+@click.option("--weight", type=float, default=None, help="Its share of the fleet under fair share (default 1).")
+@click.option("--images-per-day", type=int, default=None, help="Quota: jobs to render per 24 hours (-1: none).")
+@click.option("--gpu-seconds-per-day", type=float, default=None, help="Quota: GPU-seconds per 24 hours (-1: none).")
+@click.option("--max-queued", type=int, default=None, help="Quota: jobs queued or running at once (-1: none).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def tenants_set(state: State, tenant, s3_prefixes, as_json):
-    """Make or change a tenant."""
-    info = state.farm.set_tenant(tenant, s3_prefixes=list(s3_prefixes) if s3_prefixes else None)
-    emit_json(info) if as_json else click.echo(f"tenant {info['tenant']}: s3 prefixes {info['s3_prefixes'] or 'none'}")
+def tenants_set(state: State, tenant, s3_prefixes, weight, images_per_day, gpu_seconds_per_day, max_queued, as_json):
+    """Make or change a tenant: what it may name, its weight, its quotas."""
+    given = {"images_per_day": images_per_day, "gpu_seconds_per_day": gpu_seconds_per_day, "max_queued": max_queued}
+    quotas = {k: (None if v is not None and v < 0 else v) for k, v in given.items() if v is not None}
+    info = state.farm.set_tenant(tenant, s3_prefixes=list(s3_prefixes) if s3_prefixes else None, weight=weight,
+                                 quotas=quotas or None)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"tenant {info['tenant']}: weight {info['weight']:g}, quotas {_quotas(info['quotas'])}, "
+               f"s3 prefixes {info['s3_prefixes'] or 'none'}")
+
+
+def _quotas(quotas: dict | None) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in sorted((quotas or {}).items())) or "none"
 
 
 @tenants_group.command("show")
@@ -77,7 +92,16 @@ def tenants_set(state: State, tenant, s3_prefixes, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def tenants_show(state: State, tenant, as_json):
-    """A tenant's settings and keys."""
+    """A tenant's settings, keys, and what counts against its quotas (the last 24 hours)."""
     info = state.farm.tenant(tenant)
-    emit_json(info) if as_json else click.echo(f"tenant {info['tenant']}: s3 prefixes {info['s3_prefixes'] or 'none'},"
-                                              f" {len(info['keys'])} key(s)")
+    if as_json:
+        emit_json(info)
+        return
+    used, left = info["usage"], info["left"]
+    click.echo(f"tenant {info['tenant']}: weight {info['weight']:g}, s3 prefixes {info['s3_prefixes'] or 'none'}, "
+               f"{len(info['keys'])} key(s)")
+    click.echo(f"  quotas: {_quotas(info['quotas'])}")
+    click.echo(f"  today: {used['images_today']} images, {used['gpu_seconds_today']:g} GPU-seconds; "
+               f"{used['queued']} queued or running")
+    if left:
+        click.echo("  left: " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in sorted(left.items())))

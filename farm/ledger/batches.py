@@ -238,6 +238,15 @@ def reserve(conn, tenant: str, now: datetime, *, images: int, gpu_ms: float) -> 
         return
     conn.execute(update(TENANTS).where(TENANTS.c.name == tenant).values(weight=TENANTS.c.weight))
     limits = conn.scalar(select(TENANTS.c.quotas).where(TENANTS.c.name == tenant)) or {}
+    reason = refusal(tenant, limits, usage_of(conn, tenant, now), images=images, gpu_seconds=gpu_ms / 1000.0)
+    if reason:
+        raise QuotaExceeded(reason)
+
+
+def usage_of(conn, tenant: str, now: datetime) -> Usage:
+    """What counts against a tenant's quotas now: jobs to render submitted in the last 24 hours
+    (not cancelled) and their GPU time (measured where settled, estimated where not), and its jobs
+    queued or running."""
     since = now - timedelta(days=1)
     today = select(BATCHES.c.id).where(BATCHES.c.tenant == tenant, BATCHES.c.created_at >= since)
     images_today, ms_today = conn.execute(
@@ -246,8 +255,5 @@ def reserve(conn, tenant: str, now: datetime, *, images: int, gpu_ms: float) -> 
     queued = conn.scalar(
         select(func.count()).select_from(JOBS).join(BATCHES, BATCHES.c.id == JOBS.c.batch_id)
         .where(BATCHES.c.tenant == tenant, JOBS.c.state.in_([states.QUEUED, states.RUNNING])))
-    usage = Usage(int(images_today or 0), float(ms_today or 0.0) / 1000.0, int(queued or 0))
-    reason = refusal(tenant, limits, usage, images=images, gpu_seconds=gpu_ms / 1000.0)
-    if reason:
-        raise QuotaExceeded(reason)
+    return Usage(int(images_today or 0), float(ms_today or 0.0) / 1000.0, int(queued or 0))
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from farm.errors import ConflictError, NotFound
-from farm.ledger.models import ApiKey, Tenant, TenantInput
+from farm.jobs import states
+from farm.ledger.batches import usage_of
+from farm.ledger.models import ApiKey, Artifact, Attempt, Batch, Job, Tenant, TenantInput
 from farm.ledger.schema import Database
+from farm.tenancy.quotas import Usage
 
 LOCAL_TENANT = "local"
 TOUCH_EVERY_S = 60.0  # a key's last use is written at most this often (not on every request)
@@ -83,11 +86,15 @@ class Tenants(Database):
         assert found is not None
         return found
 
-    def set_tenant(self, name: str, *, weight: float | None = None, s3_prefixes: list[str] | None = None) -> TenantInfo:
+    def set_tenant(self, name: str, *, weight: float | None = None, s3_prefixes: list[str] | None = None,
+                   quotas: dict | None = None) -> TenantInfo:
+        """Change a tenant (made if new); ``quotas`` replace its quotas ({}: none)."""
         self.ensure_tenant(name)
         values: dict = {}
         if weight is not None:
             values["weight"] = weight
+        if quotas is not None:
+            values["quotas"] = quotas or None
         if s3_prefixes is not None:
             values["s3_prefixes"] = list(s3_prefixes)
         if values:
@@ -151,4 +158,49 @@ class Tenants(Database):
     def tenant_has_input(self, tenant: str, sha256: str) -> bool:
         with self.session() as s:
             return s.get(TenantInput, (tenant, sha256)) is not None
+
+    # -- what tenants use (issue 24) -------------------------------------------------------------------
+    def tenant_usage(self, name: str) -> Usage:
+        """What counts against the tenant's quotas now (farm.tenancy.quotas)."""
+        with self.transaction() as conn:
+            return usage_of(conn, name, self.clock())
+
+    def tenant_costs(self, since: datetime, until: datetime | None = None) -> list[dict]:
+        """Per tenant, over [since, until): images rendered (not reused), GPU-seconds (attempts'
+        measured share of their pipeline calls), failed jobs, failed attempts, and bytes of the
+        images stored."""
+        until = until or self.clock()
+        with self.session() as s:
+            gpu = dict(s.execute(
+                select(Batch.tenant, func.coalesce(func.sum(Attempt.gpu_ms), 0.0)).select_from(Attempt)
+                .join(Job, Job.id == Attempt.job_id).join(Batch, Batch.id == Job.batch_id)
+                .where(Attempt.finished_at >= since, Attempt.finished_at < until).group_by(Batch.tenant)).all())
+            failed_attempts = dict(s.execute(
+                select(Batch.tenant, func.count()).select_from(Attempt).join(Job, Job.id == Attempt.job_id)
+                .join(Batch, Batch.id == Job.batch_id)
+                .where(Attempt.finished_at >= since, Attempt.finished_at < until,
+                       Attempt.outcome.not_in([states.ATTEMPT_SUCCEEDED, states.ATTEMPT_RUNNING]))
+                .group_by(Batch.tenant)).all())
+            finished = s.execute(
+                select(Batch.tenant, Job.state, func.count(), func.coalesce(func.sum(Artifact.bytes), 0))
+                .join(Batch, Batch.id == Job.batch_id).outerjoin(Artifact, Artifact.job_id == Job.id)
+                .where(Job.finished_at >= since, Job.finished_at < until, Job.reused_from.is_(None),
+                       Job.state.in_([states.SUCCEEDED, states.FAILED]))
+                .group_by(Batch.tenant, Job.state)).all()
+        rows: dict[str, dict] = {}
+
+        def row(tenant: str) -> dict:
+            return rows.setdefault(tenant, {"tenant": tenant, "images": 0, "gpu_seconds": 0.0, "failed_jobs": 0,
+                                            "failed_attempts": 0, "bytes_stored": 0})
+        for tenant, ms in gpu.items():
+            row(tenant)["gpu_seconds"] = round(float(ms or 0.0) / 1000.0, 3)
+        for tenant, count in failed_attempts.items():
+            row(tenant)["failed_attempts"] = int(count)
+        for tenant, state, count, stored in finished:
+            if state == states.SUCCEEDED:
+                row(tenant)["images"] += int(count)
+                row(tenant)["bytes_stored"] += int(stored or 0)
+            else:
+                row(tenant)["failed_jobs"] += int(count)
+        return sorted(rows.values(), key=lambda r: r["tenant"])
 

@@ -30,6 +30,7 @@ from farm.service.auth import FailureLimiter, authenticator
 from farm.service.uploads import read_json, spool
 from farm.tenancy.keys import Principal
 from farm.tenancy.policy import Policy
+from farm.tenancy.quotas import LIMITS
 
 REGISTRIES = {"models": "model", "adapters": "adapter", "embeddings": "embedding", "controlnets": "controlnet"}
 ANY_JSON: dict = {"type": "object", "additionalProperties": True}
@@ -46,13 +47,17 @@ DISTILL_BODY = {"requestBody": {"required": True, "content": {"application/json"
 ARCHIVE_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {
     "type": "string", "format": "binary",
     "description": "A zip or tar archive: NAME.png + NAME.txt pairs, or a metadata.jsonl"}}}}}
+TENANT_SETTINGS = {"type": "object", "additionalProperties": False, "properties": {
+    "weight": {"type": "number", "minimum": 0.01, "maximum": 1000},
+    "quotas": {"type": "object", "additionalProperties": False, "properties": {
+        name: {"type": ["number", "null"], "minimum": 0} for name in LIMITS}}}}
 MAX_DATASET_BYTES = 4 << 30  # an uploaded dataset archive
 MAX_MODEL_BYTES = 16 << 30  # an uploaded weight file (SDXL single-file checkpoints are ~7 GB)
 IMAGE_BODY = {"requestBody": {"required": True, "content": {
     t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/webp")}}}
 
 JobState = Literal[states.STATES]  # type: ignore[valid-type]  # the job states, as the schema's enum
-Grouping = Literal["model", "recipe", "device", "worker"]
+Grouping = Literal["model", "recipe", "device", "worker", "tenant"]
 UploadKind = Literal["image", "mask"]
 BATCH_ID = Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", max_length=64)
 JOB_ID = Path(ge=1, le=2**63 - 1)
@@ -338,7 +343,33 @@ def create_app(farm_api) -> FastAPI:
         from farm.results.stats import parse_since, summarise
 
         start = parse_since(since, datetime.now(timezone.utc))
+        if by == "tenant":  # what each tenant cost (issue 24)
+            return {"since": start.isoformat(), "by": by, "groups": farm_api.tenant_costs(start)}
         return {"since": start.isoformat(), "by": by, "groups": summarise(farm_api.attempts(start), by)}
+
+    # -- tenants: weights, quotas, usage (issue 24) ------------------------------------------------------
+    @app.get("/v1/usage", tags=["tenants"], summary="The key's tenant: weight, quotas, usage today and what is left",
+             responses=READS)
+    def usage(p: Principal = Depends(need("read"))) -> dict[str, Any]:
+        info = ledger.tenant(p.tenant)
+        return {"tenant": p.tenant, "weight": info.weight if info else 1.0,
+                "quotas": (info.quotas if info else None) or {}, **farm_api.usage(p.tenant)}
+
+    @app.put("/v1/tenants/{tenant}", tags=["tenants"], summary="Set a tenant's weight and quotas (admin)",
+             responses=WRITES, openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": TENANT_SETTINGS}}}})
+    async def set_tenant(request: Request, tenant: str = NAME, p: Principal = Depends(need("admin"))) -> dict[str, Any]:
+        body = await read_json(request)
+        if not isinstance(body, dict) or set(body) - {"weight", "quotas"}:
+            raise InputError("body", "expected an object with weight and/or quotas")
+        weight = body.get("weight")
+        quotas = body.get("quotas")
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
+            raise InputError("weight", "expected a number")
+        if quotas is not None and (not isinstance(quotas, dict) or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in quotas.values())):
+            raise InputError("quotas", "expected an object of numbers (null removes a quota)")
+        return await run_in_threadpool(farm_api.set_tenant, tenant, weight=weight, quotas=quotas)
 
     return app
 
