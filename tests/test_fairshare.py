@@ -31,6 +31,7 @@ class Fleet:
         self.switches = 0
         self.ids = itertools.count(1)
         self.backlogged: set[str] = set()
+        self.allocation: dict[str, int] | None = None
 
     def add(self, tenant: str, weight: float, model: str, lots: int, cost: float = 1.0, priority: int = 0):
         self.weights[tenant] = weight
@@ -48,7 +49,8 @@ class Fleet:
         views = [WorkerView(w, None, q[-1].model if q else self.current[w], max(0, len(q) - 1),
                             max(0.0, self.ends.get(w, 0.0) - self.now)) for w, q in self.queues.items()]
         held = {lot.model for _, lot, _ in self.served[-len(self.queues):]}
-        plan = assign(self.backlog, tenants, views, ahead=self.ahead, held=held)
+        plan = assign(self.backlog, tenants, views, ahead=self.ahead, held=held, previous=self.allocation)
+        self.allocation = plan.allocation or self.allocation
         self.vfinish.update(plan.vfinish)
         for a in plan.assignments:
             self.backlog[a.lot.tenant].remove(a.lot)

@@ -55,6 +55,8 @@ class Dispatcher:
 
     def _reset(self) -> None:
         self.pending: dict[str, dict[int, int]] = {}  # tenant -> {job id: priority}
+        self.models: dict[int, str] = {}  # job id -> its model
+        self.allocation: dict[str, int] | None = None  # workers per model, as last decided
         self.specs: dict[int, JobSpec] = {}
         self.seen_id = 0
         self.current: dict[str, str] = {}  # worker -> the model it was last given
@@ -103,7 +105,9 @@ class Dispatcher:
         tenants = {t: fairshare.TenantView(t, fair.get(t, (1.0, 0.0))[0], fair.get(t, (1.0, 0.0))[1], t in active)
                    for t in set(fair) | set(lots)}
         held = {m for m, at in self.held.items() if now - at < HOLD_S}
-        plan = fairshare.assign(lots, tenants, workers, ahead=self.config.dispatch_ahead, held=held)
+        plan = fairshare.assign(lots, tenants, workers, ahead=self.config.dispatch_ahead, held=held,
+                                backlog=self._backlog(lots), previous=self.allocation)
+        self.allocation = plan.allocation or self.allocation
         if not plan.assignments:
             return done
         marked = self.ledger.mark_dispatched(
@@ -143,12 +147,15 @@ class Dispatcher:
             self.refreshed = now
         else:
             rows = self.ledger.undispatched(after_id=self.seen_id)
-        for job_id, tenant, priority in rows:
+        for job_id, tenant, priority, model in rows:
             self.pending.setdefault(tenant, {})[job_id] = priority
+            self.models[job_id] = model
             self.seen_id = max(self.seen_id, job_id)
         live = {j for jobs in self.pending.values() for j in jobs}
         if len(self.specs) > 4 * len(live) + 10_000:
             self.specs = {j: s for j, s in self.specs.items() if j in live}
+        if len(self.models) > 2 * len(live) + 10_000:
+            self.models = {j: m for j, m in self.models.items() if j in live}
 
     def _forget(self, tenant: str, job_id: int) -> None:
         self.pending.get(tenant, {}).pop(job_id, None)
@@ -187,6 +194,22 @@ class Dispatcher:
                                               self._estimate_s(spec) * len(ids)))
             if lots:
                 out[tenant] = lots
+        return out
+
+    def _backlog(self, lots: dict[str, list[fairshare.Lot]]) -> dict[str, dict[str, float]]:
+        """Each tenant's whole pending work per model, in GPU-seconds: its jobs on the model times
+        the cost per job of its next micro-batches there (the head's specs are the ones read)."""
+        out: dict[str, dict[str, float]] = {}
+        for tenant, tenant_lots in lots.items():
+            per_job: dict[str, float] = {}
+            for lot in tenant_lots:
+                per_job.setdefault(lot.model, lot.cost_s / len(lot.job_ids))
+            fallback = next(iter(per_job.values()), 0.0)
+            counts: dict[str, int] = {}
+            for job_id in self.pending.get(tenant, {}):
+                model = self.models.get(job_id, "")
+                counts[model] = counts.get(model, 0) + 1
+            out[tenant] = {m: n * per_job.get(m, fallback) for m, n in counts.items() if m}
         return out
 
     def _estimate_s(self, spec: JobSpec) -> float:

@@ -114,17 +114,28 @@ def fair_shares(demand: dict[str, float], weights: dict[str, float], capacity: f
 
 
 def allocate(lots: dict[str, list[Lot]], weights: dict[str, float], workers: int, *,
-             held: set[str] = frozenset(), horizon_s: float = 30.0) -> dict[str, int]:
+             held: set[str] = frozenset(), horizon_s: float = 30.0,
+             backlog: dict[str, dict[str, float]] | None = None,
+             previous: dict[str, int] | None = None) -> dict[str, int]:
     """Whole workers per model: each tenant's fair share of the fleet, spread over its models in
     proportion to its pending work on each, rounded by largest remainder. Every model with work
     (or ``held``: work a moment ago) keeps at least one worker while there are enough workers.
     A tenant's demand is the workers it would need to clear what it has pending within
-    ``horizon_s`` (a small batch asks for little; a backlog asks for the whole fleet)."""
+    ``horizon_s`` (a small batch asks for little; a backlog asks for the whole fleet).
+    ``backlog``: each tenant's whole pending work per model, in GPU-seconds, where ``lots`` holds
+    only the head of it (the dispatcher reads only the next few micro-batches' specs).
+    ``previous``: the allocation last used. It is kept while every model's exact share stays
+    within one worker of it, so shares that hover around a rounding boundary (a backlog running
+    out, a light tenant's batch coming and going) do not move workers back and forth."""
     per_model: dict[str, dict[str, float]] = {}
     for tenant, tenant_lots in lots.items():
         for lot in tenant_lots:
             per_model.setdefault(tenant, {})
             per_model[tenant][lot.model] = per_model[tenant].get(lot.model, 0.0) + lot.cost_s
+    for tenant, models in (backlog or {}).items():
+        if tenant in per_model:
+            for model, seconds in models.items():
+                per_model[tenant][model] = max(per_model[tenant].get(model, 0.0), seconds)
     demand = {t: sum(m.values()) / horizon_s for t, m in per_model.items()}
     shares = fair_shares(demand, weights, workers)
     wanted: dict[str, float] = {m: 0.0 for m in held}
@@ -149,11 +160,15 @@ def allocate(lots: dict[str, list[Lot]], weights: dict[str, float], workers: int
             if counts[donor] > 1:
                 counts[donor] -= 1
                 counts[model] = 1
+    if previous and set(previous) == set(counts) and sum(previous.values()) == workers \
+            and all(previous[m] >= min(1, counts[m]) and abs(exact[m] - previous[m]) < 1.0 for m in counts):
+        return dict(previous)
     return counts
 
 
 def assign(lots: dict[str, list[Lot]], tenants: dict[str, TenantView], workers: list[WorkerView], *,
-           ahead: int = 1, held: set[str] = frozenset(), horizon_s: float = 30.0) -> Plan:
+           ahead: int = 1, held: set[str] = frozenset(), horizon_s: float = 30.0,
+           backlog: dict[str, dict[str, float]] | None = None, previous: dict[str, int] | None = None) -> Plan:
     """Give free workers their next micro-batches in fair order.
 
     ``lots``: each tenant's micro-batches not yet published, in priority-then-age order.
@@ -168,7 +183,8 @@ def assign(lots: dict[str, list[Lot]], tenants: dict[str, TenantView], workers: 
     weights = {t: max(tenants[t].weight if t in tenants else 1.0, 1e-9) for t in pending}
     finish = {t: tenants[t].vfinish if t in tenants else 0.0 for t in pending}
     vnow = virtual_time(tenants, set(pending))
-    allocation = allocate(pending, weights, len(workers), held=set(held), horizon_s=horizon_s)
+    allocation = allocate(pending, weights, len(workers), held=set(held), horizon_s=horizon_s, backlog=backlog,
+                          previous=previous)
     plan.allocation = allocation
     on_model: dict[str, int] = {}
     for w in workers:

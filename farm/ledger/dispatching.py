@@ -20,13 +20,13 @@ from farm.ledger.schema import Database
 
 
 class Dispatching(Database):
-    def undispatched(self, after_id: int = 0, limit: int = 200_000) -> list[tuple[int, str, int]]:
-        """(job id, tenant, priority) of queued jobs that no message carries yet and that may run
-        now (active batch, no retry backoff pending), above ``after_id``, oldest first."""
+    def undispatched(self, after_id: int = 0, limit: int = 200_000) -> list[tuple[int, str, int, str]]:
+        """(job id, tenant, priority, model) of queued jobs that no message carries yet and that may
+        run now (active batch, no retry backoff pending), above ``after_id``, oldest first."""
         now = self.clock()
         with self.session() as s:
-            return [(int(j), str(t), int(p)) for j, t, p in s.execute(
-                select(Job.id, Batch.tenant, Job.priority).join(Batch, Batch.id == Job.batch_id)
+            return [(int(j), str(t), int(p), str(m)) for j, t, p, m in s.execute(
+                select(Job.id, Batch.tenant, Job.priority, Job.model).join(Batch, Batch.id == Job.batch_id)
                 .where(Job.state == states.QUEUED, Job.enqueued_at.is_(None), Job.id > after_id,
                        Batch.state == states.BATCH_ACTIVE,
                        (Job.not_before.is_(None)) | (Job.not_before <= now))
