@@ -8,16 +8,17 @@ same clips (prompts x seeds, FRAMES frames each) go through
   seed per clip: the farm's batching), every clip written as the farm delivers it: a lossless
   animated WebP through the farm's encoder with the A1111 ``parameters`` text and the JSON job
   record inside, put into a ``file://`` store (the farm's default store);
-- the farm: ``Farm.submit_plan`` from a warm client -> Redis -> one Celery worker (micro-batches
+- the farm: ``Farm.submit_plan`` from a warm client -> Redis -> ``--workers`` Celery workers (micro-batches
   of the same size) -> WebP with metadata -> the same kind of store -> ledger, timed until
   ``Farm.wait`` returns (every clip stored and recorded);
 - context, not a peer: the farm's engine alone (``Runner.render`` + the same encoder and store,
   inline), which shows what the farm's queue, ledger and background storing cost or save.
 
-Like for like: one process on each side (the farm's one worker; the loop and the engine in one
-child process), both with the same torch threads (the farm's rule for one CPU worker: every core,
-set explicitly through FARM_TORCH_THREADS and ``torch.set_num_threads``); the bench process only
-submits and waits. Both warm; fresh seeds for every side and round (a repeated seed would be reused
+Like for like: the same deployment on each side, ``--workers`` processes with the same torch
+threads each (the farm's rule for CPU workers: the cores shared out, set explicitly through
+FARM_TORCH_THREADS and ``torch.set_num_threads``): the farm's workers, and as many child processes
+each running the loop and the engine on its contiguous share of the clips; the bench process
+only submits and waits. Both warm; fresh seeds for every side and round (a repeated seed would be reused
 by digest and measure nothing: checked); the order of the sides rotates each round so machine
 noise hits all of them. The premise, checked every round for every clip: the farm's frames match
 the engine's exactly (the same code, batch-invariant) and the loop's within ``TOLERANCE`` (the
@@ -137,8 +138,8 @@ def _sync(device: str) -> None:
 
 
 def peer_process(model_cache: str, store_url: str, frames: int, device: str, threads: int, requests, replies):
-    """The loop and the engine in one process with the farm worker's torch threads; requests are
-    (side, clips, micro_batch, prefix), each answered with (seconds, stages)."""
+    """The loop and the engine in one process with a farm worker's torch threads; requests are
+    (side, clips, micro_batch, prefix), each answered with the stages' seconds."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
@@ -157,10 +158,41 @@ def peer_process(model_cache: str, store_url: str, frames: int, device: str, thr
         peer = peers[side]
         peer.stages = dict.fromkeys(peer.stages, 0.0)
         specs = clip_specs(clips, frames)
-        started = time.perf_counter()
         for i in range(0, len(specs), micro_batch):
             peer.call(specs[i:i + micro_batch], prefix)
-        replies.put((time.perf_counter() - started, dict(peer.stages)))
+        replies.put(dict(peer.stages))
+
+
+class Peers:
+    """``processes`` warm children; ``run`` splits the clips into contiguous shares, one each."""
+
+    def __init__(self, processes: int, model_cache: str, store_url: str, frames: int, threads: int):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.requests = [context.Queue() for _ in range(processes)]
+        self.replies = context.Queue()
+        self.procs = [context.Process(target=peer_process, daemon=True,
+                                      args=(model_cache, store_url, frames, "cpu", threads, q, self.replies))
+                      for q in self.requests]
+        for proc in self.procs:
+            proc.start()
+        self.threads = [self.replies.get(timeout=600) for _ in self.procs]
+
+    def run(self, side: str, clips: list[tuple[str, int]], micro_batch: int) -> tuple[float, dict]:
+        share = -(-len(clips) // len(self.procs))
+        started = time.perf_counter()
+        for i, q in enumerate(self.requests):
+            q.put((side, clips[i * share:(i + 1) * share], micro_batch, side))
+        stages = [self.replies.get(timeout=600) for _ in self.requests]
+        elapsed = time.perf_counter() - started
+        return elapsed, {k: sum(s[k] for s in stages) for k in stages[0]}
+
+    def close(self) -> None:
+        for q in self.requests:
+            q.put(None)
+        for proc in self.procs:
+            proc.join(30)
 
 
 def farm_round(client, work: Path, clips: list[tuple[str, int]], frames: int) -> tuple[float, dict, list]:
@@ -219,21 +251,21 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--micro-batch", type=int, default=4, help="FARM_MICRO_BATCH: clips per pipeline call")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads on both sides (the farm's default for one CPU worker: every core)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="farm workers, and loop processes (default: one per core, as on a CPU host)")
     parser.add_argument("--farm-setting", action="append", default=[], metavar="FARM_X=VALUE",
                         help="a worker setting to try (e.g. FARM_STORE_OVERLAP=0); recorded in the result")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "clips.json"))
     args = parser.parse_args()
 
-    import multiprocessing
-
     import farm as farm_lib
+
+    threads = max(1, (os.cpu_count() or 1) // args.workers)  # what `farm up --workers N` gives each worker
 
     work = Path(tempfile.mkdtemp(prefix="farm-bench-clips-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
     env.update(FARM_HOME=str(work / "home"), FARM_MODEL_CACHE=str(work / "models"), HF_HUB_OFFLINE="1",
-               FARM_MICRO_BATCH=str(args.micro_batch), FARM_TORCH_THREADS=str(args.threads))
+               FARM_MICRO_BATCH=str(args.micro_batch), FARM_TORCH_THREADS=str(threads))
     settings = dict(setting.split("=", 1) for setting in args.farm_setting)
     if any(not name.startswith("FARM_") for name in settings):
         parser.error("--farm-setting takes FARM_NAME=VALUE")
@@ -241,18 +273,19 @@ def main() -> None:
     peers_dir = work / "peers"
     peers_dir.mkdir()
     os.environ.update({k: v for k, v in env.items() if k.startswith("FARM_")})
-    client = farm_lib.Farm.local(workers=1, env=env)
-    context = multiprocessing.get_context("spawn")
-    requests, replies = context.Queue(), context.Queue()
-    child = None
+    client = farm_lib.Farm.local(workers=args.workers, env=env)
+    peers = None
     rounds = []
     try:
-        farm_round(client, work, [(PROMPTS[0], 1)], args.frames)  # warm: the worker's AnimateDiff pipeline loaded
-        child = context.Process(target=peer_process, daemon=True,
-                                args=(env["FARM_MODEL_CACHE"], peers_dir.as_uri(), args.frames, "cpu", args.threads,
-                                      requests, replies))
-        child.start()
-        peer_threads = replies.get(timeout=600)
+        warmed: set = set()  # every worker's AnimateDiff pipeline loaded: a micro-batch each, at once
+        for attempt in range(5):
+            seeds = range(10_000 * attempt, 10_000 * attempt + args.micro_batch * args.workers)
+            warmed |= {v.worker for v in farm_round(client, work, [(PROMPTS[0], s) for s in seeds], args.frames)[2]}
+            if len(warmed) == args.workers:
+                break
+        else:
+            raise RuntimeError(f"only {len(warmed)} of {args.workers} workers took a warm-up micro-batch")
+        peers = Peers(args.workers, env["FARM_MODEL_CACHE"], peers_dir.as_uri(), args.frames, threads)
         for round_ in range(args.rounds):
             first_seed = 100_000 * (round_ + 1)  # fresh every round (the same seeds on every side)
             clips = [(PROMPTS[i % len(PROMPTS)], first_seed + i) for i in range(args.clips)]
@@ -263,8 +296,7 @@ def main() -> None:
                 if side == "farm":
                     seconds, stages, views = farm_round(client, work, clips, args.frames)
                 else:
-                    requests.put((side, clips, args.micro_batch, side))
-                    seconds, stages = replies.get(timeout=600)
+                    seconds, stages = peers.run(side, clips, args.micro_batch)
                 result[side] = {"frames_per_s": round(len(clips) * args.frames / seconds, 1),
                                 "stage_s": {k: round(v, 3) for k, v in stages.items()}}
             checked = premise(views, peers_dir / "loop", peers_dir / "engine")
@@ -272,9 +304,8 @@ def main() -> None:
                            **result, "premise": checked, "farm_batch_sizes": sorted({v.batch_size for v in views})})
             print(json.dumps({k: rounds[-1][k]["frames_per_s"] for k in SIDES}), flush=True)
     finally:
-        if child is not None:
-            requests.put(None)
-            child.join(30)
+        if peers is not None:
+            peers.close()
         client.close()
     rates = {side: [r[side]["frames_per_s"] for r in rounds] for side in SIDES}
     median = {side: statistics.median(v) for side, v in rates.items()}
@@ -286,9 +317,10 @@ def main() -> None:
         "model": "tiny-sd", "motion": "tiny-sd-motion", "recipe": "lcm-lora", "steps": STEPS, "guidance": GUIDANCE,
         "size": f"{SIZE}x{SIZE}", "frames_per_clip": args.frames, "clips_per_round": args.clips,
         "rounds": args.rounds, "micro_batch": args.micro_batch, "device": "cpu", "farm_settings": settings,
-        "deployment": f"one process a side: the farm's one worker and the loop's process, {args.threads} torch "
-                      f"threads each (the peers' process reported {peer_threads}); the bench process only submits "
-                      "and waits",
+        "deployment": f"{args.workers} processes a side (farm workers; loop and engine processes), {threads} torch "
+                      f"threads each (the peer processes reported {peers.threads if peers else None}); the bench "
+                      "process only submits and waits",
+        "farm_workers": args.workers, "torch_threads_per_process": threads,
         "deliverable": "both: a lossless animated WebP per clip through engine.clips.encode_clip with the A1111 "
                        "parameters text and the JSON job record, put into a file:// store",
         "farm_timed": "Farm.submit_plan from a warm client until Farm.wait returns (every clip stored and recorded)",
