@@ -8,9 +8,9 @@ same clips (prompts x seeds, FRAMES frames each) go through
   seed per clip: the farm's batching), every clip written as the farm delivers it: a lossless
   animated WebP through the farm's encoder with the A1111 ``parameters`` text and the JSON job
   record inside, put into a ``file://`` store (the farm's default store);
-- the farm: ``Farm.submit_plan`` from a warm client -> Redis -> ``--workers`` Celery workers (micro-batches
-  of the same size) -> WebP with metadata -> the same kind of store -> ledger, timed until
-  ``Farm.wait`` returns (every clip stored and recorded);
+- the farm: ``Farm.submit_plan`` from a warm client -> Redis -> ``--workers`` Celery workers
+  (micro-batches of the same size) -> WebP with metadata -> the same kind of store -> ledger,
+  timed until ``Farm.wait`` returns (every clip stored and recorded);
 - context, not a peer: the farm's engine alone (``Runner.render`` + the same encoder and store,
   inline), which shows what the farm's queue, ledger and background storing cost or save.
 
@@ -18,19 +18,20 @@ Like for like: the same deployment on each side, ``--workers`` processes with th
 threads each (the farm's rule for CPU workers: the cores shared out, set explicitly through
 FARM_TORCH_THREADS and ``torch.set_num_threads``): the farm's workers, and as many child processes
 each running the loop and the engine on its contiguous share of the clips; the bench process
-only submits and waits. Both warm; fresh seeds for every side and round (a repeated seed would be reused
-by digest and measure nothing: checked); the order of the sides rotates each round so machine
-noise hits all of them. The premise, checked every round for every clip: the farm's frames match
-the engine's exactly (the same code, batch-invariant) and the loop's within ``TOLERANCE`` (the
-farm computes small products row by row for batch invariance, engine.invariance: a level here and
-there; a different clip would differ by tens of levels on average).
+only submits and waits. All warm; the same seeds on every side, fresh ones every round (the farm
+would reuse a repeated seed's clip by digest and measure nothing: checked); the order of the sides
+rotates each round so machine noise hits all of them. The premise, checked every round for every
+clip: the farm's frames match the engine's exactly (the same code, batch-invariant) and the
+loop's within ``TOLERANCE`` (the farm computes small products row by row for batch invariance,
+engine.invariance: a level here and there; a different clip would differ by tens of levels on
+average).
 
 Each side's time is split into denoise (text encoding + the pipeline's loop to latents), VAE
 decode of every frame, and encode (WebP + metadata, store): the farm's from its attempts'
 per-stage timings (its encoding overlaps the next micro-batch), the others measured around the
 same calls.
 
-    .venv/bin/python bench/clips.py --clips 16 --frames 16 --rounds 3
+    .venv/bin/python bench/clips.py --clips 16 --frames 16 --rounds 4 [--workers 2]
 """
 
 from __future__ import annotations
