@@ -7,6 +7,7 @@ that was down, and private targets refused."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -27,7 +28,9 @@ pytestmark = [pytest.mark.workers]
 def service(tmp_path_factory, postgres_server, redis_server):
     tmp = tmp_path_factory.mktemp("events")
     svc = Service(tmp, postgres_server.new_database(f"events_{uuid.uuid4().hex[:8]}"), redis_server.url,
-                  workers=2, env={"FARM_WEBHOOK_ALLOWED_NETS": "127.0.0.0/8"})
+                  workers=2, env={"FARM_WEBHOOK_ALLOWED_NETS": "127.0.0.0/8",
+                                  # a shared farm: the workers' dispatchers publish in fair order
+                                  "FARM_SCHEDULER": "fair", "FARM_LEASE_S": "3", "FARM_MAINTENANCE_S": "1"})
     yield svc
     svc.close()
 
@@ -176,6 +179,7 @@ def test_kill_9_mid_batch_and_a_receiver_down_lose_nothing(service, keys, tmp_pa
         servers.wait_until(lambda: len(first.messages()) >= 5, 60, what="the first deliveries")
         service.server.send_signal(signal.SIGKILL)
         service.server.wait()
+        dispatcher = kill_the_dispatcher(service)  # and the worker dispatching, at the same moment
         first.failing = True  # the receiver breaks while the server is away
         service.server = service.start_server()
         servers.wait_until(service.up, 60, what="farm serve again")
@@ -198,5 +202,33 @@ def test_kill_9_mid_batch_and_a_receiver_down_lose_nothing(service, keys, tmp_pa
     ids = [b["data"]["event"] for b in got]
     assert set(ids) == {e["id"] for e in expected}  # every event, at least once
     assert ids == sorted(ids)  # in order; a repeat (the one in flight at the kill) comes right after itself
+    # the dispatching worker was killed; dispatching went on (its restart, or the other worker, holds the lock)
+    assert dispatcher is not None and holder_of_dispatch(service) is not None
     failed = [d for d in log if not d["ok"]]
     assert failed and {d["webhook_id"] for d in failed} <= {d["webhook_id"] for d in log if d["ok"]}
+
+
+def holder_of_dispatch(service) -> str | None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(service.env["FARM_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("select holder from locks where name = 'dispatch'")).scalar()
+    finally:
+        engine.dispose()
+
+
+def kill_the_dispatcher(service) -> str | None:
+    """SIGKILL the worker process holding the fair-share dispatcher's lock; its name."""
+    from sqlalchemy import create_engine, text
+
+    holder = holder_of_dispatch(service)
+    engine = create_engine(service.env["FARM_DATABASE_URL"])
+    with engine.connect() as conn:
+        pid = conn.execute(text("select pid from workers where name = :n"), {"n": holder}).scalar()
+    engine.dispose()
+    if pid:
+        os.kill(pid, signal.SIGKILL)
+    return holder
+
