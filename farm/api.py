@@ -692,6 +692,44 @@ class Farm:
 
         return reconcile(self.ledger, self.publisher, grace_s=grace_s, micro_batch=self.config.micro_batch)
 
+    def backlog(self, models: list[str] | None = None) -> dict:
+        """Per model (``models`` even at zero, else those with work): the jobs queued or rendering
+        and their estimated GPU-seconds (``farm.fleet.scaling.Backlog``), the autoscaler's signal."""
+        from farm.fleet.scaling import backlogs
+
+        return backlogs(self.ledger.backlog_rows(models), models)
+
+    def serving_workers(self, model: str) -> int:
+        """Live workers (active, heartbeat recent) that consume ``model``'s queue."""
+        from farm.fleet.scaling import live_serving
+
+        return live_serving(self.ledger.workers(), model, datetime.now(timezone.utc))
+
+    def desired_workers(self, model: str, drain_s: float | None = None, *, per_worker: float = 1.0,
+                        minimum: int = 0, maximum: int | None = None, current: int | None = None,
+                        hold: float | None = None) -> dict:
+        """How many workers ``model``'s backlog asks for to drain within ``drain_s`` (default
+        FARM_DRAIN_TARGET_S), from ``current`` (default: the live workers serving it) with
+        ``farm.fleet.scaling.desired_workers``'s hysteresis. An unknown model is an ``InputError``."""
+        from farm.fleet import scaling
+
+        if model not in self.catalog().models:
+            raise InputError("model", f"unknown model {model!r} (see `farm models list`)")
+        drain_s = float(drain_s if drain_s is not None else self.config.drain_target_s)
+        if drain_s <= 0 or per_worker <= 0:
+            raise InputError("drain" if drain_s <= 0 else "per-worker", "must be more than zero")
+        if maximum is not None and maximum < minimum:
+            raise InputError("max", f"{maximum} is below --min {minimum}")
+        backlog = self.backlog([model])[model]
+        current = self.serving_workers(model) if current is None else current
+        desired = scaling.desired_workers(backlog.gpu_s, drain_s=drain_s, per_worker=per_worker, minimum=minimum,
+                                          maximum=maximum, current=current, jobs=backlog.jobs,
+                                          hold=scaling.HOLD if hold is None else hold)
+        drain_at = scaling.drain_time_s(backlog.gpu_s, desired, per_worker)
+        return {"model": model, "jobs": backlog.jobs, "backlog_s": round(backlog.gpu_s, 3), "drain_s": drain_s,
+                "per_worker": per_worker, "current": current, "desired": desired,
+                "drain_at_desired_s": None if drain_at is None else round(drain_at, 3)}
+
     # -- the ledger's schema and records -------------------------------------------------------------------
     def schema(self, upgrade_to: str | None = None) -> dict:
         """The ledger's schema revision and the newest this farm knows; with ``upgrade_to``

@@ -64,6 +64,8 @@ class Config:
     dispatch_ahead: int = 1  # micro-batches waiting at each worker beyond the one it renders
     # networks a webhook may reach although they are loopback or private (issue 25): "127.0.0.0/8,..."
     webhook_allowed_nets: tuple[str, ...] = ()
+    # issue 26: the backlog's target drain time, for the desired worker count the metrics report
+    drain_target_s: int = 300
 
     @property
     def run_dir(self) -> Path:
@@ -206,6 +208,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
     if scheduler not in ("fifo", "fair"):
         raise ConfigError("FARM_SCHEDULER", f"expected fifo or fair, got {scheduler!r}")
     dispatch_ahead = _int(env, "FARM_DISPATCH_AHEAD", 1, 1, 16)
+    drain_target = _int(env, "FARM_DRAIN_TARGET_S", 300, 1, 7 * 24 * 3600)
     time_limit = _int(env, "FARM_JOB_TIME_LIMIT", 900, 1, 24 * 3600)
     store_overlap = _int(env, "FARM_STORE_OVERLAP", 1, 0, 1) == 1
     io_threads = _int(env, "FARM_IO_THREADS", 2, 1, 64)
@@ -247,7 +250,7 @@ def load_config(env: Mapping[str, str] | None = None, cwd: Path | None = None) -
         secret_key_file=Path(env["FARM_SECRET_KEY_FILE"]).expanduser() if env.get("FARM_SECRET_KEY_FILE") else None,
         secret_key=env.get("FARM_SECRET_KEY") or None,
         scheduler=scheduler, dispatch_ahead=dispatch_ahead,
-        webhook_allowed_nets=_networks(env, "FARM_WEBHOOK_ALLOWED_NETS"),
+        webhook_allowed_nets=_networks(env, "FARM_WEBHOOK_ALLOWED_NETS"), drain_target_s=drain_target,
     )
 
 

@@ -1,18 +1,23 @@
 """Prometheus metrics of one worker process (prometheus-client), served on FARM_METRICS_PORT.
 
-Jobs by outcome, stage durations, micro-batch sizes, what is resident, GPU memory in use. The same
+Jobs by outcome, stage durations, micro-batch sizes, what is resident, GPU memory in use, and the
+fleet's scaling signal (each model's backlog and desired workers, issue 26). The same
 port answers ``/readyz`` (200 once the worker is warm and consuming, 503 before and while it
 drains) for a Kubernetes readiness probe: one port per worker to open, not two.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from socketserver import ThreadingMixIn
 from typing import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+log = logging.getLogger("farm.worker")
 
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -52,6 +57,43 @@ class WorkerMetrics:
 
         self._sql = SqlCollector()
         self.registry.register(self._sql)
+
+    def watch_backlog(self, read: Callable[[], list], ttl_s: float = 10.0,
+                      clock: Callable[[], float] = time.monotonic) -> None:
+        """Serve the fleet's scaling signal (issue 26) per model: backlog in estimated GPU-seconds,
+        its jobs, the live workers serving it and the count it asks for. ``read()`` gives
+        ``farm.fleet.scaling.Signal``s; it reads the ledger, so a scrape reuses its answer for
+        ``ttl_s`` (every worker reports the same fleet-wide numbers: take ``max by (model)``). A
+        ledger that cannot be read leaves the gauges out of that scrape, and the worker alone."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        cache: dict = {}
+
+        def current() -> list:
+            if "at" not in cache or clock() - cache["at"] >= ttl_s:
+                try:
+                    cache["signals"] = read()
+                except Exception:  # noqa: BLE001 - metrics never take a worker down
+                    log.warning("metrics: cannot read the backlog", exc_info=True)
+                    cache["signals"] = []
+                cache["at"] = clock()
+            return cache["signals"]
+
+        class BacklogCollector:
+            def collect(self):
+                gauges = (("farm_backlog_gpu_seconds", "Estimated GPU-seconds of the jobs queued or rendering", "gpu_s"),
+                          ("farm_backlog_jobs", "Jobs queued (in active batches) or rendering", "jobs"),
+                          ("farm_serving_workers", "Live active workers consuming the model's queue", "current"),
+                          ("farm_desired_workers", "Workers the backlog asks for to drain within FARM_DRAIN_TARGET_S",
+                           "desired"))
+                signals = current()
+                for name, what, attribute in gauges:
+                    family = GaugeMetricFamily(name, what, labels=["model"])
+                    for signal in signals:
+                        family.add_metric([signal.model], float(getattr(signal, attribute)))
+                    yield family
+
+        self.registry.register(BacklogCollector())
 
     def serve(self, port: int, addr: str = "127.0.0.1", ready: Callable[[], bool] | None = None) -> None:
         """Serve /metrics (any path but /readyz, as prometheus-client does) and /readyz."""

@@ -110,6 +110,7 @@ def build(config: Config, settings: WorkerSettings) -> Runtime:
 
         metrics = WorkerMetrics(name)
         metrics.watch_sql(ledger.sql_counts)
+        metrics.watch_backlog(lambda: backlog_signals(ledger, config, served))
         metrics.serve(settings.metrics_port, settings.metrics_addr,
                       ready=lambda: "runtime" in runtime_ref and is_ready(runtime_ref["runtime"]))
         log.info("metrics on %s:%s", settings.metrics_addr, settings.metrics_port)
@@ -128,6 +129,14 @@ def build(config: Config, settings: WorkerSettings) -> Runtime:
         dispatcher = Dispatcher(ledger, Publisher(config, broker_url_for(config)), config, holder=name)
         threading.Thread(target=dispatcher.run, args=(runtime.stop,), name="farm-dispatch", daemon=True).start()
     return runtime
+
+
+def backlog_signals(ledger, config: Config, served: list[str]) -> list:
+    """The scaling signal this worker's metrics report: every model with a backlog, and its own."""
+    from farm.fleet import scaling
+
+    return scaling.signals(ledger.backlog_rows(), ledger.workers(), ledger.clock(), drain_s=config.drain_target_s,
+                           models=[m for m in served if m != "*"])
 
 
 def preload(renderer, settings: WorkerSettings, config: Config) -> None:

@@ -76,6 +76,7 @@ COMMANDS = {
     "replay": "replay", "results": "results", "run": "run", "stats": "stats", "status": "status",
     "submit": "submit", "workers": "workers", "worker": "workers", "up": "workers", "down": "workers",
     "serve": "serve", "keys": "keys", "tenants": "keys", "webhooks": "webhooks", "motion": "motion",
+    "fleet": "fleet",
 }
 
 

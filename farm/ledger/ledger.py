@@ -4,12 +4,14 @@ One facade over modules by concern: ``schema`` (engine, sessions, migrations), `
 (submissions, reuse, batch control), ``lifecycle`` (claim, complete, fail, leases), ``fleet``
 (workers, locks), ``registry`` (models, adapters), ``training`` (training jobs' progress, checkpoints,
 results, issue 14), ``tenants`` (tenants, API keys, uploaded inputs: issue 23), ``dispatching`` (what
-the fair-share dispatcher reads and charges: issue 24) and ``queries`` (reporting). Values come out
+the fair-share dispatcher reads and charges: issue 24), ``backlog`` (what the autoscaler reads:
+issue 26) and ``queries`` (reporting). Values come out
 typed (``farm.ledger.values``); a job's spec meets its row only in ``farm.ledger.mapping``.
 """
 
 from __future__ import annotations
 
+from farm.ledger.backlog import Backlogs
 from farm.ledger.batches import Batches
 from farm.ledger.dispatching import Dispatching
 from farm.ledger.events import Events
@@ -23,7 +25,7 @@ from farm.ledger.training import Trainings
 from farm.ledger.values import Claim, NewBatch
 
 
-class Ledger(Trainings, Batches, Lifecycle, Dispatching, Fleet, Registry, Queries, Tenants, Events):
+class Ledger(Trainings, Batches, Lifecycle, Dispatching, Fleet, Registry, Queries, Tenants, Events, Backlogs):
     """``Ledger(url, clock=..., auto_migrate=True)``: every concern over one engine."""
 
 

@@ -236,12 +236,17 @@ def test_the_trial_secrets_are_placeholders_that_agree():
 
 
 @pytest.mark.postgres
-def test_each_groups_scaling_query_counts_its_backlog_on_a_real_ledger(postgres_url):
-    """The rendered queries run on PostgreSQL as KEDA's scaler runs them, against a migrated ledger."""
+def test_each_groups_scaling_query_is_its_backlog_in_gpu_seconds_on_a_real_ledger(postgres_url):
+    """The rendered queries run on PostgreSQL as KEDA's scaler runs them, against a migrated ledger:
+    each group's jobs queued (in active batches) or rendering, at their estimated GPU ms or, with
+    none recorded, the farm's default; the same numbers `farm fleet backlog` reports."""
+    import math
     import random
 
     from sqlalchemy import text
 
+    from farm.fleet.costs import default_image_ms
+    from farm.fleet.scaling import backlogs, desired_workers
     from farm.jobs.plan import plan
     from farm.jobs.spec import Catalog, JobRequest
     from farm.jobs.variants import PromptRow
@@ -252,24 +257,43 @@ def test_each_groups_scaling_query_counts_its_backlog_on_a_real_ledger(postgres_
     upgrade(engine)  # what `farm db upgrade` does
     ledger = Ledger(postgres_url)
     try:
-        for model, recipe, n in (("sd15", "lcm-lora", 3), ("lcm-dreamshaper-v7", "lcm", 2), ("sdxl", "lcm-lora", 4),
-                                 ("flux-schnell", "schnell", 5)):
+        batches = {}
+        for model, recipe, n, cost_ms in (("sd15", "lcm-lora", 3, 1500.0), ("lcm-dreamshaper-v7", "lcm", 2, None),
+                                          ("sdxl", "lcm-lora", 4, 250_000.0), ("flux-schnell", "schnell", 5, 9000.0)):
             p = plan([PromptRow(JobRequest(prompt=f"a {model} lighthouse", recipe=recipe))], JobRequest(), variants=n,
                      seed=1, catalog=Catalog(), default_model=model, rng=random.Random(0))
-            ledger.create_batch(specs=p.specs, spec=p.record(), request_digest=p.request_digest,
-                                base_seed=p.base_seed, idempotency_key=None)
+            batches[model] = ledger.create_batch(specs=p.specs, spec=p.record(), request_digest=p.request_digest,
+                                                 base_seed=p.base_seed, idempotency_key=None,
+                                                 costs_ms=None if cost_ms is None else [cost_ms] * n)
+            batches[model, "spec"] = p.specs[0]
         resources = render("base")
 
-        def backlog(group: str) -> int:
-            query = resources[("ScaledObject", f"farm-worker-{group}")]["spec"]["triggers"][0]["metadata"]["query"]
+        def backlog(group: str) -> float:
+            trigger = resources[("ScaledObject", f"farm-worker-{group}")]["spec"]["triggers"][0]
             with engine.connect() as conn:
-                return conn.execute(text(query)).scalar_one()
+                return float(conn.execute(text(trigger["metadata"]["query"])).scalar_one())
 
-        assert (backlog("sd15"), backlog("sdxl")) == (5, 4)  # flux is no group's
+        def target(group: str) -> float:
+            return float(resources[("ScaledObject", f"farm-worker-{group}")]["spec"]["triggers"][0]["metadata"]
+                         ["targetQueryValue"])
+
+        dreamshaper = batches["lcm-dreamshaper-v7", "spec"]  # no estimate recorded: the default for its size
+        sd15 = 3 * 1.5 + 2 * default_image_ms(dreamshaper.width, dreamshaper.height, dreamshaper.steps) / 1000
+        assert backlog("sd15") == pytest.approx(sd15) and backlog("sdxl") == pytest.approx(1000.0)  # flux: no group's
+        python = backlogs(ledger.backlog_rows())  # what `farm fleet backlog` reads
+        assert python["sd15"].gpu_s + python["lcm-dreamshaper-v7"].gpu_s == pytest.approx(sd15)
+        assert python["sdxl"].gpu_s == pytest.approx(1000.0)
+        # KEDA asks for ceil(backlog / targetQueryValue) workers: `farm fleet desired` from zero, at that drain
+        assert math.ceil(backlog("sdxl") / target("sdxl")) == desired_workers(1000.0, drain_s=target("sdxl")) == 4
         with engine.begin() as conn:  # rendering counts; done does not
             conn.execute(text("update jobs set state = 'running' where model = 'sdxl' and index = 0"))
             conn.execute(text("update jobs set state = 'succeeded' where model = 'sdxl' and index = 1"))
-        assert backlog("sdxl") == 3
+        assert backlog("sdxl") == pytest.approx(750.0)
+        ledger.set_batch_state(batches["sdxl"].id, "paused")  # a paused batch's queued jobs wait for no worker
+        assert backlog("sdxl") == pytest.approx(250.0)
+        with engine.begin() as conn:
+            conn.execute(text("update jobs set state = 'succeeded' where model = 'sdxl'"))
+        assert backlog("sdxl") == 0.0  # KEDA's activation: no backlog, no worker
     finally:
         ledger.close()
         engine.dispose()
