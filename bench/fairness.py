@@ -87,6 +87,7 @@ def run(scheduler: str, args, work: Path, pg, redis) -> dict:
                                 "tiny-sd,tiny-sdxl", "--name-prefix", f"fair{scheduler}"],
                                env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     batches: dict[str, list[str]] = {t: [] for t in WEIGHTS}
+    accepted: dict[str, tuple[datetime, datetime]] = {}  # batch -> (submit called, submit returned)
     try:
         servers.wait_until(lambda: api.ledger.active_workers() >= WORKERS, 120, what="8 workers")
         events = trace(args.scale)
@@ -99,9 +100,13 @@ def run(scheduler: str, args, work: Path, pg, redis) -> dict:
             with lock:
                 seed["n"] += 100_000
                 base = seed["n"]
+            asked = datetime.now(timezone.utc)
             planned = api.plan(f"tenant {tenant} product shot", model=MODELS[tenant], variants=jobs, seed=base,
                                size="64x64", steps=4)
-            batches[tenant].append(api.submit_plan(planned, tenant=tenant).batch)
+            batch = api.submit_plan(planned, tenant=tenant).batch
+            with lock:
+                batches[tenant].append(batch)
+                accepted[batch] = (asked, datetime.now(timezone.utc))
 
         threads = []
         for at, tenant, jobs in events:
@@ -116,7 +121,7 @@ def run(scheduler: str, args, work: Path, pg, redis) -> dict:
         total = sum(jobs for _, _, jobs in events)
         servers.wait_until(lambda: _done(api) >= total, 3600, interval=1.0, what="the trace to finish")
         time.sleep(3)
-        return analyse(scheduler, api, events, batches, started_at, args)
+        return analyse(scheduler, api, events, accepted, started_at, args)
     finally:
         workers.terminate()
         try:
@@ -133,12 +138,13 @@ def _done(api) -> int:
         return conn.execute(text("select count(*) from jobs where state in ('succeeded', 'failed', 'cancelled')")).scalar()
 
 
-def analyse(scheduler: str, api, events, batches, started_at: datetime, args) -> dict:
+def analyse(scheduler: str, api, events, accepted, started_at: datetime, args) -> dict:
     from sqlalchemy import text
 
     with api.ledger.engine.connect() as conn:
         jobs = conn.execute(text(
-            "select j.id, b.tenant, j.model, j.state, j.created_at, j.started_at, j.finished_at, j.reused_from "
+            "select j.id, j.batch_id, b.tenant, j.model, j.state, j.created_at, j.started_at, j.finished_at, "
+            "j.reused_from "
             "from jobs j join batches b on b.id = j.batch_id")).all()
         attempts = conn.execute(text(
             "select a.job_id, a.worker, a.started_at, a.finished_at, a.gpu_ms, a.batch_size, a.outcome, j.model, "
@@ -165,7 +171,9 @@ def analyse(scheduler: str, api, events, batches, started_at: datetime, args) ->
     gpu = {t: [0.0] * n_windows for t in WEIGHTS}
     for a in succeeded:
         gpu[a.tenant][min(n_windows - 1, int(at(a.finished_at) // window))] += (a.gpu_ms or 0.0) / 1000
-    submitted = {t: sorted(at(j.created_at) for j in jobs if j.tenant == t) for t in WEIGHTS}
+    # a job is waiting from when its submission was accepted (the transaction that wrote it has
+    # committed: a 10,000-job batch takes seconds to write, and nobody can dispatch it before)
+    submitted = {t: sorted(at(accepted[j.batch_id][1]) for j in jobs if j.tenant == t) for t in WEIGHTS}
     claimed = {t: sorted(at(j.started_at) for j in jobs if j.tenant == t) for t in WEIGHTS}
 
     def waiting(tenant: str, moment: float) -> int:
@@ -212,6 +220,10 @@ def analyse(scheduler: str, api, events, batches, started_at: datetime, args) ->
                 counts[int(at(j.finished_at) // bins)] += 1
         series[tenant] = [c / bins for c in counts]
     judged = [w["jain"] for w in windows if w["jain"] is not None]
+    submissions = {t: [] for t in WEIGHTS}
+    for batch, (asked, done) in accepted.items():
+        tenant = next(j.tenant for j in jobs if j.batch_id == batch)
+        submissions[tenant].append(round((done - asked).total_seconds(), 2))
     return {
         "scheduler": scheduler,
         "jobs": len(jobs), "duration_s": round(end, 1),
@@ -225,6 +237,7 @@ def analyse(scheduler: str, api, events, batches, started_at: datetime, args) ->
         "heavy_done_s": round(heavy_end, 1),
         "micro_batch_fill": round(fill, 4),
         "switches_per_worker": round(statistics.mean(switches.values()), 2),
+        "submit_s": {t: {"max": max(v), "median": statistics.median(v)} for t, v in submissions.items() if v},
         "switches": switches,
         "switch_moments": sorted(moves),
         "throughput_series": {"bin_s": bins, "per_tenant": series},
