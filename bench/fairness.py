@@ -235,6 +235,9 @@ def analyse(scheduler: str, api, events, accepted, started_at: datetime, args) -
         "images_per_s": round(len(jobs) / end, 2),
         "images_per_s_heavy_phase": round(heavy_images / heavy_end, 2),
         "heavy_done_s": round(heavy_end, 1),
+        # the workers' time in pipeline calls over the heavy phase: what late dispatch could cost
+        "utilisation_heavy_phase": round(sum((a.gpu_ms or 0) for a in succeeded if at(a.finished_at) <= heavy_end)
+                                         / 1000 / (WORKERS * heavy_end), 4),
         "micro_batch_fill": round(fill, 4),
         "switches_per_worker": round(statistics.mean(switches.values()), 2),
         "submit_s": {t: {"max": max(v), "median": statistics.median(v)} for t, v in submissions.items() if v},

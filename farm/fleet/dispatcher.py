@@ -17,7 +17,6 @@ within seconds; it rebuilds its view from the ledger.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from typing import Callable
@@ -31,7 +30,9 @@ log = logging.getLogger("farm.dispatch")
 LOCK = "dispatch"
 LOCK_TTL_S = 6.0
 RENEW_EVERY_S = 1.0
-FULL_REFRESH_S = 2.0  # re-read every waiting job (retries, resumes, promotions, cancellations)
+FULL_REFRESH_S = 10.0  # re-read every waiting job (retries, resumes, promotions, cancellations)
+WORKERS_EVERY_S = 1.0  # re-read the live workers
+REPORT_EVERY_S = 60.0  # log what dispatching cost
 SETTLE_EVERY_S = 1.0
 SWEEP_EVERY_S = 5.0  # drop the queues of workers that are gone
 WORKER_FRESH_S = 30.0  # a worker without a heartbeat this long gets nothing new
@@ -56,6 +57,12 @@ class Dispatcher:
     def _reset(self) -> None:
         self.pending: dict[str, dict[int, int]] = {}  # tenant -> {job id: priority}
         self.models: dict[int, str] = {}  # job id -> its model
+        self.order: dict[str, list[tuple[int, int]]] = {}  # tenant -> (-priority, id), sorted (lazily)
+        self.unsorted: set[str] = set()  # tenants whose order needs sorting again
+        self.per_model: dict[str, dict[str, int]] = {}  # tenant -> model -> jobs waiting
+        self.live: list | None = None
+        self.live_read = float("-inf")
+        self.rounds, self.round_s, self.reported = 0, 0.0, self.clock()
         self.allocation: dict[str, int] | None = None  # workers per model, as last decided
         self.specs: dict[int, JobSpec] = {}
         self.seen_id = 0
@@ -69,6 +76,18 @@ class Dispatcher:
     # -- one round ----------------------------------------------------------------------------------
     def round(self) -> dict | None:
         """Publish what the free workers should take next; None while another process leads."""
+        began = self.clock()
+        try:
+            return self._round()
+        finally:
+            self.rounds += 1
+            self.round_s += self.clock() - began
+            if began - self.reported >= REPORT_EVERY_S and self.leader:
+                log.info("dispatch: %d rounds in %.0f s, %.1f ms each", self.rounds, began - self.reported,
+                         1000 * self.round_s / max(1, self.rounds))
+                self.rounds, self.round_s, self.reported = 0, 0.0, began
+
+    def _round(self) -> dict | None:
         now = self.clock()
         if not self.leader or now - self.renewed >= RENEW_EVERY_S:
             leader = self.ledger.acquire_lock(LOCK, self.holder, ttl_s=LOCK_TTL_S)
@@ -96,10 +115,11 @@ class Dispatcher:
         free = sum(max(0, self.config.dispatch_ahead - w.waiting) for w in workers)
         # active: backlogged when last looked (or in flight now); the others are arriving
         waiting_now = {t for t, jobs in self.pending.items() if jobs}
-        active = self.ledger.tenants_in_flight() | (self.backlogged if self.backlogged is not None else waiting_now)
+        before = self.backlogged if self.backlogged is not None else waiting_now
         self.backlogged = waiting_now
-        if not free and not (waiting_now - active):
-            return done
+        if not free and not (waiting_now - before):
+            return done  # nothing to give and nobody new: no more reads this round
+        active = self.ledger.tenants_in_flight() | before
         lots = self._lots(slots=free + len(workers))
         fair = self.ledger.fair_tenants()
         tenants = {t: fairshare.TenantView(t, fair.get(t, (1.0, 0.0))[0], fair.get(t, (1.0, 0.0))[1], t in active)
@@ -143,13 +163,20 @@ class Dispatcher:
     def _refresh(self, now: float) -> None:
         if now - self.refreshed >= FULL_REFRESH_S:
             rows = self.ledger.undispatched()
-            self.pending = {}
+            self.pending, self.order, self.per_model = {}, {}, {}
             self.refreshed = now
         else:
             rows = self.ledger.undispatched(after_id=self.seen_id)
         for job_id, tenant, priority, model in rows:
-            self.pending.setdefault(tenant, {})[job_id] = priority
+            jobs = self.pending.setdefault(tenant, {})
+            if job_id in jobs:
+                continue
+            jobs[job_id] = priority
             self.models[job_id] = model
+            self.order.setdefault(tenant, []).append((-priority, job_id))
+            self.unsorted.add(tenant)
+            counts = self.per_model.setdefault(tenant, {})
+            counts[model] = counts.get(model, 0) + 1
             self.seen_id = max(self.seen_id, job_id)
         live = {j for jobs in self.pending.values() for j in jobs}
         if len(self.specs) > 4 * len(live) + 10_000:
@@ -158,7 +185,30 @@ class Dispatcher:
             self.models = {j: m for j, m in self.models.items() if j in live}
 
     def _forget(self, tenant: str, job_id: int) -> None:
-        self.pending.get(tenant, {}).pop(job_id, None)
+        if self.pending.get(tenant, {}).pop(job_id, None) is not None:
+            counts = self.per_model.get(tenant, {})
+            model = self.models.get(job_id, "")
+            if counts.get(model):
+                counts[model] -= 1
+
+    def _head(self, tenant: str, want: int) -> list[tuple[int, int]]:
+        """The tenant's first ``want`` waiting jobs, (id, priority), in priority-then-age order."""
+        jobs = self.pending[tenant]
+        order = self.order.setdefault(tenant, [])
+        if tenant in self.unsorted:
+            order.sort()
+            self.unsorted.discard(tenant)
+        head, gone = [], 0
+        for negative, job_id in order:
+            if jobs.get(job_id) == -negative:
+                head.append((job_id, -negative))
+                if len(head) == want:
+                    break
+            else:
+                gone += 1  # dispatched or re-prioritised since: dropped when there are many
+        if gone > 1000 and gone > len(head):
+            self.order[tenant] = [(n, j) for n, j in order if jobs.get(j) == -n]
+        return head
 
     def _lots(self, slots: int) -> dict[str, list[fairshare.Lot]]:
         """Each tenant's next micro-batches: its first jobs in priority-then-age order, grouped by
@@ -168,7 +218,7 @@ class Dispatcher:
         for tenant, jobs in self.pending.items():
             if not jobs:
                 continue
-            head = heapq.nsmallest(want, jobs.items(), key=lambda item: (-item[1], item[0]))
+            head = self._head(tenant, want)
             missing = [j for j, _ in head if j not in self.specs]
             if missing:
                 for job in self.ledger.load_jobs(missing):
@@ -205,11 +255,8 @@ class Dispatcher:
             for lot in tenant_lots:
                 per_job.setdefault(lot.model, lot.cost_s / len(lot.job_ids))
             fallback = next(iter(per_job.values()), 0.0)
-            counts: dict[str, int] = {}
-            for job_id in self.pending.get(tenant, {}):
-                model = self.models.get(job_id, "")
-                counts[model] = counts.get(model, 0) + 1
-            out[tenant] = {m: n * per_job.get(m, fallback) for m, n in counts.items() if m}
+            counts = self.per_model.get(tenant, {})
+            out[tenant] = {m: n * per_job.get(m, fallback) for m, n in counts.items() if m and n}
         return out
 
     def _estimate_s(self, spec: JobSpec) -> float:
@@ -219,8 +266,11 @@ class Dispatcher:
     def _workers(self, now: float) -> list[fairshare.WorkerView]:
         from datetime import timedelta
 
-        cutoff = self.ledger.clock() - timedelta(seconds=WORKER_FRESH_S)
-        live = [w for w in self.ledger.workers() if w.state == "active" and w.last_heartbeat >= cutoff]
+        if self.live is None or now - self.live_read >= WORKERS_EVERY_S:
+            cutoff = self.ledger.clock() - timedelta(seconds=WORKER_FRESH_S)
+            self.live = [w for w in self.ledger.workers() if w.state == "active" and w.last_heartbeat >= cutoff]
+            self.live_read = now
+        live = self.live
         unknown = [w.name for w in live if w.name not in self.current]
         if unknown:
             for name, (model, _) in self.ledger.worker_activity().items():
