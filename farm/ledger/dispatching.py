@@ -16,6 +16,7 @@ from sqlalchemy import case, func, select, update
 
 from farm.jobs import states
 from farm.ledger.models import ATTEMPTS, BATCHES, JOBS, TENANTS, Attempt, Batch, Job, Tenant
+from farm.ledger.queries import median_at_steps
 from farm.ledger.schema import Database
 
 
@@ -108,11 +109,7 @@ class Dispatching(Database):
                 .where(Job.model == model, Job.recipe == recipe, Job.width == width, Job.height == height,
                        Attempt.outcome == states.ATTEMPT_SUCCEEDED, Attempt.gpu_ms.is_not(None))
                 .order_by(Attempt.id.desc()).limit(200)).all()
-        exact = sorted(float(g) for g, n in rows if g is not None and n == steps)
-        if exact:
-            return exact[len(exact) // 2]
-        per_step = sorted(float(g) / max(1, n) for g, n in rows if g is not None)
-        return per_step[len(per_step) // 2] * steps if per_step else None
+        return median_at_steps(rows, steps)
 
     def worker_activity(self) -> dict[str, tuple[str | None, datetime | None]]:
         """Per worker: the model of its latest attempt and, if it is rendering now, when that began."""

@@ -66,12 +66,7 @@ class Queries(Database):
                 .where(Job.model == model, Job.recipe == recipe, Job.width == width, Job.height == height,
                        Attempt.outcome == states.ATTEMPT_SUCCEEDED, Attempt.total_ms.is_not(None))
                 .order_by(Attempt.id.desc()).limit(500)).all()
-        totals = [(float(total), int(n)) for total, n in rows if total is not None]
-        exact = sorted(total for total, n in totals if n == steps)
-        if exact:
-            return exact[len(exact) // 2]
-        per_step = sorted(total / max(1, n) for total, n in totals)
-        return per_step[len(per_step) // 2] * steps if per_step else None
+        return median_at_steps(rows, steps)
 
     def attempt_rows(self, since: datetime) -> list[AttemptStat]:
         """Finished attempts since ``since``, with their job's model and recipe, for stats."""
@@ -81,3 +76,15 @@ class Queries(Database):
                 .where(Attempt.finished_at >= since, Attempt.outcome != states.ATTEMPT_RUNNING)
                 .order_by(Attempt.finished_at)).all()
             return [attempt_stat(a, model, recipe) for a, model, recipe in rows]
+
+
+def median_at_steps(rows, steps: int) -> float | None:
+    """The median of (ms, steps) rows at ``steps``; with none at it, the median per step of the
+    others times ``steps``; None without rows."""
+    totals = [(float(ms), int(n)) for ms, n in rows if ms is not None]
+    exact = sorted(ms for ms, n in totals if n == steps)
+    if exact:
+        return exact[len(exact) // 2]
+    per_step = sorted(ms / max(1, n) for ms, n in totals)
+    return per_step[len(per_step) // 2] * steps if per_step else None
+

@@ -375,3 +375,27 @@ def test_an_uploaded_dataset_is_its_tenants_own(service, tenants, tmp_path):
         tar.addfile(info, io.BytesIO(b"hi"))
     refused = tenants["alice"].post("/v1/datasets", content=evil.read_bytes())
     assert refused.status_code == 400 and "stay inside the archive" in refused.json()["detail"]
+
+
+def test_weights_and_quotas_over_the_api_are_admin_only_and_checked(service, tenants):
+    """Issue 24: an admin key sets a tenant's weight and quotas; a tenant reads its own usage;
+    a submission past a quota is a 429 with the one-line reason; bad settings are 400s."""
+    admin, alice = tenants["admin"], tenants["alice"]
+    assert alice.put("/v1/tenants/alice", json={"weight": 5}).status_code == 403
+    done = admin.put("/v1/tenants/quota-t", json={"weight": 2, "quotas": {"images_per_day": 4}})
+    assert done.status_code == 200 and done.json()["weight"] == 2 and done.json()["quotas"] == {"images_per_day": 4}
+    for body, field in (({"weight": 0}, "weight"), ({"quotas": {"nope": 1}}, "quota"), ({"weight": "x"}, "weight"),
+                        ({"extra": 1}, "body")):
+        bad = admin.put("/v1/tenants/quota-t", json=body)
+        assert bad.status_code == 400 and field in bad.json()["detail"], (body, bad.text)
+    key = service.key("quota-t")
+    mine = service.client(key)
+    assert mine.post("/v1/batches", json={"prompt": "a fox", "model": "tiny-sd", "seeds": "1-3"}).status_code == 200
+    refused = mine.post("/v1/batches", json={"prompt": "a fox", "model": "tiny-sd", "seeds": "4-6"})
+    assert refused.status_code == 429
+    assert refused.json()["detail"] == "tenant quota-t quota: 1 of 4 images left today; this submission renders 3"
+    usage = mine.get("/v1/usage").json()
+    assert usage["tenant"] == "quota-t" and usage["usage"]["images_today"] == 3 and usage["left"] == {"images_per_day": 1}
+    costs = admin.get("/v1/stats", params={"by": "tenant", "since": "1h"}).json()
+    assert costs["by"] == "tenant" and all("gpu_seconds" in row for row in costs["groups"])
+    assert alice.get("/v1/stats", params={"by": "tenant"}).status_code == 403
