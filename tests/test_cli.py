@@ -216,5 +216,5 @@ def test_run_with_bad_input_starts_nothing(tmp_path, monkeypatch):
 def test_recipes_list_json():
     recipes = json.loads(invoke(["recipes", "list", "--json"]).stdout)
     assert [r["name"] for r in recipes] == ["lcm-lora", "lcm", "turbo", "lightning", "hyper", "lcm-blend", "plain",
-                                            "schnell", "sd35-turbo", "flux-hyper"]
+                                            "schnell", "sd35-turbo", "flux-hyper", "animatediff-lightning"]
     assert recipes[0]["steps"] == {"min": 1, "max": 8, "default": 4, "choices": None}

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from farm.cli import COMMANDS as LAZY
 from farm.cli import cli
 
-FOREGROUND = {"worker", "serve"}  # long-running processes, not reports
+FOREGROUND = {"worker", "serve", "dispatch"}  # long-running processes, not reports
 
 
 def leaves(command: click.Command, path: tuple[str, ...] = ()):

@@ -47,7 +47,7 @@ DISTILL_BODY = {"requestBody": {"required": True, "content": {"application/json"
 ARCHIVE_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {
     "type": "string", "format": "binary",
     "description": "A zip or tar archive: NAME.png + NAME.txt pairs, or a metadata.jsonl"}}}}}
-TENANT_SETTINGS = {"type": "object", "additionalProperties": False, "properties": {
+TENANT_SETTINGS = {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": {
     "weight": {"type": "number", "minimum": 0.01, "maximum": 1000},
     "quotas": {"type": "object", "additionalProperties": False, "properties": {
         name: {"type": ["number", "null"], "minimum": 0} for name in LIMITS}}}}
@@ -358,15 +358,16 @@ def create_app(farm_api) -> FastAPI:
     @app.put("/v1/tenants/{tenant}", tags=["tenants"], summary="Set a tenant's weight and quotas (admin)",
              responses=WRITES, openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": TENANT_SETTINGS}}}})
-    async def set_tenant(request: Request, tenant: str = NAME, p: Principal = Depends(need("admin"))) -> dict[str, Any]:
+    async def set_tenant(request: Request, tenant: str = Path(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", max_length=64),
+                         p: Principal = Depends(need("admin"))) -> dict[str, Any]:
         body = await read_json(request)
-        if not isinstance(body, dict) or set(body) - {"weight", "quotas"}:
+        if not isinstance(body, dict) or not body or set(body) - {"weight", "quotas"}:
             raise InputError("body", "expected an object with weight and/or quotas")
         weight = body.get("weight")
         quotas = body.get("quotas")
-        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
+        if "weight" in body and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
             raise InputError("weight", "expected a number")
-        if quotas is not None and (not isinstance(quotas, dict) or not all(
+        if "quotas" in body and (not isinstance(quotas, dict) or not all(
                 v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in quotas.values())):
             raise InputError("quotas", "expected an object of numbers (null removes a quota)")
         return await run_in_threadpool(farm_api.set_tenant, tenant, weight=weight, quotas=quotas)
