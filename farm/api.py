@@ -102,6 +102,7 @@ class Farm:
         self.no_worker_warn_s = config.no_worker_warn_s
         self._ledger = None
         self._publisher = None
+        self._costs = None  # GPU-time estimates per setting (farm.fleet.costs), kept between submissions
         self._owns_workers = False
         self._owns_redis = False
         self._devices: list[str] = []
@@ -305,7 +306,11 @@ class Farm:
             store = open_store(self.config.store_url, s3_endpoint_url=self.config.s3_endpoint_url)
         # fair share: the dispatcher publishes, late and in fair order (farm.fleet.dispatcher)
         publisher = self.publisher if self.config.scheduler == "fifo" else None
-        return submit(self.ledger, publisher, planned,
+        if self._costs is None:
+            from farm.fleet.costs import CostModel
+
+            self._costs = CostModel(self.ledger)
+        return submit(self.ledger, publisher, planned, costs=self._costs,
                       micro_batch=lambda spec: self.config.micro_batch_for(spec.family, spec.width, spec.height),
                       key=check_idempotency_key(key), submitter=_submitter(), force=force, store=store,
                       tenant=tenant)
@@ -874,13 +879,19 @@ class Farm:
         info = self.ledger.tenant(tenant)
         if info is None:
             raise NotFound(f"no tenant {tenant!r}")
-        return {**info.as_dict(), "keys": self.keys(tenant), **self.usage(tenant)}
+        return {**info.as_dict(), "keys": self.keys(tenant), **self._usage(tenant, info.quotas)}
 
     def usage(self, tenant: str) -> dict:
-        """What counts against ``tenant``'s quotas now (the last 24 hours), and what is left."""
+        """``tenant``'s weight and quotas, what counts against them now (the last 24 hours), and
+        what is left."""
         info = self.ledger.tenant(tenant)
-        used = self.ledger.tenant_usage(tenant)
         quotas = (info.quotas if info else None) or {}
+        return {"tenant": tenant, "weight": info.weight if info else 1.0, "quotas": quotas,
+                **self._usage(tenant, quotas)}
+
+    def _usage(self, tenant: str, quotas: dict | None) -> dict:
+        used = self.ledger.tenant_usage(tenant)
+        quotas = quotas or {}
         usage = {"images_today": used.images_today, "gpu_seconds_today": round(used.gpu_seconds_today, 1),
                  "queued": used.queued}
         left = {}

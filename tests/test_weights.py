@@ -67,3 +67,28 @@ def test_hashes_as_a1111_writes_them(tmp_path):
     # the LoRA hash ignores metadata edits; the file hash does not
     other = write_safetensors(tmp_path / "m.safetensors", {"w": (4, 4)}, {"note": "two, longer"})
     assert addnet_sha256(other) == tensors_only and sha256_file(other) != whole
+
+
+def test_a_diffusers_directory_config_is_read_or_refused_in_one_line(tmp_path):
+    """ControlNet and motion-adapter directories are checked by one reader of config.json."""
+    import json
+
+    from farm.errors import InputError
+    from farm.models import controlnets, motion
+    from farm.models.weights import read_diffusers_config
+
+    with pytest.raises(InputError, match="no config.json \\(a diffusers motion adapter directory has one\\)"):
+        motion.inspect_directory(tmp_path, "tiny-sd")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(InputError, match="config.json: unreadable"):
+        controlnets.inspect_directory(tmp_path, "tiny-sd")
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    with pytest.raises(InputError, match="a UNet2DConditionModel, not a MotionAdapter"):
+        motion.inspect_directory(tmp_path, "tiny-sd")
+    with pytest.raises(InputError, match="a UNet2DConditionModel, not a ControlNetModel"):
+        controlnets.inspect_directory(tmp_path, "tiny-sd")
+    (tmp_path / "config.json").write_text(json.dumps({"cross_attention_dim": 32}))
+    assert read_diffusers_config(tmp_path, "ControlNetModel", "ControlNet", class_required=False) == \
+        {"cross_attention_dim": 32}
+    with pytest.raises(InputError, match="a None, not a MotionAdapter"):
+        read_diffusers_config(tmp_path, "MotionAdapter", "motion adapter")

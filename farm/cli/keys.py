@@ -104,4 +104,4 @@ def tenants_show(state: State, tenant, as_json):
     click.echo(f"  today: {used['images_today']} images, {used['gpu_seconds_today']:g} GPU-seconds; "
                f"{used['queued']} queued or running")
     if left:
-        click.echo("  left: " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in sorted(left.items())))
+        click.echo(f"  left: {_quotas(left)}")

@@ -36,6 +36,7 @@ REPORT_EVERY_S = 60.0  # log what dispatching cost
 SETTLE_EVERY_S = 1.0
 SWEEP_EVERY_S = 5.0  # drop the queues of workers that are gone
 WORKER_FRESH_S = 30.0  # a worker without a heartbeat this long gets nothing new
+MAX_URGENT = 9  # farm priority of an urgent micro-batch: the head of the worker's queue
 HOLD_S = 30.0  # a model that had work this recently keeps one worker
 
 
@@ -241,7 +242,7 @@ class Dispatcher:
                         break  # the rest of this group may be beyond the head: keep micro-batches whole
                     ids = tuple(j for j, _ in chunk)
                     lots.append(fairshare.Lot(tenant, spec.model, ids, priority, min(ids),
-                                              self._estimate_s(spec) * len(ids)))
+                                              self.costs.image_ms(spec) / 1000.0 * len(ids)))
             if lots:
                 out[tenant] = lots
         return out
@@ -258,9 +259,6 @@ class Dispatcher:
             counts = self.per_model.get(tenant, {})
             out[tenant] = {m: n * per_job.get(m, fallback) for m, n in counts.items() if m and n}
         return out
-
-    def _estimate_s(self, spec: JobSpec) -> float:
-        return self.costs.image_ms(spec) / 1000.0
 
     # -- who can take it ----------------------------------------------------------------------------
     def _workers(self, now: float) -> list[fairshare.WorkerView]:
@@ -295,5 +293,3 @@ class Dispatcher:
                 self.current.pop(name, None)
                 self.busy_until.pop(name, None)
 
-
-MAX_URGENT = 9  # farm priority of an urgent micro-batch: the head of the worker's queue

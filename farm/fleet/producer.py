@@ -58,7 +58,8 @@ def micro_batches(specs: list[JobSpec], job_ids: list[int], size) -> list[tuple[
 
 
 def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int, key: str | None = None,
-           submitter: str = "", force: bool = False, store=None, tenant: str = "local") -> SubmitResult:
+           submitter: str = "", force: bool = False, store=None, tenant: str = "local",
+           costs: CostModel | None = None) -> SubmitResult:
     """Write the planned batch (one transaction) and publish its micro-batches of job ids.
 
     A job whose digest already has a stored image is recorded as reused from it and not rendered,
@@ -67,8 +68,9 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
     ``tenant``: whose batch it is (issue 23); only its own images are reused.
     ``publisher`` None: nothing is published here (with fair share, the dispatcher publishes the
     jobs later, in fair order between tenants: farm.fleet.dispatcher).
-    Each job carries its estimated GPU time; a tenant's quotas are checked against it as the
-    batch is written (QuotaExceeded: nothing written).
+    Each job carries its estimated GPU time (``costs``: a long-lived process's estimates, read
+    from the ledger once per setting and TTL rather than per submission); a tenant's quotas are
+    checked against it as the batch is written (QuotaExceeded: nothing written).
     """
     check_idempotency_key(key)
     store_inputs(store, plan.inputs)
@@ -78,7 +80,7 @@ def submit(ledger, publisher: Publishes | None, plan: Plan, *, micro_batch: int,
     found = {} if force else ledger.reusable((s.digest for s in plan.specs),
                                              tenant=None if tenant == "local" else tenant)
     reuse = {i: found[spec.digest] for i, spec in enumerate(plan.specs) if spec.digest in found}
-    costs = CostModel(ledger)
+    costs = costs or CostModel(ledger)
     new = ledger.create_batch(
         specs=plan.specs, spec=plan.record(), request_digest=plan.request_digest,
         base_seed=plan.base_seed, priority=plan.priority, submitter=submitter, idempotency_key=key,

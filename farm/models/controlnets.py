@@ -9,12 +9,12 @@ text as wide as ``--family``'s UNet (its cross-attention width), or nothing is r
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from farm.errors import InputError
 from farm.models.catalog import BUILTIN_CONTROLNETS, CONTROLNET_ARCHS, ControlNetEntry
+from farm.models.weights import read_diffusers_config
 
 DIFFUSERS, SINGLE_FILE = "diffusers", "single-file"
 # the text width each UNet arch's cross-attention takes (what a ControlNet of that arch takes too)
@@ -42,15 +42,7 @@ def _check_width(what: str, width: int | None, arch: str) -> None:
 
 
 def inspect_directory(path: Path, arch: str) -> None:
-    config_file = path / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except FileNotFoundError:
-        raise InputError("source", f"{path}: no config.json (a diffusers ControlNet directory has one)") from None
-    except (OSError, ValueError) as exc:
-        raise InputError("source", f"{config_file}: unreadable ({exc})") from None
-    if config.get("_class_name") not in ("ControlNetModel", None):
-        raise InputError("source", f"{path}: a {config.get('_class_name')}, not a ControlNetModel")
+    config = read_diffusers_config(path, "ControlNetModel", "ControlNet", class_required=False)
     _check_width(str(path), config.get("cross_attention_dim"), arch)
 
 

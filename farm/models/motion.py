@@ -10,13 +10,13 @@ fails inside the pipeline's first call, far from the user who registered it).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 from pathlib import Path
 
 from farm.errors import InputError
 from farm.models.catalog import BUILTIN_MOTION_ADAPTERS, MOTION_ARCHS, MotionAdapterEntry
+from farm.models.weights import read_diffusers_config
 
 # the UNet's down-block widths per arch: a motion module has one temporal layer stack per block
 MOTION_BLOCKS = {"sd15": (320, 640, 1280, 1280), "sdxl": (320, 640, 1280), "tiny-sd": (32, 64)}
@@ -76,15 +76,7 @@ def _check_widths(what: str, widths: tuple[int, ...], arch: str) -> None:
 
 
 def inspect_directory(path: Path, arch: str) -> None:
-    config_file = path / "config.json"
-    try:
-        config = json.loads(config_file.read_text())
-    except FileNotFoundError:
-        raise InputError("source", f"{path}: no config.json (a diffusers motion adapter directory has one)") from None
-    except (OSError, ValueError) as exc:
-        raise InputError("source", f"{config_file}: unreadable ({exc})") from None
-    if config.get("_class_name") != "MotionAdapter":
-        raise InputError("source", f"{path}: a {config.get('_class_name')}, not a MotionAdapter")
+    config = read_diffusers_config(path, "MotionAdapter", "motion adapter")
     _check_widths(str(path), tuple(config.get("block_out_channels") or ()), arch)
 
 

@@ -142,3 +142,20 @@ def a1111_model_hash(file_sha256: str) -> str:
 def a1111_short_hash(sha256: str) -> str:
     """LoRA (of the addnet sha256) and embedding (of the file sha256) short hashes."""
     return sha256[:12]
+
+
+def read_diffusers_config(path: Path, class_name: str, what: str, *, class_required: bool = True) -> dict:
+    """A diffusers directory's config.json, refused in one line when it is missing, unreadable or
+    of another class (``class_required`` False: a config without ``_class_name`` passes)."""
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        raise InputError("source", f"{path}: no config.json (a diffusers {what} directory has one)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError("source", f"{config_file}: unreadable ({exc})") from None
+    found = config.get("_class_name")
+    if found != class_name and (class_required or found is not None):
+        raise InputError("source", f"{path}: a {found}, not a {class_name}")
+    return config
+

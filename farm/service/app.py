@@ -351,9 +351,7 @@ def create_app(farm_api) -> FastAPI:
     @app.get("/v1/usage", tags=["tenants"], summary="The key's tenant: weight, quotas, usage today and what is left",
              responses=READS)
     def usage(p: Principal = Depends(need("read"))) -> dict[str, Any]:
-        info = ledger.tenant(p.tenant)
-        return {"tenant": p.tenant, "weight": info.weight if info else 1.0,
-                "quotas": (info.quotas if info else None) or {}, **farm_api.usage(p.tenant)}
+        return farm_api.usage(p.tenant)
 
     @app.put("/v1/tenants/{tenant}", tags=["tenants"], summary="Set a tenant's weight and quotas (admin)",
              responses=WRITES, openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
